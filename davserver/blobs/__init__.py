@@ -1,0 +1,115 @@
+"""Blob stores: where ciphertext objects live.
+
+A blob store sees only opaque blob ids (32 lowercase hex characters, 128 random bits) and
+ciphertext bytes. It never sees plaintext, keys, names or paths, and attaches no metadata to
+objects. Implementations:
+
+- ``local.LocalBlobStore`` — a directory on disk (the embedded default);
+- ``s3.S3BlobStore`` — any S3-compatible service through the ``minio`` SDK.
+
+Every backend error surfaces as a ``davserver.errors`` exception at the backend's edge:
+``BlobNotFound`` for a missing object, ``InsufficientStorage`` for a full disk,
+``StorageError`` for everything else (unreachable, refused, timed out).
+"""
+
+from __future__ import annotations
+
+import abc
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+_BLOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def check_blob_id(blob_id: str) -> str:
+    """Return ``blob_id`` if it is 32 lowercase hex characters, else raise ``ValueError``."""
+    if not _BLOB_ID.match(blob_id):
+        raise ValueError("invalid blob id")
+    return blob_id
+
+
+@dataclass(frozen=True)
+class BlobStat:
+    blob_id: str
+    size: int
+
+
+class BlobReader(abc.ABC):
+    """A stream of ciphertext bytes from one (possibly ranged) read.
+
+    ``total_size`` is the size of the whole object (not of the range), so that a reader can
+    check it against the index before trusting any byte.
+    """
+
+    total_size: int
+
+    @abc.abstractmethod
+    def read(self, n: int = -1) -> bytes:
+        """Return up to ``n`` bytes (all remaining if ``n < 0``); ``b""`` at the end of the range.
+
+        Raises ``StorageError`` if the backend fails mid-stream (connection lost, object
+        shorter than announced) and ``ValueError`` after ``close``.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the underlying file or connection. Safe to call twice."""
+
+    def __enter__(self) -> BlobReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class BlobStore(abc.ABC):
+    """The contract every backend MUST honour (checked by ``tests/integration/test_blobstore.py``).
+
+    - ``put`` MUST make the object visible only once it is complete: a failed or interrupted
+      put leaves no object under ``blob_id`` (partial uploads are aborted or removed).
+    - ``put`` MUST keep memory bounded (by one part size) whatever the length of ``chunks``.
+    - Objects are immutable: ``put`` of an existing id MAY overwrite, callers never do it.
+    - ``open`` with ``start``/``end`` (inclusive) MUST return exactly those bytes with one
+      request; ``end`` past the object end is clipped; ``start`` past the end raises
+      ``StorageError``.
+    - ``delete`` of a missing id MUST succeed silently (garbage collection is idempotent).
+    - Every method MUST reject an id that ``check_blob_id`` refuses with ``ValueError``, before
+      any I/O, and MUST raise only ``davserver.errors`` exceptions for backend failures; errors
+      raised by the caller's ``chunks`` iterator MUST propagate unchanged.
+    - A store MUST be safe to share between threads.
+    """
+
+    @abc.abstractmethod
+    def put(self, blob_id: str, chunks: Iterable[bytes]) -> int:
+        """Store the concatenation of ``chunks`` under ``blob_id``; return the byte count."""
+
+    @abc.abstractmethod
+    def open(self, blob_id: str, start: int = 0, end: int | None = None) -> BlobReader:
+        """Open bytes ``start..end`` (inclusive; ``None`` = to the end) of a blob for reading."""
+
+    @abc.abstractmethod
+    def stat(self, blob_id: str) -> BlobStat:
+        """Return the size of a blob; ``BlobNotFound`` if it does not exist."""
+
+    @abc.abstractmethod
+    def delete(self, blob_id: str) -> None:
+        """Remove a blob; succeed if it does not exist."""
+
+    @abc.abstractmethod
+    def iter_ids(self) -> Iterator[str]:
+        """Yield the id of every stored blob (order unspecified)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and pools."""
+
+
+def read_all(reader: BinaryIO | BlobReader, block: int = 1 << 20) -> bytes:
+    """Read a reader to its end (tests and small objects only)."""
+    parts: list[bytes] = []
+    while True:
+        b = reader.read(block)
+        if not b:
+            return b"".join(parts)
+        parts.append(b)

@@ -1,0 +1,258 @@
+"""The ``davserver`` command line: init, user management, serve.
+
+It parses arguments, reads passwords (from a prompt asked twice, or one line per password from
+standard input — never from argv), and calls ``runtime`` / ``vault``. It holds no SQL and no
+crypto. Errors are one line on stderr and a non-zero exit code, never a traceback:
+1 for an operational failure, 2 for bad usage or configuration.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from davserver import __version__
+from davserver.config import Config, load, render_for_init
+from davserver.errors import (
+    AlreadyExists,
+    AuthError,
+    ConfigError,
+    DavServerError,
+    NotFound,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_DATA_DIR = "./davserver-data"
+CONFIG_NAME = "davserver.yaml"
+
+PEPPER_WARNING = """\
+IMPORTANT: {pepper} holds the server's pepper. Every user's keys depend on it.
+If this file is lost, ALL stored data is lost for good: no password, no backup of the
+index or of the blobs can bring it back. Back it up somewhere safe and separate from the
+database backups (whoever holds both can attack the passwords offline)."""
+
+
+def _data_dir_option(f: F) -> F:
+    return click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar="DAVSERVER_DATA_DIR",
+        default=DEFAULT_DATA_DIR,
+        show_default=True,
+        help="Data directory (also $DAVSERVER_DATA_DIR).",
+    )(f)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"davserver: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _handle_errors(f: F) -> F:
+    """Turn our exceptions into one line on stderr and an exit code."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except ConfigError as exc:
+            _fail(exc.reason, 2)
+        except DavServerError as exc:
+            _fail(exc.reason, 1)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def load_config(data_dir: Path) -> Config:
+    path = data_dir / CONFIG_NAME
+    if not path.exists():
+        raise ConfigError(
+            f"{path} does not exist: run 'davserver init --data-dir {data_dir}' first"
+        )
+    return load(path, os.environ)
+
+
+def _read_stdin_password(what: str) -> str:
+    line = sys.stdin.readline()
+    if not line:
+        raise ConfigError(f"expected the {what} on standard input")
+    pw = line.rstrip("\r\n")
+    if not pw:
+        raise ConfigError(f"the {what} must not be empty")
+    return pw
+
+
+def _ask_new_password(from_stdin: bool, what: str = "password") -> str:
+    if from_stdin:
+        return _read_stdin_password(what)
+    while True:
+        value: str = click.prompt(
+            what.capitalize(), hide_input=True, confirmation_prompt=True, err=True
+        )
+        if value:
+            return value
+        click.echo("The password must not be empty.", err=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="davserver")
+def main() -> None:
+    """davserver: a WebDAV server that stores everything encrypted.
+
+    Contents, file names and keys never reach the disk, the database or the object store in
+    clear. Start with 'davserver init', add a user with 'davserver user add NAME', then
+    'davserver serve'.
+    """
+
+
+@main.command()
+@_data_dir_option
+@_handle_errors
+def init(data_dir: Path) -> None:
+    """Create a data directory: config, pepper, index and blob store.
+
+    The defaults are embedded: a local blob directory and a SQLite index. Refuses to touch an
+    existing data directory.
+    """
+    from davserver.index import open_index
+    from davserver.runtime import write_pepper
+
+    if data_dir.exists() and any(data_dir.iterdir()):
+        raise ConfigError(f"{data_dir} already exists and is not empty; refusing to overwrite it")
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(data_dir, 0o700)
+    cfg_path = data_dir / CONFIG_NAME
+    cfg_path.write_text(render_for_init(data_dir), encoding="utf-8")
+    os.chmod(cfg_path, 0o600)
+    config = load(cfg_path, {})
+    pepper = config.resolve_path(config.security.pepper_file)
+    write_pepper(pepper)
+    config.resolve_path(config.storage.local.path).mkdir(parents=True, exist_ok=True, mode=0o700)
+    open_index(config.index.url, config.data_dir).close()
+    click.echo(f"Created {data_dir}/ with {CONFIG_NAME}, the index and the blob directory.")
+    click.echo("")
+    click.echo(PEPPER_WARNING.format(pepper=pepper))
+    click.echo("")
+    click.echo(f"Next: davserver user add NAME --data-dir {data_dir}")
+
+
+@main.group()
+def user() -> None:
+    """Manage users (each has an isolated, separately keyed tree)."""
+
+
+@user.command("add")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from one line of stdin.")
+@_data_dir_option
+@_handle_errors
+def user_add(name: str, password_stdin: bool, data_dir: Path) -> None:
+    """Create user NAME with an empty tree."""
+    from davserver.runtime import open_vault
+
+    vault = open_vault(load_config(data_dir))
+    try:
+        password = _ask_new_password(password_stdin)
+        try:
+            vault.create_user(name, password)
+        except AlreadyExists:
+            _fail(f"user '{name}' already exists")
+    finally:
+        vault.close()
+    click.echo(f"User '{name}' created.")
+    click.echo(
+        "Keep the password safe: it encrypts this user's keys and cannot be reset without it."
+    )
+
+
+@user.command("passwd")
+@click.argument("name")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the current password, then the new one, one line each from stdin.",
+)
+@_data_dir_option
+@_handle_errors
+def user_passwd(name: str, password_stdin: bool, data_dir: Path) -> None:
+    """Change the password of user NAME.
+
+    The current password is required: it unlocks the user's master key, which is then
+    wrapped under the new one. A forgotten password cannot be reset (nothing else can
+    decrypt the user's data).
+    """
+    from davserver.runtime import open_vault
+
+    vault = open_vault(load_config(data_dir))
+    try:
+        if password_stdin:
+            old = _read_stdin_password("current password")
+        else:
+            old = click.prompt("Current password", hide_input=True, err=True)
+        new = _ask_new_password(password_stdin, "new password")
+        try:
+            vault.change_password(name, old, new)
+        except NotFound:
+            _fail(f"no user named '{name}'")
+        except AuthError:
+            _fail("the current password is wrong")
+    finally:
+        vault.close()
+    click.echo(f"Password of '{name}' changed.")
+
+
+@user.command("list")
+@_data_dir_option
+@_handle_errors
+def user_list(data_dir: Path) -> None:
+    """List users with their usage."""
+    from davserver.runtime import open_vault
+
+    vault = open_vault(load_config(data_dir))
+    try:
+        users = vault.list_users()
+    finally:
+        vault.close()
+    if not users:
+        click.echo("No users. Add one with: davserver user add NAME")
+        return
+    click.echo(f"{'NAME':<24} {'USED BYTES':>14} {'QUOTA':>14}")
+    for u in users:
+        quota = "default" if u.quota_bytes is None else (str(u.quota_bytes) or "unlimited")
+        click.echo(f"{u.name:<24} {u.usage_bytes:>14} {quota:>14}")
+
+
+@user.command("del")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_data_dir_option
+@_handle_errors
+def user_del(name: str, yes: bool, data_dir: Path) -> None:
+    """Delete user NAME and all their files (cannot be undone)."""
+    from davserver.runtime import open_vault
+
+    vault = open_vault(load_config(data_dir))
+    try:
+        try:
+            vault.user_info(name)
+        except NotFound:
+            _fail(f"no user named '{name}'")
+        if not yes and sys.stdin.isatty():
+            click.confirm(f"Delete user '{name}' and all their files?", abort=True, err=True)
+        vault.delete_user(name)
+    finally:
+        vault.close()
+    click.echo(f"User '{name}' deleted.")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

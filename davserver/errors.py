@@ -1,0 +1,126 @@
+"""The one exception tree of davserver; each class carries the HTTP status it maps to.
+
+::
+
+    DavServerError (500)
+    ├── ConfigError (500)               bad or unknown configuration (CLI exit code 2)
+    ├── AuthError (401)                 wrong user name, password or token
+    │   └── RateLimited (429)           too many failed logins; carries retry_after seconds
+    ├── NotFound (404)                  no such user, path, node, version or blob
+    ├── Conflict (409)                  parent missing, not a directory, move into itself, …
+    ├── AlreadyExists (412)             destination exists and overwrite was not allowed
+    ├── Forbidden (403)                 operation not allowed on this node (e.g. delete the root)
+    ├── BadRequest (400)                malformed input (bad name, bad checksum header, …)
+    ├── LengthMismatch (400)            body shorter or longer than announced; nothing committed
+    ├── ChecksumMismatch (400)          body does not match the checksum the client sent
+    ├── InsufficientStorage (507)       quota exceeded or storage full; nothing committed
+    ├── IntegrityError (500)            ciphertext, envelope or index row failed authentication
+    └── StorageError (503)              the blob store or database is unreachable or failing
+        └── BlobNotFound (500)          an object the index points at is missing from the store
+
+Lower layers raise these; the DAV layer converts them to ``DAVError`` in one place and the CLI
+to a message and exit code. Messages must never contain keys, passwords, file names or contents.
+"""
+
+from __future__ import annotations
+
+
+class DavServerError(Exception):
+    """Base class. ``status`` is the HTTP status the DAV layer answers with."""
+
+    status = 500
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message or self.__class__.__doc__ or self.__class__.__name__)
+
+    @property
+    def reason(self) -> str:
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class ConfigError(DavServerError):
+    """Invalid configuration."""
+
+    status = 500
+
+
+class AuthError(DavServerError):
+    """Authentication failed."""
+
+    status = 401
+
+
+class RateLimited(AuthError):
+    """Too many failed login attempts; retry later."""
+
+    status = 429
+
+    def __init__(self, message: str = "", retry_after: int = 60) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NotFound(DavServerError):
+    """Not found."""
+
+    status = 404
+
+
+class Conflict(DavServerError):
+    """Conflict with the current state of the tree."""
+
+    status = 409
+
+
+class AlreadyExists(DavServerError):
+    """Destination exists."""
+
+    status = 412
+
+
+class Forbidden(DavServerError):
+    """Operation not allowed."""
+
+    status = 403
+
+
+class BadRequest(DavServerError):
+    """Malformed request."""
+
+    status = 400
+
+
+class LengthMismatch(BadRequest):
+    """Body length does not match the announced length."""
+
+    status = 400
+
+
+class ChecksumMismatch(BadRequest):
+    """Body does not match the announced checksum."""
+
+    status = 400
+
+
+class InsufficientStorage(DavServerError):
+    """Quota exceeded or storage full."""
+
+    status = 507
+
+
+class IntegrityError(DavServerError):
+    """Stored data failed authentication."""
+
+    status = 500
+
+
+class StorageError(DavServerError):
+    """Storage backend unavailable or failing."""
+
+    status = 503
+
+
+class BlobNotFound(StorageError):
+    """A blob the index refers to is missing."""
+
+    status = 500

@@ -1,0 +1,155 @@
+"""The index database: connection from a URL, schema versioning, transactions.
+
+SQLite (WAL mode) is the embedded default; PostgreSQL is chosen by a ``postgresql://`` URL and
+uses the same models. Every schema change is a numbered migration in ``MIGRATIONS``; opening an
+index created by a newer davserver is refused rather than guessed at.
+
+This package knows nothing of keys or HTTP: it stores what ``davserver.vault`` gives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import peewee as pw
+
+from davserver.errors import ConfigError, StorageError
+from davserver.index import models
+from davserver.index.models import ALL_MODELS, SchemaInfo, database_proxy
+
+SCHEMA_VERSION = 1
+
+
+def _migrate_v1(db: pw.Database) -> None:
+    db.create_tables(ALL_MODELS, safe=True)
+
+
+# MIGRATIONS[n] brings a schema at version n to version n + 1.
+MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {0: _migrate_v1}
+
+
+class Index:
+    """An open index database bound to the models."""
+
+    def __init__(self, db: pw.Database) -> None:
+        self.db = db
+        self.is_sqlite = isinstance(db, pw.SqliteDatabase)
+
+    def atomic(self) -> pw._transaction | pw._atomic:  # type: ignore[name-defined]
+        """A write transaction. SQLite takes the write lock up front (BEGIN IMMEDIATE) so two
+        writers never deadlock upgrading read locks; PostgreSQL uses its default."""
+        if self.is_sqlite:
+            return self.db.atomic("IMMEDIATE")
+        return self.db.atomic()
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[None]:
+        """Make sure this thread has a connection for a unit of work.
+
+        Connections are per thread and stay open: server threads are long-lived, and
+        reconnecting (re-applying SQLite pragmas, a PostgreSQL handshake) per request costs
+        more than the request. ``close`` releases the calling thread's connection.
+        """
+        try:
+            self.db.connect(reuse_if_open=True)
+        except pw.OperationalError as exc:
+            raise StorageError("cannot connect to the index database") from exc
+        yield
+
+    def schema_version(self) -> int:
+        if not self.db.table_exists(SchemaInfo._meta.table_name):  # type: ignore[attr-defined]
+            return 0
+        row = SchemaInfo.get_or_none(SchemaInfo.key == "schema_version")
+        return int(row.value) if row else 0
+
+    def migrate(self) -> None:
+        """Bring the schema to ``SCHEMA_VERSION``; refuse an index from a newer release."""
+        with self.db.connection_context():
+            current = self.schema_version()
+            if current > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"the index has schema version {current}, newer than this davserver "
+                    f"supports ({SCHEMA_VERSION}); upgrade davserver"
+                )
+            while current < SCHEMA_VERSION:
+                with self.db.atomic():
+                    MIGRATIONS[current](self.db)
+                    current += 1
+                    SchemaInfo.replace(key="schema_version", value=str(current)).execute()
+
+    def close(self) -> None:
+        if not self.db.is_closed():
+            self.db.close()
+
+
+def _sqlite_path(url: str, base_dir: Path) -> str:
+    raw = url[len("sqlite:///") :]
+    if raw == ":memory:":
+        return raw
+    p = Path(raw)
+    return str(p if p.is_absolute() else base_dir / p)
+
+
+def connect(url: str, base_dir: str | Path = ".") -> pw.Database:
+    """Make a peewee database from an index URL (``sqlite:///rel/or/abs.db`` or
+    ``postgresql://user:pass@host:port/db``); relative SQLite paths resolve against base_dir."""
+    base = Path(base_dir)
+    if url.startswith("sqlite:///"):
+        return pw.SqliteDatabase(
+            _sqlite_path(url, base),
+            pragmas={
+                "journal_mode": "wal",
+                "synchronous": "normal",  # durable across process crashes in WAL mode
+                "foreign_keys": 1,
+                "busy_timeout": 30000,
+                "cache_size": -16 * 1024,
+            },
+            check_same_thread=False,
+            timeout=30,
+        )
+    parts = urlsplit(url)
+    if parts.scheme in ("postgresql", "postgres"):
+        try:
+            import psycopg2  # noqa: F401
+        except ImportError as exc:  # pragma: no cover - depends on install
+            raise ConfigError(
+                "index.url is PostgreSQL but psycopg2 is not installed "
+                "(pip install 'davserver[postgres]')"
+            ) from exc
+        from playhouse.pool import PooledPostgresqlDatabase
+
+        return PooledPostgresqlDatabase(
+            (parts.path or "/").lstrip("/") or None,
+            user=parts.username,
+            password=parts.password,
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 5432,
+            max_connections=64,
+            stale_timeout=300,
+            timeout=30,
+        )
+    raise ConfigError("index.url: unsupported database URL scheme (use sqlite:/// or postgresql://)")
+
+
+def open_index(url: str, base_dir: str | Path = ".", migrate: bool = True) -> Index:
+    """Connect, bind the models, and (by default) migrate the schema to the current version."""
+    db = connect(url, base_dir)
+    database_proxy.initialize(db)
+    index = Index(db)
+    if migrate:
+        try:
+            index.migrate()
+        except pw.OperationalError as exc:
+            raise StorageError(f"cannot open the index database: {exc}") from exc
+    return index
+
+
+def now() -> float:
+    return time.time()
+
+
+__all__ = ["Index", "open_index", "connect", "models", "SCHEMA_VERSION", "now"]

@@ -1,0 +1,151 @@
+"""Peewee models of the index: the tree of encrypted nodes, their versions, users and envelopes.
+
+What a row may hold in clear (DESIGN.md §2): random ids, tree shape (parent ids), kinds, sizes,
+version numbers, blob ids, the first 24 header bytes of each blob, user names, timestamps of
+bookkeeping (``created`` of rows). Everything else — names, modification times, hashes, dead
+properties, keys — is ciphertext produced by ``davserver.crypto`` and bound to its row.
+
+All ids are 32 lowercase hex characters (128 random bits), never sequential. The models are
+bound to a database at run time through ``database_proxy`` (see ``davserver.index``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import peewee as pw
+
+database_proxy = pw.DatabaseProxy()
+
+ID_LEN = 32
+
+
+def IdField(**kw: Any) -> pw.CharField:  # noqa: N802 - reads like a field class
+    return pw.CharField(max_length=ID_LEN, **kw)
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = database_proxy
+        legacy_table_names = False
+
+
+class SchemaInfo(BaseModel):
+    """Key/value facts about the index itself; ``schema_version`` drives migrations."""
+
+    key = pw.CharField(max_length=64, primary_key=True)
+    value = pw.TextField()
+
+
+class User(BaseModel):
+    id = IdField(primary_key=True)
+    name = pw.CharField(max_length=255, unique=True)
+    root_id = IdField(null=True)
+    created = pw.DoubleField()
+    # Bytes of plaintext in current versions (sizes are not secret, DESIGN §2).
+    usage_bytes = pw.BigIntegerField(default=0)
+    # None: the server-wide default quota applies; 0: unlimited.
+    quota_bytes = pw.BigIntegerField(null=True)
+
+
+class Envelope(BaseModel):
+    """One wrapping of a user's master key: by a password or by a token (DESIGN §4)."""
+
+    id = IdField(primary_key=True)
+    user = pw.ForeignKeyField(User, backref="envelopes", on_delete="CASCADE")
+    kind = pw.CharField(max_length=16)  # "password" | "token"
+    kdf_params = pw.BlobField()
+    verifier = pw.BlobField()
+    wrapped = pw.BlobField()
+    created = pw.DoubleField()
+
+
+class Node(BaseModel):
+    """A directory or file. The root of a user's tree has no parent and no name."""
+
+    id = IdField(primary_key=True)
+    owner = pw.ForeignKeyField(User, backref="nodes", on_delete="CASCADE", index=True)
+    parent = pw.ForeignKeyField("self", null=True, backref="children", on_delete="RESTRICT")
+    kind = pw.CharField(max_length=4)  # "dir" | "file"
+    name_mac = pw.BlobField()
+    name_ct = pw.BlobField()
+    key_env = pw.BlobField()
+    # Encrypted under the parent's name keys with the name: modification time etc.
+    meta_ct = pw.BlobField(null=True)
+    current_version = IdField(null=True)
+    size = pw.BigIntegerField(default=0)
+    created = pw.DoubleField()
+
+    class Meta:
+        indexes = ((("parent", "name_mac"), True),)
+
+
+class Version(BaseModel):
+    """One stored, immutable version of a file's contents: a blob and its content key."""
+
+    id = IdField(primary_key=True)
+    node = pw.ForeignKeyField(Node, backref="versions", on_delete="CASCADE", index=True)
+    version_no = pw.BigIntegerField()
+    blob_id = IdField(index=True)
+    plain_size = pw.BigIntegerField()
+    header24 = pw.BlobField()
+    ck_env = pw.BlobField()
+    # SHA-1 and MD5 of the plaintext, sealed under the file key and bound to this version.
+    meta_ct = pw.BlobField(null=True)
+    created = pw.DoubleField()
+
+    class Meta:
+        indexes = ((("node", "version_no"), True),)
+
+
+class DeadProps(BaseModel):
+    """All dead (client-set) WebDAV properties of one node, sealed under the node's key."""
+
+    node = pw.ForeignKeyField(Node, primary_key=True, on_delete="CASCADE")
+    props_ct = pw.BlobField()
+
+
+class BlobGC(BaseModel):
+    """Blobs that may need deleting: uploads in flight (to clean after a crash) and dead blobs.
+
+    A blob is deleted only when no ``Version`` row references it any more (COPY shares blobs).
+    """
+
+    blob_id = IdField(primary_key=True)
+    state = pw.CharField(max_length=16)  # "uploading" | "dead"
+    since = pw.DoubleField()
+
+
+class Lock(BaseModel):
+    """A WebDAV lock, shared by every server process using this index.
+
+    ``path_mac`` is a keyed MAC of the locked path (the path itself is sealed in ``data_ct``),
+    so lock rows reveal no names; ``LockScope`` rows index every ancestor of the locked path
+    so that "locks below this path" is one indexed query.
+    """
+
+    token = pw.CharField(max_length=128, primary_key=True)
+    path_mac = pw.BlobField(index=True)
+    data_ct = pw.BlobField()
+    expire = pw.DoubleField(index=True)
+
+
+class LockScope(BaseModel):
+    lock = pw.ForeignKeyField(Lock, on_delete="CASCADE", backref="scopes")
+    ancestor_mac = pw.BlobField(index=True)
+
+    class Meta:
+        primary_key = pw.CompositeKey("lock", "ancestor_mac")
+
+
+ALL_MODELS: list[type[BaseModel]] = [
+    SchemaInfo,
+    User,
+    Envelope,
+    Node,
+    Version,
+    DeadProps,
+    BlobGC,
+    Lock,
+    LockScope,
+]

@@ -1,0 +1,91 @@
+"""Assembling the engine from a ``Config``: pepper, index, blob store, vault.
+
+Shared by the CLI and the server so both open a data directory the same way. It holds no SQL
+and no crypto of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from davserver.blobs import BlobStore
+from davserver.config import Config
+from davserver.errors import ConfigError
+from davserver.index import open_index
+from davserver.vault import Vault, VaultSettings
+
+PEPPER_BYTES = 32
+
+
+def write_pepper(path: Path) -> None:
+    """Create the pepper file: 32 random bytes, mode 0400, never overwritten."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+    try:
+        os.write(fd, os.urandom(PEPPER_BYTES))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_pepper(path: Path) -> bytes:
+    try:
+        st = path.stat()
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigError(
+            f"pepper file {path} is missing: without it no stored data can be decrypted"
+        ) from exc
+    except PermissionError as exc:
+        raise ConfigError(f"cannot read pepper file {path}: permission denied") from exc
+    if len(data) != PEPPER_BYTES:
+        raise ConfigError(f"pepper file {path} is damaged (expected {PEPPER_BYTES} bytes)")
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"pepper file {path} is readable by other users; run: chmod 400 {path}"
+        )
+    return data
+
+
+def make_blob_store(config: Config) -> BlobStore:
+    storage = config.storage
+    if storage.backend == "s3":
+        from davserver.blobs.s3 import S3BlobStore
+
+        s3 = storage.s3
+        return S3BlobStore(
+            endpoint=s3.endpoint,
+            bucket=s3.bucket,
+            access_key=s3.access_key,
+            secret_key=s3.secret_key.get(),
+            secure=s3.secure,
+            region=s3.region,
+            part_size=s3.part_size,
+            create_bucket=s3.create_bucket,
+            prefix=s3.prefix,
+        )
+    from davserver.blobs.local import LocalBlobStore
+
+    return LocalBlobStore(config.resolve_path(storage.local.path))
+
+
+def vault_settings(config: Config) -> VaultSettings:
+    sec = config.security
+    return VaultSettings(
+        argon2_opslimit=sec.argon2_opslimit,
+        argon2_memlimit=sec.argon2_memlimit,
+        argon2_concurrency=sec.argon2_concurrency,
+        login_cache_ttl=sec.login_cache_ttl,
+        login_cache_size=sec.login_cache_size,
+        default_quota=config.quota.default_bytes,
+        upload_expiry=config.gc.upload_expiry,
+    )
+
+
+def open_vault(config: Config) -> Vault:
+    """Open the data directory described by ``config`` (the index is migrated if needed)."""
+    pepper = read_pepper(config.resolve_path(config.security.pepper_file))
+    index = open_index(config.index.url, config.data_dir)
+    blobs = make_blob_store(config)
+    return Vault(index, blobs, pepper, vault_settings(config))

@@ -1,0 +1,364 @@
+"""The storage engine: users and their keys, and the entry point to each user's tree.
+
+``Vault`` owns consistency: every change to users or trees is one database transaction here.
+It knows nothing of HTTP. The DAV layer and the CLI call it; it calls ``index`` (rows),
+``crypto`` (keys, envelopes, blob format, names) and ``blobs`` (ciphertext objects).
+
+- ``Vault.create_user`` / ``change_password`` / ``delete_user`` / ``list_users``: admin.
+- ``Vault.login(name, password) -> Session``: password → master key (Argon2id behind a
+  semaphore, then cached per process, DESIGN §4); ``Session`` (``vault.tree``) holds the keys of
+  one logged-in user and offers every tree operation.
+- ``Vault.collect_garbage``: deletes blobs that no version references any more.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import threading
+import time
+import unicodedata
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import peewee as pw
+
+from davserver import crypto
+from davserver.blobs import BlobStore
+from davserver.crypto import envelopes, kdf, names
+from davserver.errors import (
+    AlreadyExists,
+    AuthError,
+    BadRequest,
+    DavServerError,
+    NotFound,
+    StorageError,
+)
+from davserver.index import Index
+from davserver.index.models import BlobGC, Envelope, Node, User, Version
+from davserver.vault.auth import KdfGate, LoginCache
+
+if TYPE_CHECKING:
+    from davserver.vault.tree import Session
+
+log = logging.getLogger(__name__)
+
+KIND_PASSWORD = "password"
+KIND_TOKEN = "token"
+
+
+@dataclass(frozen=True)
+class VaultSettings:
+    """Engine tunables (filled from ``Config`` by the server and CLI)."""
+
+    argon2_opslimit: int = 3
+    argon2_memlimit: int = 64 * 1024 * 1024
+    argon2_concurrency: int = 0
+    login_cache_ttl: float = 600.0
+    login_cache_size: int = 1024
+    default_quota: int = 0  # 0 = unlimited
+    seg_log2: int = crypto.blobfmt.DEFAULT_SEG_LOG2
+    upload_expiry: float = 86400.0
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    name: str
+    id: str
+    created: float
+    usage_bytes: int
+    quota_bytes: int | None
+
+
+def new_id() -> str:
+    return crypto.random_id().hex()
+
+
+def b(id_hex: str | None) -> bytes:
+    """The raw 16 bytes of a hex id, as bound into associated data."""
+    return bytes.fromhex(id_hex) if id_hex else b""
+
+
+def check_user_name(name: str) -> str:
+    """User names go into Basic auth (no colon) and logs (no control characters)."""
+    name = unicodedata.normalize("NFC", name)
+    if not 1 <= len(name) <= 64:
+        raise BadRequest("user name must be 1 to 64 characters")
+    if any(c in name for c in ":/\\") or any(unicodedata.category(c)[0] in "CZ" for c in name):
+        raise BadRequest("user name must not contain ':', '/', '\\', spaces or control characters")
+    return name
+
+
+def _password_bytes(password: str) -> bytes:
+    # Clients differ in how they normalise what users type (macOS sends NFD).
+    return unicodedata.normalize("NFC", password).encode("utf-8")
+
+
+class Vault:
+    """The engine. One per process; thread-safe."""
+
+    def __init__(
+        self,
+        index: Index,
+        blobs: BlobStore,
+        pepper: bytes,
+        settings: VaultSettings | None = None,
+    ) -> None:
+        if len(pepper) != 32:
+            raise ValueError("pepper must be 32 bytes")
+        self.index = index
+        self.blobs = blobs
+        self._pepper = pepper
+        self.settings = settings or VaultSettings()
+        self._cache: LoginCache[Session] = LoginCache(
+            self.settings.login_cache_ttl, self.settings.login_cache_size
+        )
+        self._gate = KdfGate(self.settings.argon2_concurrency)
+        self._gc_lock = threading.Lock()
+        # Spent on unknown user names, so they cost the same time as wrong passwords.
+        self._dummy_params = kdf.KdfParams.for_password(
+            self.settings.argon2_opslimit, self.settings.argon2_memlimit
+        )
+
+    # -- users ---------------------------------------------------------------------------
+    def _new_password_envelope(self, user_id: str, mk: bytes, password: str) -> Envelope:
+        params = kdf.KdfParams.for_password(
+            self.settings.argon2_opslimit, self.settings.argon2_memlimit
+        )
+        enc = params.encode()
+        with self._gate:
+            prk = kdf.derive_prk(_password_bytes(password), params)
+        kek = kdf.password_kek(self._pepper, prk)
+        env_id = new_id()
+        return Envelope(
+            id=env_id,
+            user=user_id,
+            kind=KIND_PASSWORD,
+            kdf_params=enc,
+            verifier=kdf.make_verifier(kek, enc),
+            wrapped=envelopes.wrap_master_key(mk, kek, b(user_id), KIND_PASSWORD, b(env_id), enc),
+            created=time.time(),
+        )
+
+    def create_user(self, name: str, password: str) -> str:
+        """Create a user with an empty root directory; return the user id."""
+        name = check_user_name(name)
+        if not password:
+            raise BadRequest("password must not be empty")
+        user_id, root_id = new_id(), new_id()
+        mk, root_dk = crypto.random_key(), crypto.random_key()
+        env = self._new_password_envelope(user_id, mk, password)
+        now = time.time()
+        try:
+            with self.index.connection(), self.index.atomic():
+                if User.get_or_none(User.name == name) is not None:
+                    raise AlreadyExists("user already exists")
+                User.create(id=user_id, name=name, root_id=root_id, created=now)
+                env.save(force_insert=True)
+                Node.create(
+                    id=root_id,
+                    owner=user_id,
+                    parent=None,
+                    kind="dir",
+                    name_mac=b"",
+                    name_ct=b"",
+                    key_env=envelopes.wrap_root_key(root_dk, mk, b(user_id), b(root_id)),
+                    created=now,
+                )
+        except pw.IntegrityError as exc:
+            raise AlreadyExists("user already exists") from exc
+        except pw.DatabaseError as exc:
+            raise StorageError("index database error") from exc
+        return user_id
+
+    def _user(self, name: str) -> User:
+        u = User.get_or_none(User.name == unicodedata.normalize("NFC", name))
+        if u is None:
+            raise NotFound("no such user")
+        return u
+
+    def list_users(self) -> list[UserInfo]:
+        with self.index.connection():
+            return [
+                UserInfo(u.name, u.id, u.created, u.usage_bytes, u.quota_bytes)
+                for u in User.select().order_by(User.name)
+            ]
+
+    def user_info(self, name: str) -> UserInfo:
+        with self.index.connection():
+            u = self._user(name)
+            return UserInfo(u.name, u.id, u.created, u.usage_bytes, u.quota_bytes)
+
+    def set_quota(self, name: str, quota_bytes: int | None) -> None:
+        with self.index.connection(), self.index.atomic():
+            u = self._user(name)
+            User.update(quota_bytes=quota_bytes).where(User.id == u.id).execute()
+
+    def _unlock_master_key(self, user: User, password: str) -> bytes | None:
+        """Try every password envelope of a user; return the master key or None."""
+        pw_bytes = _password_bytes(password)
+        envs = list(Envelope.select().where(Envelope.user == user.id, Envelope.kind == KIND_PASSWORD))
+        for env in envs:
+            params_enc = bytes(env.kdf_params)
+            try:
+                params = kdf.KdfParams.decode(params_enc)
+            except crypto.CryptoError:
+                log.error("integrity failure: envelope %s has invalid KDF parameters", env.id)
+                continue
+            with self._gate:
+                prk = kdf.derive_prk(pw_bytes, params)
+            kek = kdf.password_kek(self._pepper, prk)
+            if not kdf.check_verifier(kek, params_enc, bytes(env.verifier)):
+                continue
+            try:
+                return envelopes.unwrap_master_key(
+                    bytes(env.wrapped), kek, b(user.id), KIND_PASSWORD, b(env.id), params_enc
+                )
+            except crypto.AuthenticationFailed:
+                log.error("integrity failure: envelope %s verified but did not open", env.id)
+                return None
+        if not envs:
+            self._burn_kdf(pw_bytes)
+        return None
+
+    def _burn_kdf(self, pw_bytes: bytes) -> None:
+        with self._gate:
+            kdf.derive_prk(pw_bytes, self._dummy_params)
+
+    def login(self, name: str, password: str) -> Session:
+        """Authenticate and return the user's session; ``AuthError`` on any failure.
+
+        A cached session is returned when (name, password) logged in recently; otherwise
+        Argon2id runs. Unknown users cost the same as wrong passwords.
+        """
+        from davserver.vault.tree import Session
+
+        name = unicodedata.normalize("NFC", name)
+        key = self._cache.key(name, _password_bytes(password))
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        try:
+            with self.index.connection():
+                user = User.get_or_none(User.name == name)
+                if user is None:
+                    self._burn_kdf(_password_bytes(password))
+                    raise AuthError("wrong user name or password")
+                mk = self._unlock_master_key(user, password)
+                if mk is None:
+                    raise AuthError("wrong user name or password")
+                session = Session(self, user.id, user.name, mk, user.root_id)
+        except pw.DatabaseError as exc:
+            raise StorageError("index database error") from exc
+        self._cache.put(key, user.id, session)
+        return session
+
+    def change_password(self, name: str, old_password: str, new_password: str) -> None:
+        """Re-wrap the master key under a new password; nothing else changes."""
+        if not new_password:
+            raise BadRequest("password must not be empty")
+        with self.index.connection():
+            user = self._user(name)
+            mk = self._unlock_master_key(user, old_password)
+            if mk is None:
+                raise AuthError("wrong password")
+            env = self._new_password_envelope(user.id, mk, new_password)
+            with self.index.atomic():
+                Envelope.delete().where(
+                    Envelope.user == user.id, Envelope.kind == KIND_PASSWORD
+                ).execute()
+                env.save(force_insert=True)
+        self._cache.forget_user(user.id)
+
+    def delete_user(self, name: str) -> None:
+        """Remove a user and their whole tree (index first; blobs collected afterwards)."""
+        with self.index.connection():
+            user = self._user(name)
+            with self.index.atomic():
+                node_ids = Node.select(Node.id).where(Node.owner == user.id)
+                blob_ids = [
+                    v.blob_id
+                    for v in Version.select(Version.blob_id).where(Version.node.in_(node_ids))
+                ]
+                Version.delete().where(Version.node.in_(node_ids)).execute()
+                from davserver.index.models import DeadProps
+
+                DeadProps.delete().where(DeadProps.node.in_(node_ids)).execute()
+                # Nodes reference their parents: clear the links, then delete in one statement.
+                Node.update(parent=None).where(Node.owner == user.id).execute()
+                Node.delete().where(Node.owner == user.id).execute()
+                Envelope.delete().where(Envelope.user == user.id).execute()
+                User.delete().where(User.id == user.id).execute()
+                self.mark_blobs_dead(blob_ids)
+        self._cache.forget_user(user.id)
+        self.collect_garbage(grace=0)
+
+    # -- garbage ---------------------------------------------------------------------------
+    def mark_blobs_dead(self, blob_ids: list[str]) -> None:
+        """Within the caller's transaction: queue blobs that no version references any more."""
+        if not blob_ids:
+            return
+        now = time.time()
+        for i in range(0, len(blob_ids), 500):
+            chunk = list(set(blob_ids[i : i + 500]))
+            used = {
+                v.blob_id for v in Version.select(Version.blob_id).where(Version.blob_id.in_(chunk))
+            }
+            rows = [{"blob_id": x, "state": "dead", "since": now} for x in chunk if x not in used]
+            if rows:
+                BlobGC.insert_many(rows).on_conflict_replace().execute()
+
+    def collect_garbage(self, grace: float = 0.0) -> int:
+        """Delete queued blobs that no version references; return how many were deleted.
+
+        Dead blobs are collected once older than ``grace`` seconds; uploads that never
+        committed (their process died) once older than ``settings.upload_expiry``.
+        """
+        deleted = 0
+        with self._gc_lock, self.index.connection():
+            now = time.time()
+            rows = list(
+                BlobGC.select().where(
+                    ((BlobGC.state == "dead") & (BlobGC.since <= now - grace))
+                    | (
+                        (BlobGC.state == "uploading")
+                        & (BlobGC.since <= now - self.settings.upload_expiry)
+                    )
+                )
+            )
+            for row in rows:
+                if Version.select().where(Version.blob_id == row.blob_id).exists():
+                    BlobGC.delete().where(BlobGC.blob_id == row.blob_id).execute()
+                    continue
+                try:
+                    self.blobs.delete(row.blob_id)
+                except DavServerError:
+                    log.warning("could not delete blob %s; will retry", row.blob_id)
+                    continue
+                BlobGC.delete().where(BlobGC.blob_id == row.blob_id).execute()
+                deleted += 1
+        return deleted
+
+    def orphan_blobs(self) -> list[str]:
+        """Blob ids present in the store but referenced by no version and not in flight."""
+        with self.index.connection():
+            known = {v.blob_id for v in Version.select(Version.blob_id)}
+            known |= {g.blob_id for g in BlobGC.select(BlobGC.blob_id)}
+        return [x for x in self.blobs.iter_ids() if x not in known]
+
+    def close(self) -> None:
+        self._cache.clear()
+        self.blobs.close()
+        self.index.close()
+
+
+def constant_time_equal(a: bytes, b_: bytes) -> bool:
+    return hmac.compare_digest(a, b_)
+
+
+def random_password(nbytes: int = 18) -> str:
+    """A printable random password (for demo users and tests)."""
+    import base64
+
+    return base64.urlsafe_b64encode(os.urandom(nbytes)).decode("ascii").rstrip("=")

@@ -1,0 +1,264 @@
+"""What the untrusted parties see: no plaintext anywhere, and tampering is detected."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from davserver.blobs.local import LocalBlobStore
+from davserver.errors import AuthError, IntegrityError
+from davserver.index.models import Node, Version
+from davserver.vault import Vault, VaultSettings
+from tests.harness.vaults import make_vault
+
+MARK_CONTENT = b"PLAINTEXT-CONTENT-MARKER-7f3a"
+MARK_NAME = "PlainNameMarker"
+MARK_PROP = "PlainPropertyMarker"
+
+
+def _fill(vault: Vault) -> None:
+    vault.create_user("alice", "correct horse")
+    s = vault.login("alice", "correct horse")
+    s.mkdir("/" + MARK_NAME + "-dir")
+    for i in range(3):
+        body = (MARK_CONTENT + b"\n") * (5000 * (i + 1))
+        s.write_file(f"/{MARK_NAME}-dir/{MARK_NAME}-{i}.txt", [body])
+    s.write_file(f"/{MARK_NAME}-small", [MARK_CONTENT])
+    s.set_props(f"/{MARK_NAME}-small", {"{urn:x}" + MARK_PROP: MARK_PROP})
+    s.copy(f"/{MARK_NAME}-dir", f"/{MARK_NAME}-copy")
+    s.move(f"/{MARK_NAME}-copy", f"/{MARK_NAME}-moved")
+
+
+def _needles() -> list[bytes]:
+    out = [MARK_CONTENT, MARK_CONTENT[:12], b"correct horse"]
+    for text in (MARK_NAME, MARK_PROP):
+        out += [text.encode("utf-8"), text.encode("utf-16-le"), text.encode("utf-16-be")]
+    return out
+
+
+def _assert_clean(blob: bytes, where: str) -> None:
+    for needle in _needles():
+        assert needle not in blob, f"{needle!r} found in {where}"
+
+
+def _scan_index_files(workdir: Path) -> None:
+    files = [p for p in workdir.glob("index.db*") if p.is_file()]
+    assert files
+    for p in files:
+        _assert_clean(p.read_bytes(), str(p))
+    # And every column value, decoded as the database sees it.
+    con = sqlite3.connect(workdir / "index.db")
+    try:
+        tables = [r[0] for r in con.execute("select name from sqlite_master where type='table'")]
+        for t in tables:
+            for row in con.execute(f"select * from {t}"):  # noqa: S608 - table names from sqlite
+                for value in row:
+                    raw = value if isinstance(value, bytes) else str(value).encode()
+                    _assert_clean(raw, f"table {t}")
+    finally:
+        con.close()
+
+
+def test_no_plaintext_in_local_store_or_index(tmp_path: Path) -> None:
+    vault = make_vault(tmp_path, LocalBlobStore(tmp_path / "blobs"))
+    try:
+        _fill(vault)
+    finally:
+        vault.close()
+    ids = []
+    for p in (tmp_path / "blobs").rglob("*"):
+        if p.is_file():
+            _assert_clean(p.read_bytes(), f"blob file {p.name}")
+            _assert_clean(str(p).encode(), "blob path")
+            ids.append(p.name)
+    assert len(ids) >= 4
+    _scan_index_files(tmp_path)
+
+
+@pytest.mark.s3
+def test_no_plaintext_in_minio(tmp_path: Path, minio_server, s3_bucket) -> None:  # type: ignore[no-untyped-def]
+    from tests.harness.minio import make_minio_client, make_s3_store
+
+    vault = make_vault(tmp_path, make_s3_store(minio_server, s3_bucket, prefix="leak/"))
+    try:
+        _fill(vault)
+    finally:
+        vault.close()
+    client = make_minio_client(minio_server)
+    objects = list(client.list_objects(s3_bucket, prefix="leak/", recursive=True))
+    assert len(objects) >= 4
+    for obj in objects:
+        name = obj.object_name or ""
+        _assert_clean(name.encode(), "object key")
+        st = client.stat_object(s3_bucket, name)
+        _assert_clean(repr(st.metadata).encode(), "object metadata")
+        resp = client.get_object(s3_bucket, name)
+        try:
+            _assert_clean(resp.read(), f"object {name}")
+        finally:
+            resp.close()
+            resp.release_conn()
+    _scan_index_files(tmp_path)
+
+
+# -- tampering ------------------------------------------------------------------------------
+@pytest.fixture
+def populated(tmp_path: Path):  # type: ignore[no-untyped-def]
+    vault = make_vault(tmp_path, LocalBlobStore(tmp_path / "blobs"))
+    vault.create_user("alice", "pw")
+    s = vault.login("alice", "pw")
+    s.mkdir("/d")
+    s.write_file("/d/a", [os.urandom(200_000)])
+    s.write_file("/d/b", [os.urandom(200_000)])
+    yield vault, s, tmp_path
+    vault.close()
+
+
+def _blob_path(root: Path, blob_id: str) -> Path:
+    return next(p for p in (root / "blobs").rglob(blob_id) if p.is_file())
+
+
+def _version(s, path):  # type: ignore[no-untyped-def]
+    with s.vault.index.connection():
+        return Version.get_by_id(s.stat(path).version_id)
+
+
+def test_flipped_byte_in_blob_is_detected(populated) -> None:  # type: ignore[no-untyped-def]
+    vault, s, root = populated
+    p = _blob_path(root, _version(s, "/d/a").blob_id)
+    data = bytearray(p.read_bytes())
+    data[100_000] ^= 0x01
+    os.chmod(p, 0o600)
+    p.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError), s.open_file("/d/a") as r:
+        r.read_all()
+    # A range that does not touch the damaged segment still reads.
+    with s.open_file("/d/a") as r:
+        assert len(b"".join(r.iter_range(0, 999))) == 1000
+
+
+def test_truncated_blob_is_detected(populated) -> None:  # type: ignore[no-untyped-def]
+    vault, s, root = populated
+    p = _blob_path(root, _version(s, "/d/a").blob_id)
+    data = p.read_bytes()
+    os.chmod(p, 0o600)
+    p.write_bytes(data[:-5])
+    with pytest.raises(IntegrityError), s.open_file("/d/a") as r:
+        r.read_all()
+
+
+def test_swapped_blob_ids_are_detected(populated) -> None:  # type: ignore[no-untyped-def]
+    vault, s, _ = populated
+    va, vb = _version(s, "/d/a"), _version(s, "/d/b")
+    with vault.index.connection():
+        Version.update(blob_id=vb.blob_id).where(Version.id == va.id).execute()
+    with pytest.raises(IntegrityError):
+        s.open_file("/d/a")
+
+
+def test_swapped_blob_contents_are_detected(populated) -> None:  # type: ignore[no-untyped-def]
+    vault, s, root = populated
+    pa = _blob_path(root, _version(s, "/d/a").blob_id)
+    pb = _blob_path(root, _version(s, "/d/b").blob_id)
+    os.chmod(pa, 0o600)
+    pa.write_bytes(pb.read_bytes())
+    with pytest.raises(IntegrityError), s.open_file("/d/a") as r:
+        r.read_all()
+
+
+def test_swapped_key_envelopes_are_detected(tmp_path: Path) -> None:
+    vault = make_vault(tmp_path, LocalBlobStore(tmp_path / "blobs"))
+    vault.create_user("alice", "pw")
+    s = vault.login("alice", "pw")
+    s.write_file("/a", [b"a"])
+    s.write_file("/b", [b"b"])
+    ida, idb = s.stat("/a").id, s.stat("/b").id
+    with vault.index.connection():
+        env_b = bytes(Node.get_by_id(idb).key_env)
+        Node.update(key_env=env_b).where(Node.id == ida).execute()
+    vault._cache.clear()
+    s2 = vault.login("alice", "pw")
+    with pytest.raises(IntegrityError):
+        s2.open_file("/a")
+    vault.close()
+
+
+def test_swapped_names_are_detected(tmp_path: Path) -> None:
+    vault = make_vault(tmp_path, LocalBlobStore(tmp_path / "blobs"))
+    vault.create_user("alice", "pw")
+    s = vault.login("alice", "pw")
+    s.write_file("/a", [b"a"])
+    s.write_file("/b", [b"b"])
+    ida, idb = s.stat("/a").id, s.stat("/b").id
+    with vault.index.connection():
+        ct_b = bytes(Node.get_by_id(idb).name_ct)
+        Node.update(name_ct=ct_b).where(Node.id == ida).execute()
+    with pytest.raises(IntegrityError):
+        s.list_dir("/")
+    vault.close()
+
+
+def test_wrong_pepper_cannot_log_in(tmp_path: Path) -> None:
+    vault = make_vault(tmp_path, LocalBlobStore(tmp_path / "blobs"))
+    vault.create_user("alice", "pw")
+    vault.close()
+    other = make_vault(tmp_path, LocalBlobStore(tmp_path / "blobs"), pepper=os.urandom(32))
+    with pytest.raises(AuthError):
+        other.login("alice", "pw")
+    other.close()
+
+
+# -- users and login ------------------------------------------------------------------------------
+def test_login_cache_and_password_change(tmp_path: Path) -> None:
+    vault = make_vault(tmp_path, LocalBlobStore(tmp_path / "blobs"))
+    vault.create_user("alice", "old")
+    s = vault.login("alice", "old")
+    s.write_file("/f", [b"kept"])
+    assert vault.login("alice", "old") is s  # cached: no Argon2id
+    with pytest.raises(AuthError):
+        vault.login("alice", "wrong")
+    with pytest.raises(AuthError):
+        vault.login("nobody", "old")
+    with pytest.raises(AuthError):
+        vault.change_password("alice", "wrong", "new")
+    vault.change_password("alice", "old", "new")
+    with pytest.raises(AuthError):
+        vault.login("alice", "old")
+    s2 = vault.login("alice", "new")
+    with s2.open_file("/f") as r:
+        assert r.read_all() == b"kept"
+    names = [u.name for u in vault.list_users()]
+    assert names == ["alice"]
+    vault.delete_user("alice")
+    assert vault.list_users() == []
+    assert list(vault.blobs.iter_ids()) == []
+    vault.close()
+
+
+def test_login_cache_expires(tmp_path: Path) -> None:
+    settings = VaultSettings(argon2_opslimit=1, argon2_memlimit=8 << 20, login_cache_ttl=0.05)
+    vault = make_vault(tmp_path, LocalBlobStore(tmp_path / "blobs"), settings=settings)
+    vault.create_user("alice", "pw")
+    s = vault.login("alice", "pw")
+    time.sleep(0.1)
+    assert vault.login("alice", "pw") is not s
+    vault.close()
+
+
+def test_production_argon2_parameters(tmp_path: Path) -> None:
+    vault = make_vault(tmp_path, LocalBlobStore(tmp_path / "blobs"), settings=VaultSettings())
+    vault.create_user("alice", "pw")
+    vault._cache.clear()
+    assert vault.login("alice", "pw").user_name == "alice"
+    with vault.index.connection():
+        from davserver.crypto import KdfParams
+        from davserver.index.models import Envelope
+
+        env = Envelope.get()
+        params = KdfParams.decode(bytes(env.kdf_params))
+    assert (params.opslimit, params.memlimit) == (3, 64 * 1024 * 1024)
+    vault.close()
