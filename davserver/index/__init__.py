@@ -79,7 +79,9 @@ class Index:
                 with self.db.atomic():
                     MIGRATIONS[current](self.db)
                     current += 1
-                    SchemaInfo.replace(key="schema_version", value=str(current)).execute()
+                    SchemaInfo.insert(key="schema_version", value=str(current)).on_conflict(
+                        conflict_target=[SchemaInfo.key], update={SchemaInfo.value: str(current)}
+                    ).execute()
 
     def close(self) -> None:
         if not self.db.is_closed():

@@ -307,7 +307,10 @@ class Vault:
             }
             rows = [{"blob_id": x, "state": "dead", "since": now} for x in chunk if x not in used]
             if rows:
-                BlobGC.insert_many(rows).on_conflict_replace().execute()
+                BlobGC.insert_many(rows).on_conflict(
+                    conflict_target=[BlobGC.blob_id],
+                    update={BlobGC.state: "dead", BlobGC.since: now},
+                ).execute()
 
     def collect_garbage(self, grace: float = 0.0) -> int:
         """Delete queued blobs that no version references; return how many were deleted.

@@ -740,7 +740,9 @@ class Session:
             ref.key, _PROPS_PURPOSE, _PROPS_LABEL, (_b(ref.row.id),),
             json.dumps(props, separators=(",", ":")).encode(),
         )
-        DeadProps.insert(node=ref.row.id, props_ct=ct).on_conflict_replace().execute()
+        DeadProps.insert(node=ref.row.id, props_ct=ct).on_conflict(
+            conflict_target=[DeadProps.node], update={DeadProps.props_ct: ct}
+        ).execute()
 
     def _copy_props(self, src: _Ref, dst: _Ref) -> None:
         props = self._props(src)

@@ -1,0 +1,41 @@
+"""The engine on PostgreSQL: the same models and operations as on SQLite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from davserver.blobs.local import LocalBlobStore
+from davserver.errors import AlreadyExists, AuthError
+from davserver.index import SCHEMA_VERSION
+from tests.harness.vaults import make_vault
+
+pytestmark = pytest.mark.postgres
+
+
+def test_vault_on_postgres(tmp_path: Path, postgres_db_url: str) -> None:
+    vault = make_vault(tmp_path, LocalBlobStore(tmp_path / "blobs"), index_url=postgres_db_url)
+    try:
+        assert vault.index.schema_version() == SCHEMA_VERSION
+        vault.create_user("alice", "pw")
+        with pytest.raises(AlreadyExists):
+            vault.create_user("alice", "pw")
+        with pytest.raises(AuthError):
+            vault.login("alice", "nope")
+        s = vault.login("alice", "pw")
+        s.mkdir("/d")
+        s.write_file("/d/f", [b"hello ", b"postgres"], expected_length=14)
+        s.set_props("/d/f", {"{urn:x}p": "v"})
+        s.move("/d", "/e")
+        s.copy("/e", "/g")
+        with s.open_file("/g/f") as r:
+            assert r.read_all() == b"hello postgres"
+        assert s.get_props("/e/f") == {"{urn:x}p": "v"}
+        assert [e.name for e in s.list_dir("/")] == ["e", "g"]
+        s.delete("/e")
+        assert s.usage()[0] == 14
+        vault.delete_user("alice")
+        assert list(vault.blobs.iter_ids()) == []
+    finally:
+        vault.close()
