@@ -143,11 +143,16 @@ def main() -> int:
         if minio is not None:
             minio.stop()
     base = next((r for r in results if r["backend"] == "plain"), None)
-    print(f"{'backend':<8} {'MiB':>6} {'PUT MB/s':>9} {'GET MB/s':>9} {'peak RSS MiB':>13}  vs plain disk")
+    print(
+        f"{'backend':<8} {'MiB':>6} {'PUT MB/s':>9} {'GET MB/s':>9} {'peak RSS MiB':>13}"
+        "  vs plain disk"
+    )
     for r in results:
         ratio = ""
         if base and r is not base:
-            ratio = f"PUT {r['put_mb_s'] / base['put_mb_s']:.2f}x  GET {r['get_mb_s'] / base['get_mb_s']:.2f}x"
+            put_ratio = r["put_mb_s"] / base["put_mb_s"]
+            get_ratio = r["get_mb_s"] / base["get_mb_s"]
+            ratio = f"PUT {put_ratio:.2f}x  GET {get_ratio:.2f}x"
         print(
             f"{r['backend']:<8} {r['size_mib']:>6.0f} {r['put_mb_s']:>9} {r['get_mb_s']:>9} "
             f"{r['peak_rss_mib']:>13}  {ratio}"

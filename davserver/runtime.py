@@ -42,9 +42,7 @@ def read_pepper(path: Path) -> bytes:
     if len(data) != PEPPER_BYTES:
         raise ConfigError(f"pepper file {path} is damaged (expected {PEPPER_BYTES} bytes)")
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(
-            f"pepper file {path} is readable by other users; run: chmod 400 {path}"
-        )
+        raise ConfigError(f"pepper file {path} is readable by other users; run: chmod 400 {path}")
     return data
 
 

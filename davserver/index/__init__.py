@@ -124,7 +124,7 @@ def connect(url: str, base_dir: str | Path = ".") -> pw.Database:
             ) from exc
         from playhouse.pool import PooledPostgresqlDatabase
 
-        return PooledPostgresqlDatabase(
+        db: pw.Database = PooledPostgresqlDatabase(
             (parts.path or "/").lstrip("/") or None,
             user=parts.username,
             password=parts.password,
@@ -134,7 +134,10 @@ def connect(url: str, base_dir: str | Path = ".") -> pw.Database:
             stale_timeout=300,
             timeout=30,
         )
-    raise ConfigError("index.url: unsupported database URL scheme (use sqlite:/// or postgresql://)")
+        return db
+    raise ConfigError(
+        "index.url: unsupported database URL scheme (use sqlite:/// or postgresql://)"
+    )
 
 
 def open_index(url: str, base_dir: str | Path = ".", migrate: bool = True) -> Index:
@@ -154,4 +157,4 @@ def now() -> float:
     return time.time()
 
 
-__all__ = ["Index", "open_index", "connect", "models", "SCHEMA_VERSION", "now"]
+__all__ = ["SCHEMA_VERSION", "Index", "connect", "models", "now", "open_index"]

@@ -66,6 +66,7 @@ class Node(BaseModel):
     id = IdField(primary_key=True)
     owner = pw.ForeignKeyField(User, backref="nodes", on_delete="CASCADE", index=True)
     parent = pw.ForeignKeyField("self", null=True, backref="children", on_delete="RESTRICT")
+    parent_id: str | None  # set by peewee for the foreign key above
     kind = pw.CharField(max_length=4)  # "dir" | "file"
     name_mac = pw.BlobField()
     name_ct = pw.BlobField()

@@ -26,7 +26,7 @@ import peewee as pw
 
 from davserver import crypto
 from davserver.blobs import BlobStore
-from davserver.crypto import envelopes, kdf, names
+from davserver.crypto import envelopes, kdf
 from davserver.errors import (
     AlreadyExists,
     AuthError,
@@ -44,8 +44,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-KIND_PASSWORD = "password"
-KIND_TOKEN = "token"
+KIND_PASSWORD = "password"  # noqa: S105 - an envelope kind, not a password
+KIND_TOKEN = "token"  # noqa: S105
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,9 @@ class Vault:
     def _unlock_master_key(self, user: User, password: str) -> bytes | None:
         """Try every password envelope of a user; return the master key or None."""
         pw_bytes = _password_bytes(password)
-        envs = list(Envelope.select().where(Envelope.user == user.id, Envelope.kind == KIND_PASSWORD))
+        envs = list(
+            Envelope.select().where(Envelope.user == user.id, Envelope.kind == KIND_PASSWORD)
+        )
         for env in envs:
             params_enc = bytes(env.kdf_params)
             try:

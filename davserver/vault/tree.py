@@ -36,7 +36,6 @@ from davserver.errors import (
     IntegrityError,
     LengthMismatch,
     NotFound,
-    StorageError,
 )
 from davserver.index.models import BlobGC, DeadProps, Node, User, Version
 from davserver.vault.reader import FileReader
@@ -223,7 +222,10 @@ class Session:
             return {}
         try:
             raw = crypto.open_sealed(
-                parent_key, _META_PURPOSE, _META_LABEL, (_b(row.id), _b(row.parent_id)),
+                parent_key,
+                _META_PURPOSE,
+                _META_LABEL,
+                (_b(row.id), _b(row.parent_id)),
                 bytes(row.meta_ct),
             )
         except crypto.AuthenticationFailed as exc:
@@ -235,7 +237,9 @@ class Session:
     @staticmethod
     def _seal_meta(parent_key: bytes, node_id: str, parent_id: str, meta: dict[str, Any]) -> bytes:
         raw = json.dumps(meta, separators=(",", ":")).encode()
-        return crypto.seal(parent_key, _META_PURPOSE, _META_LABEL, (_b(node_id), _b(parent_id)), raw)
+        return crypto.seal(
+            parent_key, _META_PURPOSE, _META_LABEL, (_b(node_id), _b(parent_id)), raw
+        )
 
     def _entry(self, row: Node, parent_key: bytes | None, name: str | None = None) -> Entry:
         if name is None:
@@ -309,8 +313,11 @@ class Session:
                 return {}
             try:
                 raw = crypto.open_sealed(
-                    ref.key, _VMETA_PURPOSE, _VMETA_LABEL,
-                    (_b(ref.row.id), v.version_no, _b(v.blob_id)), bytes(v.meta_ct),
+                    ref.key,
+                    _VMETA_PURPOSE,
+                    _VMETA_LABEL,
+                    (_b(ref.row.id), v.version_no, _b(v.blob_id)),
+                    bytes(v.meta_ct),
                 )
             except crypto.AuthenticationFailed as exc:
                 log.error("integrity failure: version metadata of node %s", ref.row.id)
@@ -330,8 +337,13 @@ class Session:
             header24 = bytes(v.header24)
             try:
                 ck = envelopes.unwrap_content_key(
-                    bytes(v.ck_env), ref.key, _b(ref.row.id), v.version_no, _b(v.blob_id),
-                    v.plain_size, header24,
+                    bytes(v.ck_env),
+                    ref.key,
+                    _b(ref.row.id),
+                    v.version_no,
+                    _b(v.blob_id),
+                    v.plain_size,
+                    header24,
                 )
             except crypto.AuthenticationFailed as exc:
                 log.error("integrity failure: content key of node %s", ref.row.id)
@@ -377,7 +389,7 @@ class Session:
         Directories keep the time they were created with (or were given): updating the parent
         on every member change would cost a row write per PUT and make MOVE touch more than
         the one row it re-wraps."""
-        if ref.parent_key is None:
+        if ref.parent_key is None or ref.row.parent_id is None:
             return  # the root's time is not tracked
         meta = self._meta(ref.row, ref.parent_key)
         meta["m"] = mtime if mtime is not None else time.time()
@@ -434,17 +446,20 @@ class Session:
         try:
             vault.blobs.put(blob_id, _encrypted(enc, counter))
             if expected_length is not None and counter.count != expected_length:
-                raise LengthMismatch(
-                    f"received {counter.count} bytes, expected {expected_length}"
-                )
+                raise LengthMismatch(f"received {counter.count} bytes, expected {expected_length}")
             got_sha1, got_md5 = counter.sha1.hexdigest(), counter.md5.hexdigest()
             if sha1 is not None and sha1.lower() != got_sha1:
                 raise ChecksumMismatch("SHA-1 of the body does not match")
             if md5 is not None and md5.lower() != got_md5:
                 raise ChecksumMismatch("MD5 of the body does not match")
             entry = self._commit_version(
-                parts, blob_id, ck, enc.header[: blobfmt.HEADER_AD_LEN], counter.count,
-                {"sha1": got_sha1, "md5": got_md5}, mtime,
+                parts,
+                blob_id,
+                ck,
+                enc.header[: blobfmt.HEADER_AD_LEN],
+                counter.count,
+                {"sha1": got_sha1, "md5": got_md5},
+                mtime,
             )
         except BaseException:
             self._discard_blob(blob_id)
@@ -508,7 +523,9 @@ class Session:
                     ck, ref.key, _b(node_id), version_no, _b(blob_id), size, header24
                 ),
                 meta_ct=crypto.seal(
-                    ref.key, _VMETA_PURPOSE, _VMETA_LABEL,
+                    ref.key,
+                    _VMETA_PURPOSE,
+                    _VMETA_LABEL,
                     (_b(node_id), version_no, _b(blob_id)),
                     json.dumps(hashes).encode(),
                 ),
@@ -561,6 +578,13 @@ class Session:
             return dst_parent, name, False
         if not overwrite:
             raise AlreadyExists("destination exists")
+        if existing.row.kind == DIR:
+            # Overwriting an ancestor of the source would delete the source with it.
+            node_id: str | None = src.row.parent_id
+            while node_id is not None:
+                if node_id == existing.row.id:
+                    raise Forbidden("cannot overwrite an ancestor of the source")
+                node_id = Node.select(Node.parent).where(Node.id == node_id).scalar()
         self._delete_subtree(existing.row)
         return dst_parent, name, True
 
@@ -584,14 +608,18 @@ class Session:
                     src.key, dst_parent.key, _b(node_id), _b(dst_parent.row.id), src.row.kind
                 ),
                 name_mac=names.name_mac(dst_parent.key, name),
-                name_ct=names.encrypt_name(dst_parent.key, name, _b(node_id), _b(dst_parent.row.id)),
+                name_ct=names.encrypt_name(
+                    dst_parent.key, name, _b(node_id), _b(dst_parent.row.id)
+                ),
                 meta_ct=self._seal_meta(dst_parent.key, node_id, dst_parent.row.id, meta),
             ).where(Node.id == node_id).execute()
         if existed:
             self.vault.collect_garbage(grace=0)
         return existed
 
-    def copy(self, src_path: str, dst_path: str, overwrite: bool = False, depth_infinity: bool = True) -> bool:
+    def copy(
+        self, src_path: str, dst_path: str, overwrite: bool = False, depth_infinity: bool = True
+    ) -> bool:
         """Copy a file or tree under new keys; blobs are shared, not re-encrypted.
 
         Each copied version gets its own content-key envelope, bound to the new node; the
@@ -608,7 +636,9 @@ class Session:
             quota = self._quota(user)
             if quota is not None and user.usage_bytes + added > quota:
                 raise InsufficientStorage("quota exceeded")
-            User.update(usage_bytes=User.usage_bytes + added).where(User.id == self.user_id).execute()
+            User.update(usage_bytes=User.usage_bytes + added).where(
+                User.id == self.user_id
+            ).execute()
         if existed:
             self.vault.collect_garbage(grace=0)
         return existed
@@ -626,19 +656,35 @@ class Session:
             header24 = bytes(v.header24)
             try:
                 ck = envelopes.unwrap_content_key(
-                    bytes(v.ck_env), src.key, _b(src.row.id), v.version_no, _b(v.blob_id),
-                    v.plain_size, header24,
+                    bytes(v.ck_env),
+                    src.key,
+                    _b(src.row.id),
+                    v.version_no,
+                    _b(v.blob_id),
+                    v.plain_size,
+                    header24,
                 )
-                hashes = crypto.open_sealed(
-                    src.key, _VMETA_PURPOSE, _VMETA_LABEL,
-                    (_b(src.row.id), v.version_no, _b(v.blob_id)), bytes(v.meta_ct),
-                ) if v.meta_ct is not None else b"{}"
+                hashes = (
+                    crypto.open_sealed(
+                        src.key,
+                        _VMETA_PURPOSE,
+                        _VMETA_LABEL,
+                        (_b(src.row.id), v.version_no, _b(v.blob_id)),
+                        bytes(v.meta_ct),
+                    )
+                    if v.meta_ct is not None
+                    else b"{}"
+                )
             except crypto.AuthenticationFailed as exc:
                 log.error("integrity failure: content key of node %s", src.row.id)
                 raise IntegrityError("content key failed authentication") from exc
             vid = crypto.random_id().hex()
             Version.create(
-                id=vid, node=row.id, version_no=1, blob_id=v.blob_id, plain_size=v.plain_size,
+                id=vid,
+                node=row.id,
+                version_no=1,
+                blob_id=v.blob_id,
+                plain_size=v.plain_size,
                 header24=header24,
                 ck_env=envelopes.wrap_content_key(
                     ck, new_key, _b(row.id), 1, _b(v.blob_id), v.plain_size, header24
@@ -737,7 +783,10 @@ class Session:
             DeadProps.delete().where(DeadProps.node == ref.row.id).execute()
             return
         ct = crypto.seal(
-            ref.key, _PROPS_PURPOSE, _PROPS_LABEL, (_b(ref.row.id),),
+            ref.key,
+            _PROPS_PURPOSE,
+            _PROPS_LABEL,
+            (_b(ref.row.id),),
             json.dumps(props, separators=(",", ":")).encode(),
         )
         DeadProps.insert(node=ref.row.id, props_ct=ct).on_conflict(

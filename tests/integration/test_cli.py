@@ -13,7 +13,10 @@ from click.testing import CliRunner
 
 from davserver.cli import main
 
-FAST_ENV = {"DAVSERVER_SECURITY_ARGON2_OPSLIMIT": "1", "DAVSERVER_SECURITY_ARGON2_MEMLIMIT": "8388608"}
+FAST_ENV = {
+    "DAVSERVER_SECURITY_ARGON2_OPSLIMIT": "1",
+    "DAVSERVER_SECURITY_ARGON2_MEMLIMIT": "8388608",
+}
 
 
 @pytest.fixture
@@ -130,7 +133,10 @@ def test_empty_password_refused(data_dir: Path, runner: CliRunner) -> None:
 def test_console_script_runs(tmp_path: Path) -> None:
     """The installed entry point works as a real process and documents its commands."""
     out = subprocess.run(
-        [sys.executable, "-m", "davserver.cli", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "davserver.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     for word in ("init", "user"):
         assert word in out.stdout

@@ -55,7 +55,7 @@ def _scan_index_files(workdir: Path) -> None:
     try:
         tables = [r[0] for r in con.execute("select name from sqlite_master where type='table'")]
         for t in tables:
-            for row in con.execute(f"select * from {t}"):  # noqa: S608 - table names from sqlite
+            for row in con.execute(f"select * from {t}"):
                 for value in row:
                     raw = value if isinstance(value, bytes) else str(value).encode()
                     _assert_clean(raw, f"table {t}")
@@ -128,7 +128,7 @@ def _version(s, path):  # type: ignore[no-untyped-def]
 
 
 def test_flipped_byte_in_blob_is_detected(populated) -> None:  # type: ignore[no-untyped-def]
-    vault, s, root = populated
+    _vault, s, root = populated
     p = _blob_path(root, _version(s, "/d/a").blob_id)
     data = bytearray(p.read_bytes())
     data[100_000] ^= 0x01
@@ -142,7 +142,7 @@ def test_flipped_byte_in_blob_is_detected(populated) -> None:  # type: ignore[no
 
 
 def test_truncated_blob_is_detected(populated) -> None:  # type: ignore[no-untyped-def]
-    vault, s, root = populated
+    _vault, s, root = populated
     p = _blob_path(root, _version(s, "/d/a").blob_id)
     data = p.read_bytes()
     os.chmod(p, 0o600)
@@ -161,7 +161,7 @@ def test_swapped_blob_ids_are_detected(populated) -> None:  # type: ignore[no-un
 
 
 def test_swapped_blob_contents_are_detected(populated) -> None:  # type: ignore[no-untyped-def]
-    vault, s, root = populated
+    _vault, s, root = populated
     pa = _blob_path(root, _version(s, "/d/a").blob_id)
     pb = _blob_path(root, _version(s, "/d/b").blob_id)
     os.chmod(pa, 0o600)

@@ -169,6 +169,11 @@ def test_errors_on_paths(vault: Vault) -> None:
         s.copy("/d", "/d/sub")
     with pytest.raises(AlreadyExists):
         s.move("/d/f", "/d", overwrite=False)
+    with pytest.raises(Forbidden):
+        s.move("/d/f", "/d", overwrite=True)
+    with pytest.raises(Forbidden):
+        s.copy("/d/f", "/d", overwrite=True)
+    assert read(s, "/d/f") == b"1"
 
 
 def test_move_rename_overwrite(vault: Vault) -> None:
