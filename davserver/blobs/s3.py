@@ -1,0 +1,416 @@
+"""A blob store in an S3-compatible service (MinIO, AWS S3, …) through the ``minio`` SDK.
+
+This module owns the mapping of the ``BlobStore`` contract onto S3 requests and of every SDK,
+HTTP and socket error onto ``davserver.errors``. It sends only ciphertext: the object key is
+``prefix + blob_id``, there is no user metadata and the only content type is
+``application/octet-stream``, so the service learns object ids, sizes and access patterns and
+nothing else (DESIGN.md 2, 5).
+
+Uploads (``put``) take an iterable of unknown total length:
+
+- a body that fits in one part is sent as a single PUT;
+- a longer one becomes a multipart upload. Parts are exactly ``part_size`` bytes (the last one
+  shorter); after every 1,000 parts the part size doubles (capped at S3's 5 GiB), so the
+  10,000-part limit refuses nothing below S3's 5 TiB object limit (DESIGN.md 8). The first
+  1,000 parts (16 GiB at the default 16 MiB) all have the configured size.
+- memory holds at most about two parts (the buffer being filled and the part being sent);
+- on *any* failure — a refused part, a dead endpoint, the caller's iterator raising, even
+  ``KeyboardInterrupt`` — the multipart upload is aborted, so no partial object ever becomes
+  visible under the key. Should the abort itself fail (endpoint gone), the parts stay invisible
+  but billable: give the bucket an ``AbortIncompleteMultipartUpload`` lifecycle rule as a
+  backstop. Errors raised by the caller's iterator propagate unchanged.
+
+Reads (``open``) are one GET, ranged when asked; the response is streamed, never loaded whole.
+
+Error mapping: ``NoSuchKey`` → ``BlobNotFound``. A missing bucket is a ``StorageError``, not a
+``BlobNotFound``: it means misconfiguration or an outage, and reporting every blob as missing
+would let a garbage collector or an integrity check draw the wrong conclusion (a HEAD cannot
+tell a missing bucket from a missing key, so ``stat`` checks the bucket on a miss). A full
+drive or exceeded quota → ``InsufficientStorage``. Everything else (refused connection,
+timeout, 5xx, access denied) → ``StorageError`` with a short message naming the operation and
+the endpoint, never credentials or request signatures.
+
+The ``_create_multipart_upload`` / ``_upload_part`` / ``_complete_multipart_upload`` /
+``_abort_multipart_upload`` / ``_put_object`` methods are the SDK's own building blocks of
+``put_object`` (minio 7.2). ``put_object`` itself cannot be used: with an unknown length it
+keeps one fixed part size (so it would refuse large bodies) and uploads parts in a thread pool
+(three parts in memory at once) from a file-like object, not an iterable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import certifi
+import urllib3
+from minio import Minio
+from minio.datatypes import Part
+from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+from minio.helpers import check_bucket_name
+from urllib3.response import BaseHTTPResponse
+from urllib3.util.retry import Retry
+from urllib3.util.timeout import Timeout
+
+from davserver.blobs import BlobReader, BlobStat, BlobStore, check_blob_id
+from davserver.errors import (
+    BlobNotFound,
+    ConfigError,
+    DavServerError,
+    InsufficientStorage,
+    StorageError,
+)
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+GiB = 1 << 30
+#: S3's limits on multipart uploads.
+S3_MIN_PART_SIZE = 5 * MiB
+S3_MAX_PART_SIZE = 5 * GiB
+S3_MAX_PARTS = 10_000
+#: DESIGN.md 5 asks for parts of at least 8 MiB (config.py enforces the same range).
+MIN_PART_SIZE = 8 * MiB
+#: 16 MiB halves the request count of 8 MiB parts at little memory cost.
+DEFAULT_PART_SIZE = 16 * MiB
+#: Double the part size after this many parts (10 doublings fit in 10,000 parts).
+GROW_EVERY = 1_000
+
+# MinIO: drive full / bucket quota; AWS-compatible services: account or bucket quota.
+_FULL_CODES = frozenset(
+    {"XMinioStorageFull", "XMinioAdminBucketQuotaExceeded", "QuotaExceeded", "StorageFull"}
+)
+# Errors the SDK lets through: its own, urllib3's (MaxRetryError, timeouts, protocol errors
+# while streaming) and raw socket/TLS errors.
+_SDK_ERRORS = (MinioException, urllib3.exceptions.HTTPError, OSError)
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+_BLOB_ID = re.compile(r"^[0-9a-f]{32}$")
+# An unread rest of a response up to this size is drained so the connection can be reused;
+# a longer one closes the connection (reading it would cost more than a new handshake).
+_DRAIN_LIMIT = 64 * 1024
+
+
+def _headers() -> dict[str, str | list[str] | tuple[str]]:
+    # A fresh dict per request: the SDK adds Host, date and signature headers to it.
+    return {"Content-Type": "application/octet-stream"}
+
+
+class S3BlobReader(BlobReader):
+    """A streamed GET response; ``close`` returns its connection to the pool."""
+
+    def __init__(
+        self, store: S3BlobStore, response: BaseHTTPResponse, total_size: int, length: int
+    ) -> None:
+        self._store = store
+        self._response: BaseHTTPResponse | None = response
+        self.total_size = total_size
+        self._remaining = length
+
+    def read(self, n: int = -1) -> bytes:
+        response = self._response
+        if response is None:
+            raise ValueError("read from a closed blob reader")
+        if self._remaining <= 0 or n == 0:
+            return b""
+        n = self._remaining if n < 0 else min(n, self._remaining)
+        with self._store._errors("read"):
+            # urllib3 2 returns exactly n bytes unless the body ends; a body shorter than its
+            # Content-Length raises IncompleteRead (a ProtocolError), mapped to StorageError.
+            data = response.read(n)
+        if not data:
+            raise StorageError("S3 read failed: response ended early")
+        self._remaining -= len(data)
+        return data
+
+    def close(self) -> None:
+        response, self._response = self._response, None
+        if response is None:
+            return
+        try:
+            if 0 < self._remaining <= _DRAIN_LIMIT:
+                response.read(self._remaining)
+                self._remaining = 0
+            if self._remaining > 0:
+                response.close()  # unread body: the connection cannot be reused
+        except _SDK_ERRORS:
+            response.close()
+        finally:
+            response.release_conn()
+
+
+class S3BlobStore(BlobStore):
+    """Blobs as objects ``prefix + blob_id`` in ``bucket``.
+
+    ``endpoint`` is ``host[:port]`` (no scheme). ``region`` avoids one GetBucketLocation request
+    per bucket when given. ``create_bucket`` creates a missing bucket at construction (the only
+    network request the constructor makes). The timeouts bound each connection attempt and
+    each socket read; with the limited retries below, an unreachable endpoint fails in well
+    under ten seconds instead of the SDK's default minutes. ``max_connections`` is the size of
+    the connection pool shared by all threads (more are opened under load, then discarded).
+
+    Raises ``ConfigError`` for an invalid endpoint, bucket name, prefix or part size.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        bucket: str,
+        access_key: str,
+        secret_key: str,
+        secure: bool = True,
+        region: str | None = None,
+        part_size: int = DEFAULT_PART_SIZE,
+        create_bucket: bool = False,
+        prefix: str = "",
+        *,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 30.0,
+        max_connections: int = 16,
+    ) -> None:
+        if not MIN_PART_SIZE <= part_size <= S3_MAX_PART_SIZE:
+            raise ConfigError("S3 part size must be between 8 MiB and 5 GiB")
+        if prefix.startswith("/"):
+            raise ConfigError("S3 key prefix must not start with '/'")
+        try:
+            check_bucket_name(bucket)
+        except ValueError:
+            raise ConfigError(f"invalid S3 bucket name {bucket!r}") from None
+        self.endpoint = endpoint
+        self.bucket = bucket
+        self.prefix = prefix
+        self.part_size = part_size
+        self._http = urllib3.PoolManager(
+            timeout=Timeout(connect=connect_timeout, read=read_timeout),
+            maxsize=max_connections,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),  # as the SDK does
+            retries=Retry(
+                # Few, fast retries: a dead endpoint must fail in seconds. POST (create and
+                # complete multipart) is not retried after the request was sent.
+                total=3,
+                connect=2,
+                read=1,
+                status=2,
+                backoff_factor=0.2,
+                backoff_max=2.0,
+                status_forcelist=(500, 502, 503, 504),
+                respect_retry_after_header=False,
+                # Hand the final error response to the SDK, which parses the S3 error code.
+                raise_on_status=False,
+            ),
+        )
+        try:
+            self._client = Minio(
+                endpoint,
+                access_key=access_key,
+                secret_key=secret_key,
+                secure=secure,
+                region=region,
+                http_client=self._http,
+            )
+        except ValueError as exc:
+            self._http.clear()
+            raise ConfigError(f"invalid S3 endpoint: {exc}") from None
+        if create_bucket:
+            self._create_bucket(region)
+
+    # -- error mapping ------------------------------------------------------------------------
+
+    def _map_error(self, op: str, exc: BaseException, blob_id: str | None) -> DavServerError:
+        if isinstance(exc, S3Error):
+            code = exc.code or "error"
+            if code == "NoSuchKey":
+                return BlobNotFound(f"blob {blob_id} not found")
+            if code == "NoSuchBucket":
+                return StorageError(f"S3 bucket {self.bucket!r} does not exist")
+            if code == "InvalidRange":
+                return StorageError("range starts past the end of the blob")
+            if code in _FULL_CODES:
+                return InsufficientStorage(f"S3 storage full ({code})")
+            return StorageError(f"S3 {op} failed: {code}")
+        if isinstance(exc, ServerError):
+            return StorageError(f"S3 {op} failed: HTTP {exc.status_code}")
+        if isinstance(exc, InvalidResponseError):
+            return StorageError(f"S3 {op} failed: unexpected response from {self.endpoint}")
+        if isinstance(exc, urllib3.exceptions.MaxRetryError):
+            reason = exc.reason if exc.reason is not None else exc
+            if isinstance(reason, urllib3.exceptions.ReadTimeoutError):
+                return StorageError(f"S3 {op} failed: {self.endpoint} timed out")
+            return StorageError(
+                f"S3 {op} failed: {self.endpoint} unreachable ({type(reason).__name__})"
+            )
+        if isinstance(exc, urllib3.exceptions.TimeoutError):
+            return StorageError(f"S3 {op} failed: {self.endpoint} timed out")
+        return StorageError(f"S3 {op} failed: {type(exc).__name__}")
+
+    @contextmanager
+    def _errors(self, op: str, blob_id: str | None = None) -> Iterator[None]:
+        """Turn SDK, HTTP and socket errors raised inside the block into our tree."""
+        try:
+            yield
+        except _SDK_ERRORS as exc:
+            # The cause stays attached for the server log; it holds URLs and S3 request ids,
+            # never the secret key or a signature.
+            raise self._map_error(op, exc, blob_id) from exc
+
+    def _create_bucket(self, region: str | None) -> None:
+        with self._errors("create bucket"):
+            if self._client.bucket_exists(self.bucket):
+                return
+            try:
+                self._client.make_bucket(self.bucket, location=region)
+            except S3Error as exc:
+                # Lost a race with another process creating it: fine.
+                if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+
+    def _key(self, blob_id: str) -> str:
+        return self.prefix + check_blob_id(blob_id)
+
+    # -- BlobStore ----------------------------------------------------------------------------
+
+    def part_size_for(self, part_number: int) -> int:
+        """Size of part ``part_number`` (1-based) of a multipart upload."""
+        return min(self.part_size << ((part_number - 1) // GROW_EVERY), S3_MAX_PART_SIZE)
+
+    def put(self, blob_id: str, chunks: Iterable[bytes]) -> int:
+        key = self._key(blob_id)
+        buf = bytearray()  # the part being filled: never more than one part size
+        parts: list[Part] = []
+        upload_id: str | None = None
+        total = 0
+        try:
+            # The caller's iterator is consumed outside any error mapping: what it raises
+            # (e.g. LengthMismatch from a short body) reaches the caller unchanged.
+            for chunk in chunks:
+                view = memoryview(chunk).cast("B")  # count bytes, whatever the buffer
+                total += len(view)
+                # Strictly greater: only once a byte beyond the current part exists do we know
+                # the body needs another part (so a body of exactly one part is one PUT).
+                while len(buf) + len(view) > (size := self.part_size_for(len(parts) + 1)):
+                    take = size - len(buf)
+                    if buf:
+                        buf += view[:take]
+                        data = bytes(buf)
+                        buf.clear()
+                    else:  # a large chunk: cut the part straight out of it
+                        data = view[:take].tobytes()
+                    view = view[take:]
+                    if upload_id is None:
+                        with self._errors("put", blob_id):
+                            upload_id = self._client._create_multipart_upload(
+                                self.bucket, key, _headers()
+                            )
+                    self._upload_part(blob_id, key, upload_id, parts, data)
+                    del data
+                buf += view
+                view.release()
+            data = bytes(buf)
+            buf.clear()
+            if upload_id is None:
+                with self._errors("put", blob_id):
+                    self._client._put_object(self.bucket, key, data, _headers())
+                return total
+            # data is not empty here: a part is only sent once a byte beyond it has arrived.
+            self._upload_part(blob_id, key, upload_id, parts, data)
+            del data
+            with self._errors("put", blob_id):
+                self._client._complete_multipart_upload(self.bucket, key, upload_id, parts)
+            # If a timeout hid a completion that did succeed, the abort below fails with
+            # NoSuchUpload and the object exists: the caller's cleanup (delete or GC) removes it.
+            upload_id = None
+            return total
+        except BaseException:
+            if upload_id is not None:
+                self._abort(blob_id, key, upload_id)
+            raise
+
+    def _upload_part(
+        self, blob_id: str, key: str, upload_id: str, parts: list[Part], data: bytes
+    ) -> None:
+        part_number = len(parts) + 1
+        if part_number > S3_MAX_PARTS:
+            raise StorageError("blob too large for S3 (more than 10,000 parts)")
+        with self._errors("put", blob_id):
+            etag = self._client._upload_part(self.bucket, key, data, None, upload_id, part_number)
+        parts.append(Part(part_number, etag))
+
+    def _abort(self, blob_id: str, key: str, upload_id: str) -> None:
+        try:
+            with self._errors("abort upload", blob_id):
+                self._client._abort_multipart_upload(self.bucket, key, upload_id)
+        except DavServerError as exc:
+            log.warning("incomplete multipart upload of blob %s left behind: %s", blob_id, exc)
+
+    def open(self, blob_id: str, start: int = 0, end: int | None = None) -> BlobReader:
+        if start < 0 or (end is not None and end < start):
+            raise ValueError("invalid byte range")
+        key = self._key(blob_id)
+        ranged = start > 0 or end is not None
+        length = 0 if end is None else end - start + 1  # the SDK's "0 = to the end"
+        with self._errors("get", blob_id):
+            response = self._client.get_object(self.bucket, key, offset=start, length=length)
+        try:
+            total, count = self._response_size(response, blob_id, ranged)
+            return S3BlobReader(self, response, total, count)
+        except BaseException:
+            response.close()
+            response.release_conn()
+            raise
+
+    def _response_size(
+        self, response: BaseHTTPResponse, blob_id: str, ranged: bool
+    ) -> tuple[int, int]:
+        """Return (object size, bytes in this response) from the response headers."""
+        if response.status == 206:
+            m = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+            if m is None:
+                raise StorageError("S3 get failed: bad Content-Range header")
+            count = int(m.group(2)) - int(m.group(1)) + 1
+            if m.group(3) != "*":
+                return int(m.group(3)), count
+            return self.stat(blob_id).size, count
+        if ranged:
+            # A server that ignores Range would hand us the wrong bytes.
+            raise StorageError("S3 get failed: server ignored the Range header")
+        length = response.headers.get("Content-Length")
+        size = int(length) if length is not None else self.stat(blob_id).size
+        return size, size
+
+    def stat(self, blob_id: str) -> BlobStat:
+        key = self._key(blob_id)
+        try:
+            with self._errors("stat", blob_id):
+                obj = self._client.stat_object(self.bucket, key)
+        except BlobNotFound:
+            # A HEAD answers a bare 404 for a missing bucket too: tell the two apart.
+            with self._errors("stat", blob_id):
+                bucket_exists = self._client.bucket_exists(self.bucket)
+            if not bucket_exists:
+                raise StorageError(f"S3 bucket {self.bucket!r} does not exist") from None
+            raise
+        return BlobStat(blob_id, int(obj.size or 0))
+
+    def delete(self, blob_id: str) -> None:
+        key = self._key(blob_id)
+        try:
+            with self._errors("delete", blob_id):
+                self._client.remove_object(self.bucket, key)
+        except BlobNotFound:
+            pass  # S3 answers 204 for a missing key; some compatible services say NoSuchKey
+
+    def iter_ids(self) -> Iterator[str]:
+        n = len(self.prefix)
+        with self._errors("list"):
+            for obj in self._client.list_objects(
+                self.bucket, prefix=self.prefix or None, recursive=True
+            ):
+                name = obj.object_name or ""
+                if _BLOB_ID.match(name[n:]):
+                    yield name[n:]
+
+    def close(self) -> None:
+        self._http.clear()
