@@ -193,6 +193,18 @@ class Session:
         )
         if row is None:
             return None
+        # The MAC is a lookup index, not bound to its row: a database writer could swap the
+        # MACs of two siblings. The sealed name is bound to the node, so check it matches.
+        try:
+            stored = names.decrypt_name(
+                parent.key, bytes(row.name_ct), _b(row.id), _b(row.parent_id)
+            )
+        except crypto.AuthenticationFailed as exc:
+            log.error("integrity failure: name of node %s", row.id)
+            raise IntegrityError("name failed authentication") from exc
+        if stored != name:
+            log.error("integrity failure: name MAC of node %s does not match its name", row.id)
+            raise IntegrityError("name index does not match the sealed name")
         return _Ref(row, self._node_key(row, parent.key), parent.key, name)
 
     def _walk(self, parts: list[str]) -> _Ref:

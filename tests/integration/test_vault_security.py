@@ -202,6 +202,25 @@ def test_swapped_names_are_detected(tmp_path: Path) -> None:
     vault.close()
 
 
+def test_swapped_name_macs_are_detected(tmp_path: Path) -> None:
+    """Swapping the lookup MACs of two siblings must not serve one file under the other's name."""
+    vault = make_vault(tmp_path, LocalBlobStore(tmp_path / "blobs"))
+    vault.create_user("alice", "pw")
+    s = vault.login("alice", "pw")
+    s.write_file("/a", [b"a"])
+    s.write_file("/b", [b"b"])
+    ida, idb = s.stat("/a").id, s.stat("/b").id
+    with vault.index.connection(), vault.index.atomic():
+        mac_a = bytes(Node.get_by_id(ida).name_mac)
+        mac_b = bytes(Node.get_by_id(idb).name_mac)
+        Node.update(name_mac=b"tmp").where(Node.id == ida).execute()
+        Node.update(name_mac=mac_a).where(Node.id == idb).execute()
+        Node.update(name_mac=mac_b).where(Node.id == ida).execute()
+    with pytest.raises(IntegrityError):
+        s.open_file("/a")
+    vault.close()
+
+
 def test_wrong_pepper_cannot_log_in(tmp_path: Path) -> None:
     vault = make_vault(tmp_path, LocalBlobStore(tmp_path / "blobs"))
     vault.create_user("alice", "pw")
