@@ -24,6 +24,8 @@ This module imports nothing from davserver, never logs, and never lets a PyNaCl 
 
 from __future__ import annotations
 
+import functools
+
 import nacl.bindings
 import nacl.encoding
 import nacl.exceptions
@@ -121,6 +123,16 @@ def keyed_hash(
 def subkey(key: bytes, purpose: bytes, id: bytes = b"") -> bytes:
     """``BLAKE2b-256(key=key, person=purpose, data=id)``: a 32-byte key for one purpose."""
     require_bytes(key, KEY_BYTES, "key")
+    if not isinstance(purpose, bytes) or not isinstance(id, bytes):
+        raise TypeError("purpose and id must be bytes")
+    return _subkey_cached(key, purpose, id)
+
+
+# A directory listing derives the same name and metadata subkeys of one parent key for every
+# child; caching them turns 2 BLAKE2b calls per child into 2 per listing. The cache lives in
+# process memory only, like every other key.
+@functools.lru_cache(maxsize=4096)
+def _subkey_cached(key: bytes, purpose: bytes, id: bytes) -> bytes:
     return keyed_hash(key, id, purpose)
 
 
