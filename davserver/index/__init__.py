@@ -19,17 +19,23 @@ import peewee as pw
 
 from davserver.errors import ConfigError, StorageError
 from davserver.index import models
-from davserver.index.models import ALL_MODELS, SchemaInfo, database_proxy
+from davserver.index.models import SchemaInfo, database_proxy
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _migrate_v1(db: pw.Database) -> None:
-    db.create_tables(ALL_MODELS, safe=True)
+    db.create_tables(models.V1_MODELS, safe=True)
 
 
-# MIGRATIONS[n] brings a schema at version n to version n + 1.
-MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {0: _migrate_v1}
+def _migrate_v2(db: pw.Database) -> None:
+    """Chunked uploads (Nextcloud-style)."""
+    db.create_tables(models.V2_MODELS, safe=True)
+
+
+# MIGRATIONS[n] brings a schema at version n to version n + 1. Never edit a released one:
+# add the next.
+MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {0: _migrate_v1, 1: _migrate_v2}
 
 
 class Index:

@@ -139,7 +139,42 @@ class LockScope(BaseModel):
         primary_key = pw.CompositeKey("lock", "ancestor_mac")
 
 
-ALL_MODELS: list[type[BaseModel]] = [
+class Upload(BaseModel):
+    """A chunked upload in progress (Nextcloud-style ``/uploads/USER/<id>/``).
+
+    ``handle_mac`` is a keyed MAC of the client's upload id under the user's upload key, so
+    the client-chosen id (which may say anything) is not stored in clear.
+    """
+
+    id = IdField(primary_key=True)
+    owner = pw.ForeignKeyField(User, backref="uploads", on_delete="CASCADE", index=True)
+    handle_mac = pw.BlobField()
+    created = pw.DoubleField()
+    touched = pw.DoubleField(index=True)
+
+    class Meta:
+        indexes = ((("owner", "handle_mac"), True),)
+
+
+class UploadChunk(BaseModel):
+    """One uploaded chunk: an encrypted blob of its own, assembled into a version later."""
+
+    id = IdField(primary_key=True)
+    upload = pw.ForeignKeyField(Upload, backref="chunks", on_delete="CASCADE", index=True)
+    name_mac = pw.BlobField()
+    name_ct = pw.BlobField()
+    blob_id = IdField(index=True)
+    plain_size = pw.BigIntegerField()
+    header24 = pw.BlobField()
+    ck_env = pw.BlobField()
+    created = pw.DoubleField()
+
+    class Meta:
+        indexes = ((("upload", "name_mac"), True),)
+
+
+# The tables each schema version added (see davserver.index.MIGRATIONS).
+V1_MODELS: list[type[BaseModel]] = [
     SchemaInfo,
     User,
     Envelope,
@@ -150,3 +185,5 @@ ALL_MODELS: list[type[BaseModel]] = [
     Lock,
     LockScope,
 ]
+V2_MODELS: list[type[BaseModel]] = [Upload, UploadChunk]
+ALL_MODELS: list[type[BaseModel]] = V1_MODELS + V2_MODELS

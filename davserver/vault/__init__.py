@@ -36,7 +36,7 @@ from davserver.errors import (
     StorageError,
 )
 from davserver.index import Index
-from davserver.index.models import BlobGC, Envelope, Node, User, Version
+from davserver.index.models import BlobGC, Envelope, Node, Upload, UploadChunk, User, Version
 from davserver.vault.auth import KdfGate, LoginCache
 
 if TYPE_CHECKING:
@@ -283,6 +283,15 @@ class Vault:
                     v.blob_id
                     for v in Version.select(Version.blob_id).where(Version.node.in_(node_ids))
                 ]
+                blob_ids += [
+                    c.blob_id
+                    for c in UploadChunk.select(UploadChunk.blob_id)
+                    .join(Upload)
+                    .where(Upload.owner == user.id)
+                ]
+                uploads = Upload.select(Upload.id).where(Upload.owner == user.id)
+                UploadChunk.delete().where(UploadChunk.upload.in_(uploads)).execute()
+                Upload.delete().where(Upload.owner == user.id).execute()
                 Version.delete().where(Version.node.in_(node_ids)).execute()
                 from davserver.index.models import DeadProps
 
@@ -306,6 +315,11 @@ class Vault:
             chunk = list(set(blob_ids[i : i + 500]))
             used = {
                 v.blob_id for v in Version.select(Version.blob_id).where(Version.blob_id.in_(chunk))
+            } | {
+                c.blob_id
+                for c in UploadChunk.select(UploadChunk.blob_id).where(
+                    UploadChunk.blob_id.in_(chunk)
+                )
             }
             rows = [{"blob_id": x, "state": "dead", "since": now} for x in chunk if x not in used]
             if rows:
@@ -333,7 +347,10 @@ class Vault:
                 )
             )
             for row in rows:
-                if Version.select().where(Version.blob_id == row.blob_id).exists():
+                if (
+                    Version.select().where(Version.blob_id == row.blob_id).exists()
+                    or UploadChunk.select().where(UploadChunk.blob_id == row.blob_id).exists()
+                ):
                     BlobGC.delete().where(BlobGC.blob_id == row.blob_id).execute()
                     continue
                 try:
@@ -345,10 +362,32 @@ class Vault:
                 deleted += 1
         return deleted
 
+    def expire_uploads(self, max_age: float | None = None) -> int:
+        """Drop chunked uploads untouched for ``max_age`` seconds (default: the configured
+        upload expiry), for every user; their chunks are collected. Returns how many."""
+        age = self.settings.upload_expiry if max_age is None else max_age
+        cutoff = time.time() - age
+        with self.index.connection(), self.index.atomic():
+            stale = [u.id for u in Upload.select(Upload.id).where(Upload.touched < cutoff)]
+            if not stale:
+                return 0
+            blob_ids = [
+                c.blob_id
+                for c in UploadChunk.select(UploadChunk.blob_id).where(
+                    UploadChunk.upload.in_(stale)
+                )
+            ]
+            UploadChunk.delete().where(UploadChunk.upload.in_(stale)).execute()
+            Upload.delete().where(Upload.id.in_(stale)).execute()
+            self.mark_blobs_dead(blob_ids)
+        self.collect_garbage(grace=0)
+        return len(stale)
+
     def orphan_blobs(self) -> list[str]:
         """Blob ids present in the store but referenced by no version and not in flight."""
         with self.index.connection():
             known = {v.blob_id for v in Version.select(Version.blob_id)}
+            known |= {c.blob_id for c in UploadChunk.select(UploadChunk.blob_id)}
             known |= {g.blob_id for g in BlobGC.select(BlobGC.blob_id)}
         return [x for x in self.blobs.iter_ids() if x not in known]
 

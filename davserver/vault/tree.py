@@ -42,6 +42,7 @@ from davserver.vault.reader import FileReader
 
 if TYPE_CHECKING:
     from davserver.vault import Vault
+    from davserver.vault.uploads import Uploads
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,13 @@ class Session:
 
     def __repr__(self) -> str:
         return f"<Session user_id={self.user_id}>"
+
+    @property
+    def uploads(self) -> Uploads:
+        """This user's chunked uploads (``davserver.vault.uploads``)."""
+        from davserver.vault.uploads import Uploads
+
+        return Uploads(self)
 
     # -- keys and rows ---------------------------------------------------------------------
     def _remember(self, node_id: str, key: bytes) -> None:
