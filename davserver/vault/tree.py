@@ -37,6 +37,7 @@ from davserver.errors import (
     LengthMismatch,
     NotFound,
 )
+from davserver.index import fast
 from davserver.index.models import BlobGC, DeadProps, Node, User, Version
 from davserver.vault.reader import FileReader
 
@@ -87,9 +88,13 @@ class Entry:
         return self.version_id or self.id
 
 
+# A node row: a peewee ``Node`` or a ``fast.NodeRow`` tuple (same attribute names).
+NodeLike = Any
+
+
 @dataclass
 class _Ref:
-    row: Node
+    row: NodeLike
     key: bytes
     parent_key: bytes | None  # None for the root
     name: str
@@ -176,7 +181,7 @@ class Session:
             except KeyError:  # pragma: no cover - concurrent eviction
                 pass
 
-    def _node_key(self, row: Node, parent_key: bytes | None) -> bytes:
+    def _node_key(self, row: NodeLike, parent_key: bytes | None) -> bytes:
         cached = self._keys.get(row.id)
         if cached is not None:
             return cached
@@ -199,16 +204,13 @@ class Session:
         return key
 
     def _root(self) -> _Ref:
-        row = Node.get_or_none(Node.id == self.root_id, Node.owner == self.user_id)
+        row = fast.node_by_id(self.root_id, self.user_id)
         if row is None:
             raise IntegrityError("root directory is missing")
         return _Ref(row, self._node_key(row, None), None, "")
 
     def _child(self, parent: _Ref, name: str) -> _Ref | None:
-        mac = names.name_mac(parent.key, name)
-        row = Node.get_or_none(
-            Node.parent == parent.row.id, Node.name_mac == mac, Node.owner == self.user_id
-        )
+        row = fast.child_by_mac(parent.row.id, names.name_mac(parent.key, name), self.user_id)
         if row is None:
             return None
         # The MAC is a lookup index, not bound to its row: a database writer could swap the
@@ -488,7 +490,7 @@ class Session:
                 raise ChecksumMismatch("SHA-1 of the body does not match")
             if md5 is not None and md5.lower() != got_md5:
                 raise ChecksumMismatch("MD5 of the body does not match")
-            entry = self._commit_version(
+            entry, retired_any = self._commit_version(
                 parts,
                 blob_id,
                 ck,
@@ -500,7 +502,8 @@ class Session:
         except BaseException:
             self._discard_blob(blob_id)
             raise
-        vault.collect_garbage(grace=0)
+        if retired_any:
+            vault.collect_garbage(grace=0)
         return entry
 
     def _discard_blob(self, blob_id: str) -> None:
@@ -521,7 +524,7 @@ class Session:
         size: int,
         hashes: dict[str, str],
         mtime: float | None,
-    ) -> Entry:
+    ) -> tuple[Entry, bool]:
         now = time.time()
         with self._db(), self._txn():
             # Re-resolve inside the transaction: the tree may have changed during the upload.
@@ -567,20 +570,32 @@ class Session:
                 ),
                 created=now,
             )
-            self._retire_versions(node_id, keep=version_id)
-            Node.update(current_version=version_id, size=size).where(Node.id == node_id).execute()
-            ref.row.current_version, ref.row.size = version_id, size
+            retired = version_no > 1 and self._retire_versions(node_id, keep=version_id)
+            meta = self._meta(ref.row, parent.key)
+            changes: dict[Any, Any] = {Node.current_version: version_id, Node.size: size}
             if mtime is not None or version_no > 1:
-                self._touch(ref, mtime if mtime is not None else now)
-                ref.row = Node.get_by_id(node_id)
-            User.update(usage_bytes=User.usage_bytes - old_size + size).where(
-                User.id == self.user_id
-            ).execute()
+                meta["m"] = mtime if mtime is not None else now
+                changes[Node.meta_ct] = self._seal_meta(parent.key, node_id, parent.row.id, meta)
+            Node.update(changes).where(Node.id == node_id).execute()
+            if size != old_size:
+                User.update(usage_bytes=User.usage_bytes - old_size + size).where(
+                    User.id == self.user_id
+                ).execute()
             BlobGC.delete().where(BlobGC.blob_id == blob_id).execute()
-            return self._entry(ref.row, parent.key, name)
+            return Entry(
+                id=node_id,
+                parent_id=parent.row.id,
+                name=name,
+                kind=FILE,
+                size=size,
+                mtime=float(meta.get("m", now)),
+                ctime=float(meta.get("c", now)),
+                version_id=version_id,
+            ), retired
 
-    def _retire_versions(self, node_id: str, keep: str) -> None:
-        """Drop every version of a node but ``keep``; their blobs go to the collector."""
+    def _retire_versions(self, node_id: str, keep: str) -> bool:
+        """Drop every version of a node but ``keep``; their blobs go to the collector.
+        Returns whether any blob may now be collectable."""
         old = list(
             Version.select(Version.id, Version.blob_id).where(
                 Version.node == node_id, Version.id != keep
@@ -589,6 +604,7 @@ class Session:
         if old:
             Version.delete().where(Version.id.in_([v.id for v in old])).execute()
             self.vault.mark_blobs_dead([v.blob_id for v in old])
+        return bool(old)
 
     # -- move, copy, delete ----------------------------------------------------------------------
     def _check_not_inside(self, src: _Ref, dst_parent: _Ref) -> None:
@@ -749,7 +765,7 @@ class Session:
             self._delete_subtree(ref.row)
         self.vault.collect_garbage(grace=0)
 
-    def _delete_subtree(self, row: Node) -> None:
+    def _delete_subtree(self, row: NodeLike) -> None:
         """Within a transaction: remove a node and all below it, deepest level first."""
         levels: list[list[str]] = [[row.id]]
         while True:

@@ -1,0 +1,81 @@
+"""Hand-written SQL for the hottest lookups: a node by id, a child by name MAC.
+
+Path resolution runs one of these per path component on every request. Building the same
+peewee query object each time costs about 0.5 ms of Python, several times the query itself
+(measured with cProfile on a 4 KiB PUT: two thirds of its time was SQL generation), so these
+keep one SQL string per database dialect and return plain tuples with the model's attribute
+names. The results are read-only views; writes still go through the models.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from davserver.index.models import Node, database_proxy
+
+_COLUMNS = (
+    "id",
+    "parent_id",
+    "kind",
+    "name_mac",
+    "name_ct",
+    "key_env",
+    "meta_ct",
+    "current_version",
+    "size",
+    "created",
+)
+
+
+class NodeRow(NamedTuple):
+    id: str
+    parent_id: str | None
+    kind: str
+    name_mac: bytes
+    name_ct: bytes
+    key_env: bytes
+    meta_ct: bytes | None
+    current_version: str | None
+    size: int
+    created: float
+
+
+_sql_cache: dict[tuple[str, str], str] = {}
+
+
+def _sql(kind: str) -> str:
+    db = database_proxy.obj
+    param = db.param
+    key = (kind, param)
+    sql = _sql_cache.get(key)
+    if sql is None:
+        table = Node._meta.table_name
+        cols = ", ".join(_COLUMNS)
+        if kind == "by_id":
+            where = f"id = {param} AND owner_id = {param}"
+        else:
+            where = f"parent_id = {param} AND name_mac = {param} AND owner_id = {param}"
+        sql = f'SELECT {cols} FROM "{table}" WHERE {where}'  # noqa: S608 - constants only
+        _sql_cache[key] = sql
+    return sql
+
+
+def _row(values: tuple[object, ...] | None) -> NodeRow | None:
+    if values is None:
+        return None
+    v = list(values)
+    for i in (3, 4, 5, 6):  # PostgreSQL returns bytea as memoryview
+        item = v[i]
+        if isinstance(item, memoryview):
+            v[i] = item.tobytes()
+    return NodeRow(*v)  # type: ignore[arg-type]
+
+
+def node_by_id(node_id: str, owner_id: str) -> NodeRow | None:
+    cur = database_proxy.obj.execute_sql(_sql("by_id"), (node_id, owner_id))
+    return _row(cur.fetchone())
+
+
+def child_by_mac(parent_id: str, name_mac: bytes, owner_id: str) -> NodeRow | None:
+    cur = database_proxy.obj.execute_sql(_sql("child"), (parent_id, name_mac, owner_id))
+    return _row(cur.fetchone())
