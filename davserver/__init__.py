@@ -1,4 +1,4 @@
-"""davserver: a WebDAV server that keeps everything it stores encrypted in an untrusted object store.
+"""davserver: a WebDAV server that keeps what it stores encrypted in an untrusted object store.
 
 Layers (imports point down only): ``dav`` -> ``vault`` -> ``index`` / ``crypto`` / ``blobs``.
 See ``DESIGN.md`` in the shared folder for the normative formats.

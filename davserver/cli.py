@@ -254,5 +254,37 @@ def user_del(name: str, yes: bool, data_dir: Path) -> None:
     click.echo(f"User '{name}' deleted.")
 
 
+@main.command()
+@_data_dir_option
+@click.option("--host", default=None, help="Address to listen on (default: server.host).")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=None, help="TCP port (default: server.port)."
+)
+@_handle_errors
+def serve(data_dir: Path, host: str | None, port: int | None) -> None:
+    """Serve the data directory over WebDAV until SIGTERM or Ctrl-C.
+
+    Settings come from DATA_DIR/davserver.yaml and DAVSERVER_* environment variables;
+    --host and --port override server.host and server.port.
+    """
+    from davserver.server import configure_logging
+    from davserver.server import serve as run_server
+
+    config = load_config(data_dir)
+    configure_logging(config)
+
+    def ready(url: str) -> None:
+        click.echo(f"davserver is serving {data_dir} at {url}")
+        click.echo(
+            "Log in with a user name and password (create one with: davserver user add NAME "
+            f"--data-dir {data_dir}). Mount {url} in a WebDAV client, or open it in a browser."
+        )
+        click.echo("Press Ctrl-C to stop.")
+        sys.stdout.flush()
+
+    run_server(config, host=host, port=port, ready=ready)
+    click.echo("davserver stopped.")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,6 +1,7 @@
 """Shared pytest configuration: fixtures for real services live in ``tests/harness``."""
 
 pytest_plugins = [
+    "tests.harness.davserver",
     "tests.harness.minio",
     "tests.harness.postgres",
     "tests.harness.vaults",

@@ -256,6 +256,18 @@ class Vault:
         self._cache.put(key, user.id, session)
         return session
 
+    def login_cached(self, name: str, password: str) -> Session | None:
+        """The session of a recent successful login with exactly these credentials, or None.
+        Costs one keyed hash, never Argon2id (lets a rate-limited user with the right
+        password straight in)."""
+        key = self._cache.key(unicodedata.normalize("NFC", name), _password_bytes(password))
+        return self._cache.get(key)
+
+    def server_key(self, purpose: bytes) -> bytes:
+        """A server-wide key for one purpose, derived from the pepper (which never leaves
+        this object): e.g. the MAC and sealing keys of shared lock records."""
+        return crypto.subkey(self._pepper, purpose)
+
     def change_password(self, name: str, old_password: str, new_password: str) -> None:
         """Re-wrap the master key under a new password; nothing else changes."""
         if not new_password:

@@ -275,16 +275,7 @@ class Session:
 
     def _entry(self, row: Any, parent_key: bytes | None, name: str | None = None) -> Entry:
         if name is None:
-            if parent_key is None:
-                name = ""
-            else:
-                try:
-                    name = names.decrypt_name(
-                        parent_key, bytes(row.name_ct), _b(row.id), _b(row.parent_id)
-                    )
-                except crypto.AuthenticationFailed as exc:
-                    log.error("integrity failure: name of node %s", row.id)
-                    raise IntegrityError("name failed authentication") from exc
+            name = "" if parent_key is None else self._entry_name(row, parent_key)
         meta = self._meta(row, parent_key)
         return Entry(
             id=row.id,
@@ -349,19 +340,7 @@ class Session:
             v = Version.get_or_none(Version.id == ref.row.current_version)
             if v is None or v.meta_ct is None:
                 return {}
-            try:
-                raw = crypto.open_sealed(
-                    ref.key,
-                    _VMETA_PURPOSE,
-                    _VMETA_LABEL,
-                    (_b(ref.row.id), v.version_no, _b(v.blob_id)),
-                    bytes(v.meta_ct),
-                )
-            except crypto.AuthenticationFailed as exc:
-                log.error("integrity failure: version metadata of node %s", ref.row.id)
-                raise IntegrityError("version metadata failed authentication") from exc
-            value: dict[str, str] = json.loads(raw)
-            return value
+            return self._open_hashes(ref.key, ref.row.id, v.version_no, v.blob_id, bytes(v.meta_ct))
 
     def open_file(self, path: str) -> FileReader:
         """A seekable reader of the current version of the file at ``path``."""
@@ -816,13 +795,96 @@ class Session:
             ref = self._walk(split_path(path))
             return self._props(ref)
 
+    def list_dir_props(self, path: str) -> dict[str, dict[str, str]]:
+        """Dead properties of every member of a directory that has any, from one query:
+        {member name: {property: value}} (a Depth 1 allprop PROPFIND needs them all)."""
+        with self._db():
+            ref = self._walk(split_path(path))
+            if ref.row.kind != DIR:
+                raise Conflict("not a directory")
+            rows = (
+                Node.select(
+                    Node.id,
+                    Node.parent.alias("parent_id"),
+                    Node.kind,
+                    Node.key_env,
+                    Node.name_ct,
+                    DeadProps.props_ct,
+                )
+                .join(DeadProps, on=(DeadProps.node == Node.id))
+                .where(Node.parent == ref.row.id, Node.owner == self.user_id)
+                .namedtuples()
+            )
+            out: dict[str, dict[str, str]] = {}
+            r: Any
+            for r in rows:
+                name = self._entry_name(r, ref.key)
+                child = _Ref(r, self._node_key(r, ref.key), ref.key, name)
+                out[name] = self._open_props(child, bytes(r.props_ct))
+            return out
+
+    def list_dir_hashes(self, path: str) -> dict[str, dict[str, str]]:
+        """SHA-1 and MD5 of every file in a directory, from one query:
+        {member name: {"sha1": hex, "md5": hex}}."""
+        with self._db():
+            ref = self._walk(split_path(path))
+            if ref.row.kind != DIR:
+                raise Conflict("not a directory")
+            rows = (
+                Node.select(
+                    Node.id,
+                    Node.parent.alias("parent_id"),
+                    Node.kind,
+                    Node.key_env,
+                    Node.name_ct,
+                    Version.version_no,
+                    Version.blob_id,
+                    Version.meta_ct.alias("vmeta"),
+                )
+                .join(Version, on=(Version.id == Node.current_version))
+                .where(Node.parent == ref.row.id, Node.owner == self.user_id)
+                .namedtuples()
+            )
+            out: dict[str, dict[str, str]] = {}
+            r: Any
+            for r in rows:
+                if r.vmeta is None:
+                    continue
+                name = self._entry_name(r, ref.key)
+                key = self._node_key(r, ref.key)
+                out[name] = self._open_hashes(key, r.id, r.version_no, r.blob_id, bytes(r.vmeta))
+            return out
+
+    def _entry_name(self, row: NodeLike, parent_key: bytes) -> str:
+        try:
+            return names.decrypt_name(parent_key, bytes(row.name_ct), _b(row.id), _b(row.parent_id))
+        except crypto.AuthenticationFailed as exc:
+            log.error("integrity failure: name of node %s", row.id)
+            raise IntegrityError("name failed authentication") from exc
+
+    def _open_hashes(
+        self, key: bytes, node_id: str, version_no: int, blob_id: str, sealed: bytes
+    ) -> dict[str, str]:
+        try:
+            raw = crypto.open_sealed(
+                key, _VMETA_PURPOSE, _VMETA_LABEL, (_b(node_id), version_no, _b(blob_id)), sealed
+            )
+        except crypto.AuthenticationFailed as exc:
+            log.error("integrity failure: version metadata of node %s", node_id)
+            raise IntegrityError("version metadata failed authentication") from exc
+        value: dict[str, str] = json.loads(raw)
+        return value
+
     def _props(self, ref: _Ref) -> dict[str, str]:
         row = DeadProps.get_or_none(DeadProps.node == ref.row.id)
         if row is None:
             return {}
+        return self._open_props(ref, bytes(row.props_ct))
+
+    def _open_props(self, ref: _Ref, sealed: bytes) -> dict[str, str]:
         try:
             raw = crypto.open_sealed(
-                ref.key, _PROPS_PURPOSE, _PROPS_LABEL, (_b(ref.row.id),), bytes(row.props_ct)
+                ref.key, _PROPS_PURPOSE, _PROPS_LABEL, (_b(ref.row.id),), sealed
             )
         except crypto.AuthenticationFailed as exc:
             log.error("integrity failure: properties of node %s", ref.row.id)

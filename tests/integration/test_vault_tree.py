@@ -285,3 +285,23 @@ def test_user_usage_rows(vault: Vault) -> None:
     put(s, "/f", b"12345")
     with vault.index.connection():
         assert User.get_by_id(s.user_id).usage_bytes == 5
+
+
+def test_batched_member_props_and_hashes(vault: Vault) -> None:
+    s = login(vault)
+    s.mkdir("/d")
+    put(s, "/d/a", b"aaa")
+    put(s, "/d/b", b"bbbb")
+    s.mkdir("/d/sub")
+    s.set_props("/d/a", {"{urn:x}p": "1"})
+    s.set_props("/d/sub", {"{urn:x}q": "2"})
+    assert s.list_dir_props("/d") == {"a": {"{urn:x}p": "1"}, "sub": {"{urn:x}q": "2"}}
+    hashes = s.list_dir_hashes("/d")
+    assert set(hashes) == {"a", "b"}
+    assert hashes["b"] == {
+        "sha1": hashlib.sha1(b"bbbb").hexdigest(),
+        "md5": hashlib.md5(b"bbbb").hexdigest(),
+    }
+    assert hashes["a"] == s.hashes("/d/a")
+    with pytest.raises(Conflict):
+        s.list_dir_props("/d/a")

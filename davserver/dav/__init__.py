@@ -1,0 +1,15 @@
+"""The WebDAV layer: the only code that imports WsgiDAV.
+
+It maps DAV verbs onto the vault (``davserver.vault``) and knows nothing of keys, blobs or SQL:
+
+- ``provider`` / ``resources``: each authenticated user's tree at ``/``, resources built from
+  vault entries (one index query per collection listing);
+- ``handlers``: PUT, GET/HEAD, PROPFIND, PROPPATCH, OPTIONS, COPY/MOVE where WsgiDAV's own
+  handlers do not fit a streaming, encrypted store;
+- ``auth``: Basic authentication against the vault, with a failed-login rate limit;
+- ``locks``: WsgiDAV's lock manager over the index-backed ``vault.locks.LockStore``;
+- ``errors``: the one place engine exceptions become ``DAVError``;
+- ``middleware``: early close of unread bodies, body caps and the access log.
+
+``davserver.server`` assembles these into a WSGI application and a cheroot server.
+"""

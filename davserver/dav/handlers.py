@@ -1,0 +1,465 @@
+"""Request handlers that replace WsgiDAV's where an encrypted, streaming store needs it.
+
+- **PUT** streams the body straight into ``Session.write_file`` (bounded memory, one
+  ``block_size`` at a time) and passes the announced length (Content-Length or
+  ``X-Expected-Entity-Length``) so a body that ends early is never committed. ``X-OC-Mtime``
+  and ``OC-Checksum`` (ownCloud/rclone) are honoured.
+- **GET/HEAD** serve one byte range with one ranged blob read (RFC 7233: first-last, first-,
+  suffix; 416 when unsatisfiable; several ranges are answered with the whole body), strong
+  quoted ETags, ``Last-Modified`` and WsgiDAV's evaluation of ``If-*`` headers.
+- **PROPFIND** refuses ``Depth: infinity`` (and a missing Depth, which means infinity) with
+  403 and the ``propfind-finite-depth`` condition (RFC 4918 §9.1), then runs WsgiDAV's handler.
+- **PROPPATCH** validates every change first, then applies them in one vault transaction
+  (RFC 4918 §9.2: all or nothing).
+- **COPY/MOVE** run WsgiDAV's checks and our ``handle_copy``/``handle_move``; WsgiDAV reports
+  every natively handled request as 204, so 201 is restored when the destination was new.
+- **OPTIONS** advertises ``DAV: 1, 2``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from wsgidav import util, xml_tools
+from wsgidav.dav_error import (
+    HTTP_BAD_REQUEST,
+    HTTP_CONFLICT,
+    HTTP_FAILED_DEPENDENCY,
+    HTTP_FORBIDDEN,
+    HTTP_METHOD_NOT_ALLOWED,
+    HTTP_NOT_FOUND,
+    HTTP_PRECONDITION_FAILED,
+    DAVError,
+    PRECONDITION_CODE_PropfindFiniteDepth,
+    PRECONDITION_CODE_ProtectedProperty,
+)
+from wsgidav.util import etree
+
+from davserver.dav.errors import vault_call
+from davserver.dav.resources import (
+    CREATED_KEY,
+    LOCK_PROPS,
+    MTIME_ACCEPTED_KEY,
+    FileResource,
+    _VaultResource,
+    forget_resources,
+    parse_mtime,
+    session_of,
+)
+
+if TYPE_CHECKING:
+    from davserver.dav.provider import VaultProvider
+
+DAV_COMPLIANCE = "1, 2"
+WIN32_NS = "{urn:schemas-microsoft-com:}"
+# rclone's fallback for modification times when X-OC-Mtime is not accepted.
+RCLONE_MTIME = "{DAV:}lastmodified"
+_RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
+_UNSATISFIABLE = (-1, -1)
+
+
+def dispatch(
+    provider: VaultProvider, environ: dict[str, Any], start_response: Any, default: Any
+) -> Any:
+    method = environ["REQUEST_METHOD"]
+    server = getattr(default, "__self__", None)  # WsgiDAV's RequestServer for this request
+    if method in ("GET", "HEAD"):
+        return get(provider, server, environ, start_response, head=method == "HEAD")
+    if method == "PUT":
+        return put(provider, server, environ, start_response)
+    if method == "PROPFIND":
+        return propfind(environ, start_response, default)
+    if method == "PROPPATCH":
+        return proppatch(provider, server, environ, start_response)
+    if method in ("COPY", "MOVE"):
+        return copy_move(environ, start_response, default)
+    if method == "OPTIONS":
+        return options(provider, environ, start_response)
+    if method == "LOCK":
+        return lock(provider, server, environ, start_response, default)
+    return default(environ, start_response)
+
+
+def _parent_path(path: str) -> str:
+    return util.get_uri_parent(path) or "/"
+
+
+# -- OPTIONS --------------------------------------------------------------------------------
+
+
+def options(provider: VaultProvider, environ: dict[str, Any], start_response: Any) -> Any:
+    path = environ["PATH_INFO"]
+    res = provider.get_resource_inst(path, environ)
+    headers = [("Content-Length", "0"), ("DAV", DAV_COMPLIANCE), ("MS-Author-Via", "DAV")]
+    common = ["OPTIONS", "PROPFIND", "PROPPATCH", "DELETE", "COPY", "MOVE", "LOCK", "UNLOCK"]
+    if res is not None and res.is_collection:
+        allow = ["HEAD", "GET", *common]
+    elif res is not None:
+        allow = ["HEAD", "GET", "PUT", *common]
+        headers.append(("Accept-Ranges", "bytes"))
+    else:
+        parent = provider.get_resource_inst(_parent_path(path), environ)
+        if parent is None or not parent.is_collection:
+            raise DAVError(HTTP_NOT_FOUND)
+        allow = ["OPTIONS", "PUT", "MKCOL", "LOCK"]
+    headers.append(("Allow", ", ".join(allow)))
+    start_response("200 OK", headers)
+    return [b""]
+
+
+# -- GET / HEAD -----------------------------------------------------------------------------
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """The inclusive byte range a single-range ``Range`` header asks for.
+
+    Returns None when the header is to be ignored (not one syntactically valid byte range:
+    RFC 7233 §3.1 lets a server ignore it) and ``(-1, -1)`` when it is unsatisfiable.
+    """
+    m = _RANGE.match(header)
+    if m is None:
+        return None
+    first, last = m.groups()
+    if first == "" and last == "":
+        return None
+    if first == "":  # suffix: the last N bytes
+        n = int(last)
+        if n == 0 or size == 0:
+            return _UNSATISFIABLE
+        return max(0, size - n), size - 1
+    start = int(first)
+    if last != "" and int(last) < start:
+        return None  # invalid, hence ignored (RFC 7233 §2.1)
+    if start >= size:
+        return _UNSATISFIABLE
+    end = size - 1 if last == "" else min(int(last), size - 1)
+    return start, end
+
+
+def _if_range_matches(environ: dict[str, Any], etag: str, mtime: float) -> bool:
+    value = environ.get("HTTP_IF_RANGE")
+    if value is None:
+        return True
+    value = value.strip()
+    if value.startswith('"') or value.startswith("W/"):
+        return bool(value == f'"{etag}"')  # strong comparison only (RFC 7233 §3.2)
+    when = util.parse_time_string(value)
+    return bool(when) and int(mtime) == when
+
+
+_HTTP_CONDITIONS = (
+    "HTTP_IF_MATCH",
+    "HTTP_IF_NONE_MATCH",
+    "HTTP_IF_MODIFIED_SINCE",
+    "HTTP_IF_UNMODIFIED_SINCE",
+)
+
+
+def _etag_listed(header: str, etag: str) -> bool:
+    tags = [t.strip() for t in header.split(",")]
+    return "*" in tags or f'"{etag}"' in tags
+
+
+def _not_modified(server: Any, res: FileResource, environ: dict[str, Any]) -> bool:
+    """RFC 7232 §6 for GET/HEAD: 412 for a failed If-Match/If-Unmodified-Since, True when
+    the answer is 304. (WsgiDAV's evaluation answers 200 to If-Modified-Since equal to
+    Last-Modified.) The WebDAV ``If`` header is left to WsgiDAV."""
+    etag, mtime = res.entry.etag, int(res.entry.mtime)
+    if "HTTP_IF_MATCH" in environ:
+        if not _etag_listed(environ["HTTP_IF_MATCH"], etag):
+            raise DAVError(HTTP_PRECONDITION_FAILED, "If-Match failed")
+    elif "HTTP_IF_UNMODIFIED_SINCE" in environ:
+        when = util.parse_time_string(environ["HTTP_IF_UNMODIFIED_SINCE"])
+        if when and mtime > when:
+            raise DAVError(HTTP_PRECONDITION_FAILED, "If-Unmodified-Since failed")
+    if "HTTP_IF" in environ:
+        rest = {k: v for k, v in environ.items() if k not in _HTTP_CONDITIONS}
+        server._evaluate_if_headers(res, rest)
+        for key in ("wsgidav.conditions.if", "wsgidav.ifLockTokenList"):
+            environ[key] = rest[key]
+    if "HTTP_IF_NONE_MATCH" in environ:
+        return _etag_listed(environ["HTTP_IF_NONE_MATCH"], etag)
+    if "HTTP_IF_MODIFIED_SINCE" in environ:
+        when = util.parse_time_string(environ["HTTP_IF_MODIFIED_SINCE"])
+        return bool(when) and mtime <= when
+    return False
+
+
+def get(
+    provider: VaultProvider,
+    server: Any,
+    environ: dict[str, Any],
+    start_response: Any,
+    *,
+    head: bool,
+) -> Any:
+    path = environ["PATH_INFO"]
+    res = provider.get_resource_inst(path, environ)
+    if res is None:
+        raise DAVError(HTTP_NOT_FOUND)
+    if res.is_collection:
+        # The dir browser answers GET/HEAD on collections before we are reached.
+        raise DAVError(HTTP_METHOD_NOT_ALLOWED)
+    assert isinstance(res, FileResource)
+    entry = res.entry
+    size = entry.size
+    validators = [
+        ("Last-Modified", util.get_rfc1123_time(entry.mtime)),
+        ("ETag", f'"{entry.etag}"'),
+    ]
+    if _not_modified(server, res, environ):
+        start_response("304 Not Modified", [*validators, ("Content-Length", "0")])
+        return [b""]
+    headers = [("Content-Type", res.get_content_type()), *validators, ("Accept-Ranges", "bytes")]
+    start, end = 0, size - 1
+    status = "200 OK"
+    if "HTTP_RANGE" in environ and _if_range_matches(environ, entry.etag, entry.mtime):
+        wanted = parse_range(environ["HTTP_RANGE"], size)
+        if wanted == _UNSATISFIABLE:
+            raise DAVError(416, add_headers=[("Content-Range", f"bytes */{size}")])
+        if wanted is not None:
+            start, end = wanted
+            status = "206 Partial Content"
+            headers.append(("Content-Range", f"bytes {start}-{end}/{size}"))
+    headers.append(("Content-Length", str(end - start + 1)))
+    if head or end < start:
+        start_response(status, headers)
+        return [b""]
+    with vault_call():
+        reader = session_of(environ).open_file(path)
+    start_response(status, headers)
+    return _stream(reader, start, end)
+
+
+def _stream(reader: Any, start: int, end: int) -> Iterator[bytes]:
+    try:
+        with vault_call():
+            yield from reader.iter_range(start, end)
+    finally:
+        reader.close()
+
+
+# -- PUT ------------------------------------------------------------------------------------
+
+
+def _int_header(environ: dict[str, Any], key: str) -> int | None:
+    raw = str(environ.get(key, "")).strip()
+    if raw == "":
+        return None
+    if not raw.isdigit():
+        raise DAVError(HTTP_BAD_REQUEST, f"invalid {key.removeprefix('HTTP_')} header")
+    return int(raw)
+
+
+def is_chunked(environ: dict[str, Any]) -> bool:
+    return "chunked" in str(environ.get("HTTP_TRANSFER_ENCODING", "")).lower()
+
+
+def _checksums(environ: dict[str, Any]) -> tuple[str | None, str | None]:
+    """SHA-1 / MD5 announced in ``OC-Checksum: SHA1:<hex>`` (ownCloud, rclone)."""
+    sha1 = md5 = None
+    for item in str(environ.get("HTTP_OC_CHECKSUM", "")).split():
+        algo, _, value = item.partition(":")
+        if algo.upper() == "SHA1" and re.fullmatch(r"[0-9a-fA-F]{40}", value):
+            sha1 = value.lower()
+        elif algo.upper() == "MD5" and re.fullmatch(r"[0-9a-fA-F]{32}", value):
+            md5 = value.lower()
+    return sha1, md5
+
+
+def _body(
+    environ: dict[str, Any], length: int | None, block_size: int, limit: int
+) -> Iterator[bytes]:
+    """The request body, ``block_size`` bytes at a time; stops at ``length`` (if known)."""
+    stream = environ["wsgi.input"]
+    remaining = length
+    total = 0
+    while remaining is None or remaining > 0:
+        want = block_size if remaining is None else min(block_size, remaining)
+        try:
+            chunk = stream.read(want)
+        except (OSError, ValueError) as exc:  # connection lost, bad chunk framing
+            raise DAVError(HTTP_BAD_REQUEST, "request body could not be read") from exc
+        if not chunk:
+            break
+        total += len(chunk)
+        if limit and total > limit:
+            raise DAVError(413, "request body too large")
+        if remaining is not None:
+            remaining -= len(chunk)
+        yield chunk
+
+
+def put(provider: VaultProvider, server: Any, environ: dict[str, Any], start_response: Any) -> Any:
+    path = environ["PATH_INFO"]
+    if "HTTP_CONTENT_ENCODING" in environ:
+        raise DAVError(501, "Content-Encoding is not supported")
+    if "HTTP_CONTENT_RANGE" in environ:
+        raise DAVError(HTTP_BAD_REQUEST, "Content-Range is not allowed on PUT (RFC 7231 §4.3.4)")
+    res = provider.get_resource_inst(path, environ)
+    if res is not None and res.is_collection:
+        raise DAVError(HTTP_METHOD_NOT_ALLOWED, "cannot PUT to a collection")
+    parent = provider.get_resource_inst(_parent_path(path), environ)
+    if parent is None or not parent.is_collection:
+        raise DAVError(HTTP_CONFLICT, "the parent collection does not exist")
+    if res is None and "HTTP_IF_MATCH" in environ:
+        raise DAVError(HTTP_PRECONDITION_FAILED, "If-Match on a missing resource")
+    server._evaluate_if_headers(res, environ)
+
+    chunked = is_chunked(environ)
+    length = None if chunked else (_int_header(environ, "CONTENT_LENGTH") or 0)
+    expected = _int_header(environ, "HTTP_X_EXPECTED_ENTITY_LENGTH") if chunked else length
+    limit = provider.max_body_bytes
+    if limit and expected is not None and expected > limit:
+        raise DAVError(413, "request body too large")
+    mtime = None
+    if "HTTP_X_OC_MTIME" in environ:
+        mtime = parse_mtime(environ["HTTP_X_OC_MTIME"])
+        if mtime is None:
+            raise DAVError(HTTP_BAD_REQUEST, "invalid X-OC-Mtime header")
+    sha1, md5 = _checksums(environ)
+
+    target = res if res is not None else parent
+    lock_manager = provider.lock_manager
+    if "wsgidav.conditions.if" not in environ:
+        util.parse_if_header_dict(environ)
+    # Held while the body streams in: no other request of this process can LOCK the URL
+    # between the check and the commit (WsgiDAV's TOCTOU guard).
+    with lock_manager.write_transaction(
+        url=target.get_ref_url(),
+        token_list=environ["wsgidav.ifLockTokenList"],
+        principal=environ["wsgidav.user_name"],
+    ):
+        body = _body(environ, length, provider.block_size, limit)
+        with vault_call():
+            entry = session_of(environ).write_file(
+                path, body, expected_length=expected, mtime=mtime, sha1=sha1, md5=md5
+            )
+    forget_resources(environ)
+    headers = [("ETag", f'"{entry.etag}"'), ("Content-Length", "0")]
+    if mtime is not None:
+        headers.append(("X-OC-Mtime", "accepted"))
+    if res is None:
+        start_response("201 Created", [*headers, ("Content-Type", "text/plain")])
+    else:
+        start_response("204 No Content", headers)
+    return [b""]
+
+
+# -- PROPFIND / PROPPATCH ---------------------------------------------------------------------
+
+
+def propfind(environ: dict[str, Any], start_response: Any, default: Any) -> Any:
+    # RFC 4918 §9.1: no Depth header means infinity, which we refuse (it would build the
+    # whole tree's response in memory).
+    depth = str(environ.get("HTTP_DEPTH", "infinity")).strip().lower()
+    if depth == "infinity":
+        raise DAVError(HTTP_FORBIDDEN, err_condition=PRECONDITION_CODE_PropfindFiniteDepth)
+    environ["HTTP_DEPTH"] = depth
+    return default(environ, start_response)
+
+
+def _proppatch_changes(root: Any) -> list[tuple[str, Any]]:
+    """[(property name, element to set or None to remove)] in document order."""
+    if root.tag != "{DAV:}propertyupdate":
+        raise DAVError(HTTP_BAD_REQUEST, "expected a propertyupdate element")
+    changes: list[tuple[str, Any]] = []
+    for op in root:
+        if op.tag not in ("{DAV:}set", "{DAV:}remove"):
+            raise DAVError(HTTP_BAD_REQUEST, "expected set or remove")
+        for prop in op:
+            if prop.tag != "{DAV:}prop":
+                raise DAVError(HTTP_BAD_REQUEST, "expected prop")
+            for el in prop:
+                if not isinstance(el.tag, str):
+                    continue  # comments, processing instructions
+                changes.append((el.tag, el if op.tag == "{DAV:}set" else None))
+    return changes
+
+
+def proppatch(
+    provider: VaultProvider, server: Any, environ: dict[str, Any], start_response: Any
+) -> Any:
+    path = environ["PATH_INFO"]
+    res = provider.get_resource_inst(path, environ)
+    if res is None:
+        raise DAVError(HTTP_NOT_FOUND)
+    # The Depth header means nothing for PROPPATCH; some clients send Depth: 1.
+    server._evaluate_if_headers(res, environ)
+    server._check_write_permission(res, "0", environ)
+    root = util.parse_xml_body(environ)
+    changes = _proppatch_changes(root)
+
+    props: dict[str, str | None] = {}
+    mtime: float | None = None
+    results: list[tuple[str, DAVError | None]] = []
+    for name, el in changes:
+        error = None
+        if name == RCLONE_MTIME or name == WIN32_NS + "Win32LastModifiedTime":
+            when = parse_mtime(el.text if el is not None else None)
+            if el is not None and when is None:
+                error = DAVError(HTTP_BAD_REQUEST, "invalid time")
+            elif when is not None:
+                mtime = when
+            if name == RCLONE_MTIME:
+                results.append((name, error))
+                continue
+        if name in LOCK_PROPS or name.startswith("{DAV:}"):
+            error = DAVError(HTTP_FORBIDDEN, err_condition=PRECONDITION_CODE_ProtectedProperty)
+        elif el is None:
+            props[name] = None
+        else:
+            props[name] = etree.tostring(el).decode("utf-8")
+        results.append((name, error))
+
+    failed = any(e is not None for _, e in results)
+    if failed:
+        # Nothing is applied; the others fail with 424 (RFC 4918 §9.2).
+        reply: list[tuple[str, Any]] = [
+            (n, e if e is not None else DAVError(HTTP_FAILED_DEPENDENCY)) for n, e in results
+        ]
+    else:
+        with vault_call():
+            session = session_of(environ)
+            if props:
+                session.set_props(res.path, props)
+            if mtime is not None:
+                session.set_mtime(res.path, mtime)
+        forget_resources(environ)
+        reply = [(n, None) for n, _ in results]
+    ms = xml_tools.make_multistatus_el()
+    util.add_property_response(ms, res.get_href(), reply)
+    return util.send_multi_status_response(environ, start_response, ms)
+
+
+# -- COPY / MOVE / LOCK ---------------------------------------------------------------------
+
+
+def copy_move(environ: dict[str, Any], start_response: Any, default: Any) -> Any:
+    def created_aware(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        if status.startswith("204") and environ.get(CREATED_KEY):
+            status = "201 Created"
+        if environ.get(MTIME_ACCEPTED_KEY):
+            headers = [*headers, ("X-OC-Mtime", "accepted")]
+        return start_response(status, headers, exc_info)
+
+    return default(environ, created_aware)
+
+
+def lock(
+    provider: VaultProvider,
+    server: Any,
+    environ: dict[str, Any],
+    start_response: Any,
+    default: Any,
+) -> Any:
+    # LOCK on an unmapped URL creates an empty file (RFC 4918 §7.3): creating a member needs
+    # the parent's lock token, checked here before WsgiDAV creates it.
+    path = environ["PATH_INFO"]
+    if provider.get_resource_inst(path, environ) is None:
+        parent = provider.get_resource_inst(_parent_path(path), environ)
+        if parent is not None and isinstance(parent, _VaultResource):
+            server._check_write_permission(parent, "0", environ)
+    return default(environ, start_response)

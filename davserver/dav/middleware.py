@@ -1,0 +1,147 @@
+"""The outermost WSGI layer: request-body accounting, early close, body caps, access log.
+
+- A request answered before its body was read (401, 403, 409, 412, 423, 507…) gets
+  ``Connection: close``; the server (see ``davserver.server``) then closes the connection
+  instead of reading the rest of the body — cheroot would read it *into memory* (DESIGN §10).
+- WsgiDAV parses XML bodies (PROPFIND, PROPPATCH, LOCK) in memory: bodies of other methods
+  than PUT larger than ``max_xml_body`` are refused with 413 before anything reads them.
+- One access-log line per request: client address, method, status, bytes in and out,
+  duration and the user id — never credentials, user names or paths (paths only at debug).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+access_log = logging.getLogger("davserver.access")
+
+DEFAULT_MAX_XML_BODY = 8 << 20
+
+
+class BodyReader:
+    """Wraps ``wsgi.input``, counting what the application read and noticing the end."""
+
+    def __init__(self, stream: Any, length: int | None) -> None:
+        self._stream = stream
+        self.length = length  # None: chunked, unknown until the end
+        self.count = 0
+        self.at_end = length == 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.at_end:
+            return b""
+        if size is None or size < 0:
+            data: bytes = self._stream.read()
+        else:
+            data = self._stream.read(size)
+        self.count += len(data)
+        if (not data and size != 0) or (self.length is not None and self.count >= self.length):
+            self.at_end = True
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        if self.at_end:
+            return b""
+        data: bytes = self._stream.readline(size if size is not None and size >= 0 else None)
+        self.count += len(data)
+        if not data or (self.length is not None and self.count >= self.length):
+            self.at_end = True
+        return data
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        return list(iter(self.readline, b""))
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.readline, b"")
+
+    @property
+    def unread(self) -> bool:
+        """True if part of the body may still be on the wire."""
+        return not self.at_end
+
+
+def _plain(status: str, body: bytes, start_response: Any) -> list[bytes]:
+    start_response(
+        status,
+        [
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Content-Length", str(len(body))),
+            ("Connection", "close"),
+        ],
+    )
+    return [body]
+
+
+class RequestGuard:
+    """See the module docstring."""
+
+    def __init__(self, app: Any, *, max_xml_body: int = DEFAULT_MAX_XML_BODY) -> None:
+        self.app = app
+        self.max_xml_body = max_xml_body
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        started = time.monotonic()
+        method = str(environ.get("REQUEST_METHOD", ""))
+        chunked = "chunked" in str(environ.get("HTTP_TRANSFER_ENCODING", "")).lower()
+        state: dict[str, Any] = {"status": "-", "sent": 0}
+        raw_length = str(environ.get("CONTENT_LENGTH", "") or "0").strip()
+        if not raw_length.isdigit():
+            environ["wsgi.input"] = body = BodyReader(environ["wsgi.input"], None)
+            state["status"] = "400"
+            self._log(environ, state, body, started)
+            return _plain("400 Bad Request", b"invalid Content-Length\n", start_response)
+        body = BodyReader(environ["wsgi.input"], None if chunked else int(raw_length))
+        environ["wsgi.input"] = body
+        if method != "PUT" and not chunked and int(raw_length) > self.max_xml_body:
+            state["status"] = "413"
+            self._log(environ, state, body, started)
+            return _plain("413 Payload Too Large", b"request body too large\n", start_response)
+        return self._run(environ, start_response, body, state, started)
+
+    def _run(
+        self,
+        environ: dict[str, Any],
+        start_response: Any,
+        body: BodyReader,
+        state: dict[str, Any],
+        started: float,
+    ) -> Iterator[bytes]:
+        def guarded(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if body.unread:
+                # Answered before the body was read: close rather than drain it.
+                headers = [(k, v) for k, v in headers if k.lower() != "connection"]
+                headers.append(("Connection", "close"))
+            state["status"] = status.split(" ", 1)[0]
+            return start_response(status, headers, exc_info)
+
+        try:
+            app_iter = self.app(environ, guarded)
+            try:
+                for chunk in app_iter:
+                    state["sent"] += len(chunk)
+                    yield chunk
+            finally:
+                close = getattr(app_iter, "close", None)
+                if close is not None:
+                    close()
+        finally:
+            self._log(environ, state, body, started)
+
+    @staticmethod
+    def _log(
+        environ: dict[str, Any], state: dict[str, Any], body: BodyReader, started: float
+    ) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        user = str(environ.get("davserver.user_id") or "-")[:12]
+        addr = environ.get("davserver.client_addr") or environ.get("REMOTE_ADDR", "-")
+        line = (
+            f"{addr} {environ.get('REQUEST_METHOD', '-')} {state['status']} "
+            f"in={body.count} out={state['sent']} {time.monotonic() - started:.3f}s user={user}"
+        )
+        if access_log.isEnabledFor(logging.DEBUG):
+            line += f" path={environ.get('SCRIPT_NAME', '')}{environ.get('PATH_INFO', '')!r}"
+        access_log.info(line)

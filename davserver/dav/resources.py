@@ -1,0 +1,362 @@
+"""WsgiDAV resources backed by the vault: one file or directory of the logged-in user's tree.
+
+A resource is built from a vault ``Entry`` (one index lookup, or one ``list_dir`` for all members
+of a collection), so PROPFIND never asks the index once per member for sizes, times or ETags.
+Dead properties live in the index per node, so they move with it; they are read once per
+resource and request.
+
+Tree-wide operations (DELETE, COPY, MOVE) are done natively in one vault call each
+(``handle_delete``/``handle_copy``/``handle_move``); the lock checks and lock clean-up that
+WsgiDAV would otherwise do per member are therefore done here.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from wsgidav import util, xml_tools
+from wsgidav.dav_error import HTTP_NOT_FOUND, DAVError
+from wsgidav.dav_provider import DAVCollection, DAVNonCollection, _DAVResource
+from wsgidav.util import etree
+
+from davserver.dav.errors import vault_call
+from davserver.vault.tree import Entry, Session
+
+if TYPE_CHECKING:
+    from davserver.dav.locks import DavLockManager
+    from davserver.dav.provider import VaultProvider
+
+SESSION_KEY = "davserver.session"
+CACHE_KEY = "davserver.resources"
+CREATED_KEY = "davserver.created"
+MTIME_ACCEPTED_KEY = "davserver.mtime_accepted"
+
+OC_NS = "http://owncloud.org/ns"
+OC_CHECKSUMS = "{%s}checksums" % OC_NS  # noqa: UP031 - braces are literal here
+QUOTA_USED = "{DAV:}quota-used-bytes"
+QUOTA_AVAILABLE = "{DAV:}quota-available-bytes"
+LOCK_PROPS = ("{DAV:}lockdiscovery", "{DAV:}supportedlock")
+
+
+def session_of(environ: dict[str, Any]) -> Session:
+    """The vault session the authenticator put into this request."""
+    session = environ.get(SESSION_KEY)
+    if session is None:  # pragma: no cover - the authenticator guarantees it
+        raise DAVError(401)
+    assert isinstance(session, Session)
+    return session
+
+
+def forget_resources(environ: dict[str, Any]) -> None:
+    """Drop the per-request resource cache (after anything changed the tree)."""
+    environ.pop(CACHE_KEY, None)
+
+
+def ref_url(user_id: str, path: str) -> str:
+    """The lock key of ``path`` in one user's namespace: ``/<user id>/<quoted NFC path>``.
+
+    Every user has their own ``/``, so lock URLs are prefixed with the user id; the provider's
+    ``ref_url_to_path`` strips it again.
+    """
+    return quote("/" + user_id + unicodedata.normalize("NFC", path))
+
+
+class _VaultResource(_DAVResource):  # type: ignore[misc]
+    """What files and directories share: times, properties, tree operations."""
+
+    entry: Entry
+    provider: VaultProvider
+
+    def _init_vault(self, entry: Entry) -> None:
+        self.entry = entry
+        self._props: dict[str, str] | None = None
+        # Roots of the locks below the parent collection, fetched once for all members.
+        self.known_lock_roots: set[str] | None = None
+        # The listing this resource came from: lets per-member properties be fetched for
+        # all members at once (see DirResource.member_hashes).
+        self.listed_by: DirResource | None = None
+
+    # -- live properties -------------------------------------------------------------------
+    def get_creation_date(self) -> float:
+        return self.entry.ctime
+
+    def get_last_modified(self) -> float:
+        return self.entry.mtime
+
+    def get_display_name(self) -> str:
+        return self.entry.name
+
+    def get_ref_url(self) -> str:
+        return ref_url(session_of(self.environ).user_id, self.get_preferred_path())
+
+    def set_last_modified(self, dest_path: str, time_stamp: Any, *, dry_run: bool) -> bool:
+        """Used for ``X-OC-Mtime`` on MKCOL; accepts Unix seconds or an HTTP date."""
+        mtime = parse_mtime(time_stamp)
+        if mtime is None:
+            raise DAVError(400, "invalid modification time")
+        if not dry_run:
+            with vault_call():
+                session_of(self.environ).set_mtime(dest_path, mtime)
+            forget_resources(self.environ)
+        return True
+
+    # -- dead properties -------------------------------------------------------------------
+    def dead_props(self) -> dict[str, str]:
+        if self._props is None:
+            with vault_call():
+                self._props = session_of(self.environ).get_props(self.path)
+        return self._props
+
+    def get_property_names(self, *, is_allprop: bool) -> list[str]:
+        names = ["{DAV:}resourcetype", "{DAV:}creationdate", "{DAV:}getlastmodified"]
+        names.append("{DAV:}displayname")
+        if not self.is_collection:
+            names += ["{DAV:}getcontentlength", "{DAV:}getcontenttype", "{DAV:}getetag"]
+        if self.provider.lock_manager is not None:
+            names += LOCK_PROPS
+        names += list(self.dead_props())
+        return names
+
+    def get_properties(self, mode: str, *, name_list: list[str] | None = None) -> list[Any]:
+        # rclone reads only the first <propstat> of a response: put the 200 block first.
+        props: list[Any] = super().get_properties(mode, name_list=name_list)
+        return sorted(props, key=lambda item: isinstance(item[1], DAVError))
+
+    def get_property_value(self, name: str) -> Any:
+        if name == "{DAV:}getetag" and not self.is_collection:
+            # RFC 4918 §15.6: the property holds the entity-tag, quotes included, as the
+            # ETag header does (WsgiDAV would send it bare).
+            return f'"{self.entry.etag}"'
+        if name in (QUOTA_USED, QUOTA_AVAILABLE) and self.is_collection:
+            used, quota = self.provider.usage(self.environ)
+            if name == QUOTA_USED:
+                return str(used)
+            # RFC 4331 §4: an unlimited quota is reported as a large number, not omitted.
+            return str(max(0, quota - used) if quota is not None else 2**50)
+        if name == OC_CHECKSUMS and not self.is_collection:
+            if self.listed_by is not None:
+                h = self.listed_by.member_hashes().get(self.entry.name, {})
+            else:
+                with vault_call():
+                    h = session_of(self.environ).hashes(self.path)
+            el = etree.Element(name)
+            etree.SubElement(el, "{%s}checksum" % OC_NS).text = (  # noqa: UP031
+                f"SHA1:{h.get('sha1', '')} MD5:{h.get('md5', '')}"
+            )
+            return el
+        if name == "{DAV:}lockdiscovery" and self.known_lock_roots is not None:
+            if self.get_ref_url().rstrip("/") not in self.known_lock_roots:
+                return etree.Element(name)  # no lock here: known without a query
+        if name.startswith("{DAV:}"):
+            return super().get_property_value(name)
+        value = self.dead_props().get(name)
+        if value is None:
+            raise DAVError(HTTP_NOT_FOUND)
+        return xml_tools.string_to_xml(value)
+
+    # -- tree operations -------------------------------------------------------------------
+    def _lock_manager(self) -> DavLockManager | None:
+        lm = self.provider.lock_manager
+        return lm  # type: ignore[no-any-return]
+
+    def _tokens(self) -> list[str]:
+        if "wsgidav.conditions.if" not in self.environ:
+            util.parse_if_header_dict(self.environ)
+        tokens: list[str] = self.environ["wsgidav.ifLockTokenList"]
+        return tokens
+
+    def _check_tree_unlocked(self) -> None:
+        """423 unless every lock on this node, above it (depth infinity) or below it was
+        submitted by its owner (RFC 4918 §7.4: removing a member modifies the collection)."""
+        lm = self._lock_manager()
+        if lm is not None:
+            lm.check_write_permission(
+                url=self.get_ref_url(),
+                depth="infinity",
+                token_list=self._tokens(),
+                principal=self.environ["wsgidav.user_name"],
+            )
+
+    def _drop_locks(self, path: str) -> None:
+        lm = self._lock_manager()
+        if lm is not None:
+            lm.remove_locks_below(session_of(self.environ).user_id, path)
+
+    def handle_delete(self) -> bool:
+        self._check_tree_unlocked()
+        with vault_call():
+            session_of(self.environ).delete(self.path)
+        forget_resources(self.environ)
+        self._drop_locks(self.path)
+        return True
+
+    def support_recursive_delete(self) -> bool:
+        return True
+
+    def delete(self) -> None:  # pragma: no cover - handle_delete does the work
+        self.handle_delete()
+
+    def _overwrite(self) -> bool:
+        return str(self.environ.get("HTTP_OVERWRITE", "T")).upper() != "F"
+
+    def handle_copy(self, dest_path: str, *, depth_infinity: bool) -> bool:
+        with vault_call():
+            existed = session_of(self.environ).copy(
+                self.path, dest_path, overwrite=self._overwrite(), depth_infinity=depth_infinity
+            )
+        forget_resources(self.environ)
+        if existed:
+            self._drop_locks(dest_path)
+        self._finish_copy_move(dest_path, existed)
+        return True
+
+    def _finish_copy_move(self, dest_path: str, existed: bool) -> None:
+        self.environ[CREATED_KEY] = not existed
+        # ownCloud clients (rclone) send the modification time with COPY and MOVE too.
+        mtime = parse_mtime(self.environ.get("HTTP_X_OC_MTIME"))
+        if mtime is not None:
+            with vault_call():
+                session_of(self.environ).set_mtime(dest_path, mtime)
+            self.environ[MTIME_ACCEPTED_KEY] = True
+
+    def handle_move(self, dest_path: str) -> bool:
+        # WsgiDAV checked the source (depth infinity), its parent and the destination.
+        with vault_call():
+            existed = session_of(self.environ).move(
+                self.path, dest_path, overwrite=self._overwrite()
+            )
+        forget_resources(self.environ)
+        # RFC 4918 §9.9.4: locks stay behind (they belong to URLs, not to the moved node).
+        self._drop_locks(self.path)
+        if existed:
+            self._drop_locks(dest_path)
+        self._finish_copy_move(dest_path, existed)
+        return True
+
+    def support_recursive_move(self, dest_path: str) -> bool:
+        return True
+
+    def move_recursive(self, dest_path: str) -> list[Any]:  # pragma: no cover
+        self.handle_move(dest_path)
+        return []
+
+
+class FileResource(_VaultResource, DAVNonCollection):  # type: ignore[misc]
+    """A file: its size, type and ETag come from the entry; content from the vault."""
+
+    def __init__(self, path: str, environ: dict[str, Any], entry: Entry) -> None:
+        DAVNonCollection.__init__(self, path, environ)
+        self._init_vault(entry)
+
+    def get_content_length(self) -> int:
+        return self.entry.size
+
+    def get_content_type(self) -> str:
+        return str(util.guess_mime_type(self.entry.name))
+
+    def get_etag(self) -> str:
+        return self.entry.etag
+
+    def support_etag(self) -> bool:
+        return True
+
+    def support_ranges(self) -> bool:
+        return True
+
+    def get_content(self) -> Any:
+        with vault_call():
+            return session_of(self.environ).open_file(self.path)
+
+    def begin_write(self, *, content_type: str | None = None) -> Any:  # pragma: no cover
+        raise DAVError(500, "PUT is handled by the provider")
+
+
+class DirResource(_VaultResource, DAVCollection):  # type: ignore[misc]
+    """A directory: members come from one ``list_dir`` query."""
+
+    def __init__(self, path: str, environ: dict[str, Any], entry: Entry) -> None:
+        DAVCollection.__init__(self, path, environ)
+        self._init_vault(entry)
+        self._members: list[_VaultResource] | None = None
+        self._member_hashes: dict[str, dict[str, str]] | None = None
+
+    def get_etag(self) -> None:
+        return None
+
+    def get_used_bytes(self) -> int:
+        return self.provider.usage(self.environ)[0]
+
+    def get_available_bytes(self) -> int:
+        used, quota = self.provider.usage(self.environ)
+        return max(0, quota - used) if quota is not None else 2**50
+
+    def get_member_list(self) -> list[_VaultResource]:
+        if self._members is None:
+            with vault_call():
+                entries = session_of(self.environ).list_dir(self.path)
+            self._members = [
+                self.provider.resource_from_entry(util.join_uri(self.path, e.name), e, self.environ)
+                for e in entries
+            ]
+            for member in self._members:
+                member.listed_by = self
+            # Dead properties of all members in one query (a Depth 1 allprop needs them).
+            if self._members:
+                with vault_call():
+                    by_name = session_of(self.environ).list_dir_props(self.path)
+                for member in self._members:
+                    member._props = dict(by_name.get(member.entry.name, {}))
+            lm = self._lock_manager()
+            if lm is not None and self._members:
+                below = lm.storage.get_lock_list(
+                    self.get_ref_url(), include_root=False, include_children=True, token_only=False
+                )
+                roots = {str(lock["root"]).rstrip("/") for lock in below}
+                for member in self._members:
+                    member.known_lock_roots = roots
+        return self._members
+
+    def member_hashes(self) -> dict[str, dict[str, str]]:
+        """SHA-1/MD5 of every member file, fetched with one query on first use."""
+        if self._member_hashes is None:
+            with vault_call():
+                self._member_hashes = session_of(self.environ).list_dir_hashes(self.path)
+        return self._member_hashes
+
+    def get_member_names(self) -> list[str]:
+        return [m.entry.name for m in self.get_member_list()]
+
+    def get_member(self, name: str) -> _VaultResource | None:
+        res = self.provider.get_resource_inst(util.join_uri(self.path, name), self.environ)
+        return res
+
+    def create_empty_resource(self, name: str) -> FileResource:
+        """An empty file (LOCK on an unmapped URL, RFC 4918 §7.3)."""
+        path = util.join_uri(self.path, name)
+        with vault_call():
+            entry = session_of(self.environ).write_file(path, [], expected_length=0)
+        forget_resources(self.environ)
+        return FileResource(path, self.environ, entry)
+
+    def create_collection(self, name: str) -> None:
+        with vault_call():
+            session_of(self.environ).mkdir(util.join_uri(self.path, name))
+        forget_resources(self.environ)
+
+
+def parse_mtime(value: Any) -> float | None:
+    """Unix seconds (``X-OC-Mtime``, rclone's ``lastmodified``) or an HTTP date; None if
+    neither."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        parsed = util.parse_time_string(text)
+        return float(parsed) if parsed else None
+    if not 0 <= seconds < 2**40:
+        return None
+    return seconds

@@ -1,0 +1,243 @@
+"""Builds the WSGI application and the cheroot HTTP(S) server from a ``Config``.
+
+The test suite and ``davserver serve`` share this module: ``make_server(config, vault)`` returns
+a bound (not yet serving) cheroot server and its URL; ``serve(config)`` runs one until SIGTERM or
+SIGINT. Nothing here knows WebDAV beyond wiring ``davserver.dav`` into WsgiDAV.
+
+Measured cheroot facts this module answers (DESIGN §10): ``numthreads`` caps concurrent
+requests (set from ``server.threads``); the 10 s default socket timeout cuts off slow uploads
+(``server.timeout``, 300 s by default); and a request answered before its body was read must
+close the connection rather than let cheroot read the rest into memory (``ClosingGateway``).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from cheroot import wsgi
+from wsgidav import util as wsgidav_util
+from wsgidav.dir_browser import WsgiDavDirBrowser
+from wsgidav.error_printer import ErrorPrinter
+from wsgidav.request_resolver import RequestResolver
+from wsgidav.wsgidav_app import WsgiDAVApp
+
+from davserver.config import Config
+from davserver.dav.auth import DavAuthenticator, VaultDomainController
+from davserver.dav.errors import ErrorMapper
+from davserver.dav.locks import DavLockManager, VaultLockStorage
+from davserver.dav.middleware import RequestGuard
+from davserver.dav.provider import VaultProvider
+from davserver.errors import ConfigError
+from davserver.vault import Vault
+from davserver.vault.locks import LockStore
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "davserver"
+
+
+class ClosingGateway(wsgi.Gateway_10):  # type: ignore[misc]
+    """Honours ``Connection: close`` set by the application.
+
+    cheroot keeps a connection alive unless *it* decided to close it, and before answering it
+    reads the unread rest of a request body into memory (``rfile.read(remaining)``). A
+    response marked ``Connection: close`` now closes the connection instead.
+    """
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Any:
+        write = super().start_response(status, headers, exc_info)
+        for key, value in headers:
+            if key.lower() == "connection" and "close" in value.lower():
+                self.req.close_connection = True
+        return write
+
+
+class DavHTTPServer(wsgi.Server):  # type: ignore[misc]
+    """cheroot's WSGI server, remembering the vault it serves (closed by ``serve``)."""
+
+    vault: Vault
+
+
+def build_app(config: Config, vault: Vault) -> Callable[..., Any]:
+    """The complete WSGI application: guard → WsgiDAV (errors, auth, dir browser, DAV)."""
+    server = config.server
+    provider = VaultProvider(block_size=server.block_size, max_body_bytes=server.max_body_bytes)
+    dav_config: dict[str, Any] = {
+        "provider_mapping": {"/": provider},
+        "verbose": 2,  # WsgiDAV's own request log shows paths and user names: ours does not
+        "logging": {"enable": False},
+        "suppress_version_info": True,
+        "block_size": server.block_size,
+        "lock_storage": False,  # replaced below by the index-backed lock manager
+        "property_manager": None,  # dead properties live in the vault
+        "honor_mtime_header": True,  # X-OC-Mtime on MKCOL (PUT handles it itself)
+        "add_header_MS_Author_Via": True,
+        "middleware_stack": [
+            ErrorPrinter,
+            ErrorMapper,
+            DavAuthenticator,
+            WsgiDavDirBrowser,
+            RequestResolver,
+        ],
+        "http_authenticator": {
+            "domain_controller": VaultDomainController,
+            "accept_basic": True,
+            "accept_digest": False,  # a digest cannot carry the password that is the key
+            "default_to_digest": False,
+            "trusted_auth_header": None,
+        },
+        "dir_browser": {
+            "enable": True,
+            "response_trailer": "davserver",
+            "davmount": True,
+            "ms_sharepoint_support": False,
+            "libre_office_support": False,
+        },
+        "davserver": {
+            "vault": vault,
+            "provider": provider,
+            "realm": server.realm,
+            "login_fail_limit": config.security.login_fail_limit,
+            "login_fail_window": config.security.login_fail_window,
+            "trusted_proxies": server.trusted_proxies,
+        },
+    }
+    app = WsgiDAVApp(dav_config)
+    # Error pages and the dir browser name WsgiDAV; its version is nobody's business.
+    wsgidav_util.public_wsgidav_info = "WsgiDAV"
+    lock_manager = DavLockManager(VaultLockStorage(LockStore(vault)))
+    app.lock_manager = lock_manager
+    provider.set_lock_manager(lock_manager)
+    return RequestGuard(app)
+
+
+def _url(host: str, port: int, tls: bool) -> str:
+    shown = host
+    if host in ("0.0.0.0", ""):  # noqa: S104 - display only
+        shown = "127.0.0.1"
+    elif host == "::":
+        shown = "[::1]"
+    elif ":" in host:
+        shown = f"[{host}]"
+    return f"{'https' if tls else 'http'}://{shown}:{port}/"
+
+
+def make_server(
+    config: Config,
+    vault: Vault | None = None,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+) -> tuple[DavHTTPServer, str]:
+    """A cheroot server bound to ``host:port`` (config values by default; port 0 picks a free
+    port) but not yet serving; call ``serve()`` (blocking) or run it in a thread, and
+    ``stop()`` it. Returns (server, base URL). The vault is opened from ``config`` unless
+    given; ``server.vault`` holds it."""
+    if vault is None:
+        from davserver.runtime import open_vault
+
+        vault = open_vault(config)
+    opts = config.server
+    bind_host = opts.host if host is None else host
+    bind_port = opts.port if port is None else port
+    server = DavHTTPServer(
+        (bind_host, bind_port),
+        build_app(config, vault),
+        numthreads=opts.threads,
+        max=opts.threads,
+        timeout=opts.timeout,
+        shutdown_timeout=5,
+        request_queue_size=64,
+        server_name=SERVER_NAME,
+    )
+    server.gateway = ClosingGateway
+    tls = opts.tls_cert is not None and opts.tls_key is not None
+    if tls:
+        from cheroot.ssl.builtin import BuiltinSSLAdapter
+
+        try:
+            server.ssl_adapter = BuiltinSSLAdapter(opts.tls_cert, opts.tls_key)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"server.tls_cert/tls_key: cannot load them: {exc}") from exc
+    try:
+        server.prepare()  # binds: with port 0 the real port is known from here on
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot listen on {bind_host}:{bind_port}: {exc.strerror or exc}"
+        ) from exc
+    server.vault = vault
+    actual_port = int(server.bind_addr[1])
+    return server, _url(bind_host, actual_port, tls)
+
+
+def _maintenance(vault: Vault, interval: float, stop: threading.Event) -> None:
+    """Purge expired locks and collect dead blobs every ``interval`` seconds."""
+    store = LockStore(vault)
+    while not stop.wait(interval):
+        try:
+            store.purge_expired()
+            vault.collect_garbage()
+        except Exception:  # keep serving; the next round retries
+            log.exception("maintenance round failed")
+
+
+def serve(
+    config: Config,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve until SIGTERM or SIGINT, then stop cleanly (finish requests, close the vault)."""
+    server, url = make_server(config, host=host, port=port)
+    vault: Vault = server.vault
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    worker = threading.Thread(target=server.serve, name="davserver-http", daemon=True)
+    janitor = threading.Thread(
+        target=_maintenance, args=(vault, float(config.gc.interval), stop), daemon=True
+    )
+    try:
+        worker.start()
+        janitor.start()
+        if ready is not None:
+            ready(url)
+        while not stop.wait(0.5):
+            if not worker.is_alive():
+                raise RuntimeError("the HTTP server stopped unexpectedly")
+        log.info("shutting down")
+    finally:
+        stop.set()
+        server.stop()
+        worker.join(10)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        vault.close()
+
+
+def configure_logging(config: Config) -> None:
+    """Log to stderr at ``server.log_level``; the access log only if ``server.access_log``.
+
+    WsgiDAV's own messages are kept to errors (its info and warning lines name paths and
+    users) unless the level is debug.
+    """
+    level = getattr(logging, config.server.log_level.upper(), logging.INFO)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    logging.getLogger("wsgidav").setLevel(
+        logging.DEBUG if level <= logging.DEBUG else logging.ERROR
+    )
+    logging.getLogger("davserver.access").setLevel(
+        level if config.server.access_log else logging.WARNING
+    )

@@ -1,0 +1,238 @@
+"""WebDAV lock storage in the index database, shared by every server process on that index.
+
+The DAV layer (``davserver.dav.locks``) adapts this store to WsgiDAV's lock manager; this module
+knows nothing of WsgiDAV or HTTP. A lock is a small record (root URL, scope, depth, owner XML,
+principal, timeout) attached to a *path* in one user's namespace.
+
+What a row holds (DESIGN §2, no names or paths in clear):
+
+- ``Lock.token``: the random lock token (``opaquelocktoken:<uuid4>``);
+- ``Lock.path_mac``: ``BLAKE2b(key=lock MAC key, data=user_id ‖ 0x00 ‖ path)``;
+- ``Lock.data_ct``: the record as JSON, sealed under the lock sealing key and bound to the
+  token and path MAC, so a row cannot be swapped for another's;
+- ``Lock.expire``: when the lock times out (seconds since the epoch);
+- one ``LockScope`` row per strict ancestor of the locked path (its MAC), so "every lock
+  below this path" is one indexed query.
+
+Both keys derive from the server pepper, so whoever holds only the database learns nothing of
+the locked names. Paths are canonical: NFC names joined by ``/`` with a leading ``/`` and no
+trailing one (``/`` is a user's root).
+
+Conflict checks and creation run in one transaction (:meth:`LockStore.transaction`): on SQLite
+``BEGIN IMMEDIATE`` serialises writers across processes; on PostgreSQL the user's row is locked
+``FOR UPDATE``, which serialises lock changes of one user (locks never span two users).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import peewee as pw
+
+from davserver import crypto
+from davserver.crypto.primitives import keyed_hash
+from davserver.errors import IntegrityError, StorageError
+from davserver.index.models import Lock, LockScope, User
+from davserver.vault.tree import split_path
+
+if TYPE_CHECKING:
+    from davserver.vault import Vault
+
+log = logging.getLogger(__name__)
+
+_MAC_PURPOSE = b"wdv-lock-mac-v1"
+_SEAL_PURPOSE = b"wdv-lock-enc-v1"
+_MAC_PERSON = b"wdv-lockpath-v1"
+_SEAL_LABEL = b"wdv/lock/v1"
+
+#: Lock lifetimes are capped (RFC 4918 §10.7 lets the server choose); "Infinite" gets this.
+MAX_TIMEOUT = 4 * 7 * 86400.0
+DEFAULT_TIMEOUT = 7 * 86400.0
+
+LockRecord = dict[str, Any]
+
+
+def canonical_path(path: str) -> str:
+    """``/a/b`` for ``a/b/``, ``/a//b`` …; names NFC-normalised; ``/`` for the root."""
+    return "/" + "/".join(split_path(path))
+
+
+def _ancestors(path: str) -> list[str]:
+    """Strict ancestors of a canonical path, root first (``/a/b`` → ``/``, ``/a``)."""
+    if path == "/":
+        return []
+    parts = path.strip("/").split("/")
+    return ["/" + "/".join(parts[:i]) for i in range(len(parts))]
+
+
+class LockStore:
+    """Locks of every user, in the index. Thread-safe; one per process is enough."""
+
+    def __init__(self, vault: Vault) -> None:
+        self._index = vault.index
+        self._mac_key = vault.server_key(_MAC_PURPOSE)
+        self._seal_key = vault.server_key(_SEAL_PURPOSE)
+
+    # -- keys ----------------------------------------------------------------------------
+    def _mac(self, user_id: str, path: str) -> bytes:
+        data = user_id.encode("ascii") + b"\x00" + path.encode("utf-8")
+        return keyed_hash(self._mac_key, data, _MAC_PERSON)
+
+    def _seal(self, token: str, path_mac: bytes, record: LockRecord) -> bytes:
+        raw = json.dumps(record, separators=(",", ":")).encode("utf-8")
+        return crypto.seal(self._seal_key, _SEAL_PURPOSE, _SEAL_LABEL, (token, path_mac), raw)
+
+    def _open(self, row: Lock) -> LockRecord:
+        path_mac = bytes(row.path_mac)
+        try:
+            raw = crypto.open_sealed(
+                self._seal_key,
+                _SEAL_PURPOSE,
+                _SEAL_LABEL,
+                (row.token, path_mac),
+                bytes(row.data_ct),
+            )
+        except crypto.AuthenticationFailed as exc:
+            log.error("integrity failure: lock row failed authentication")
+            raise IntegrityError("lock record failed authentication") from exc
+        record: LockRecord = json.loads(raw)
+        record["expire"] = float(row.expire)
+        return record
+
+    # -- transactions ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self, user_id: str | None) -> Iterator[None]:
+        """One write transaction in which conflict checks and changes are atomic."""
+        try:
+            with self._index.connection(), self._index.atomic():
+                if user_id is not None and not self._index.is_sqlite:
+                    # Serialise the lock changes of one user across processes.
+                    list(User.select(User.id).where(User.id == user_id).for_update())
+                yield
+        except pw.DatabaseError as exc:
+            raise StorageError("index database error") from exc
+
+    @contextlib.contextmanager
+    def _db(self, write: bool = False) -> Iterator[None]:
+        try:
+            with self._index.connection():
+                if write:
+                    with self._index.atomic():
+                        yield
+                else:
+                    yield
+        except pw.DatabaseError as exc:
+            raise StorageError("index database error") from exc
+
+    # -- the store -------------------------------------------------------------------------
+    def create(self, user_id: str, path: str, record: LockRecord, timeout: float) -> LockRecord:
+        """Store a new lock on ``path`` and return its record with ``token``, ``timeout`` and
+        ``expire`` filled in. Conflicts are the caller's business (inside ``transaction``)."""
+        path = canonical_path(path)
+        if timeout < 0 or timeout > MAX_TIMEOUT:
+            timeout = MAX_TIMEOUT
+        token = "opaquelocktoken:" + str(uuid.uuid4())
+        record = dict(record, token=token, timeout=timeout, user_id=user_id, path=path)
+        expire = time.time() + timeout
+        path_mac = self._mac(user_id, path)
+        with self._db(write=True):
+            Lock.create(
+                token=token,
+                path_mac=path_mac,
+                data_ct=self._seal(token, path_mac, record),
+                expire=expire,
+            )
+            rows = [
+                {"lock": token, "ancestor_mac": self._mac(user_id, a)} for a in _ancestors(path)
+            ]
+            if rows:
+                LockScope.insert_many(rows).execute()
+        record["expire"] = expire
+        return record
+
+    def get(self, token: str) -> LockRecord | None:
+        """The live lock with this token, or None (expired locks are purged)."""
+        with self._db():
+            row = Lock.get_or_none(Lock.token == token)
+            if row is None:
+                return None
+            if row.expire < time.time():
+                self._delete_rows([token])
+                return None
+            return self._open(row)
+
+    def refresh(self, token: str, timeout: float) -> LockRecord | None:
+        """Give a live lock a new timeout; None if there is no such lock."""
+        if timeout < 0 or timeout > MAX_TIMEOUT:
+            timeout = MAX_TIMEOUT
+        with self._db(write=True):
+            row = Lock.get_or_none(Lock.token == token)
+            if row is None or row.expire < time.time():
+                return None
+            record = self._open(row)
+            record.pop("expire", None)
+            record["timeout"] = timeout
+            expire = time.time() + timeout
+            path_mac = bytes(row.path_mac)
+            Lock.update(data_ct=self._seal(token, path_mac, record), expire=expire).where(
+                Lock.token == token
+            ).execute()
+        record["expire"] = expire
+        return record
+
+    def delete(self, token: str) -> bool:
+        with self._db(write=True):
+            return self._delete_rows([token]) > 0
+
+    def _delete_rows(self, tokens: list[str]) -> int:
+        LockScope.delete().where(LockScope.lock.in_(tokens)).execute()
+        n: int = Lock.delete().where(Lock.token.in_(tokens)).execute()
+        return n
+
+    def find(
+        self, user_id: str, path: str, include_root: bool = True, include_children: bool = False
+    ) -> list[LockRecord]:
+        """Live locks rooted at ``path`` (``include_root``) and/or strictly below it."""
+        path = canonical_path(path)
+        mac = self._mac(user_id, path)
+        now = time.time()
+        out: list[LockRecord] = []
+        with self._db():
+            if include_root:
+                rows = Lock.select().where(Lock.path_mac == mac, Lock.expire >= now)
+                out += [self._open(r) for r in rows]
+            if include_children:
+                rows = (
+                    Lock.select()
+                    .join(LockScope)
+                    .where(LockScope.ancestor_mac == mac, Lock.expire >= now)
+                )
+                out += [self._open(r) for r in rows]
+        # A record is only valid for the (user, path) its MAC names.
+        for rec in out:
+            if rec.get("user_id") != user_id:
+                log.error("integrity failure: lock record of another namespace")
+                raise IntegrityError("lock record does not belong to this user")
+        return out
+
+    def purge_expired(self) -> int:
+        """Delete every expired lock; return how many."""
+        with self._db(write=True):
+            tokens = [r.token for r in Lock.select(Lock.token).where(Lock.expire < time.time())]
+            return self._delete_rows(tokens) if tokens else 0
+
+    def delete_user_locks(self, user_id: str, path: str = "/") -> int:
+        """Delete the locks on ``path`` and below it (e.g. after a DELETE or MOVE)."""
+        path = canonical_path(path)
+        mac = self._mac(user_id, path)
+        with self._db(write=True):
+            tokens = [r.token for r in Lock.select(Lock.token).where(Lock.path_mac == mac)]
+            below = Lock.select(Lock.token).join(LockScope).where(LockScope.ancestor_mac == mac)
+            tokens += [r.token for r in below]
+            return self._delete_rows(tokens) if tokens else 0
