@@ -7,12 +7,15 @@
 - **GET/HEAD** serve one byte range with one ranged blob read (RFC 7233: first-last, first-,
   suffix; 416 when unsatisfiable; several ranges are answered with the whole body), strong
   quoted ETags, ``Last-Modified`` and WsgiDAV's evaluation of ``If-*`` headers.
-- **PROPFIND** refuses ``Depth: infinity`` (and a missing Depth, which means infinity) with
-  403 and the ``propfind-finite-depth`` condition (RFC 4918 §9.1), then runs WsgiDAV's handler.
+- **PROPFIND** refuses ``Depth: infinity`` with 403 and the ``propfind-finite-depth``
+  condition (RFC 4918 §9.1) and answers a *missing* Depth header as ``Depth: 1`` — what
+  sabre/dav (Nextcloud) does when infinity is disabled; webdav4 and others send no Depth
+  and expect a listing, not a refusal. Then WsgiDAV's handler runs.
 - **PROPPATCH** validates every change first, then applies them in one vault transaction
   (RFC 4918 §9.2: all or nothing).
 - **COPY/MOVE** run WsgiDAV's checks and our ``handle_copy``/``handle_move``; WsgiDAV reports
   every natively handled request as 204, so 201 is restored when the destination was new.
+  ``Depth: 1`` on COPY (webdavclient3) is taken as infinity, as sabre/dav does.
 - **OPTIONS** advertises ``DAV: 1, 2``.
 """
 
@@ -352,9 +355,11 @@ def put(provider: VaultProvider, server: Any, environ: dict[str, Any], start_res
 
 
 def propfind(environ: dict[str, Any], start_response: Any, default: Any) -> Any:
-    # RFC 4918 §9.1: no Depth header means infinity, which we refuse (it would build the
-    # whole tree's response in memory).
-    depth = str(environ.get("HTTP_DEPTH", "infinity")).strip().lower()
+    # RFC 4918 §9.1: no Depth header means infinity. Infinity is refused (it would build the
+    # whole tree's response in memory); a missing header is answered as Depth 1, as
+    # sabre/dav does with infinity disabled, since clients that omit it (webdav4) want a
+    # listing or a stat, never a refusal.
+    depth = str(environ.get("HTTP_DEPTH", "1")).strip().lower() or "1"
     if depth == "infinity":
         raise DAVError(HTTP_FORBIDDEN, err_condition=PRECONDITION_CODE_PropfindFiniteDepth)
     environ["HTTP_DEPTH"] = depth
@@ -438,6 +443,12 @@ def proppatch(
 
 
 def copy_move(environ: dict[str, Any], start_response: Any, default: Any) -> Any:
+    # webdavclient3 copies a collection with "Depth: 1", which RFC 4918 §9.8.3 does not
+    # allow (WsgiDAV answers 400); sabre/dav (Nextcloud) ignores Depth on COPY and copies
+    # the tree, and so do we for that value. "0" keeps its meaning.
+    if environ["REQUEST_METHOD"] == "COPY" and str(environ.get("HTTP_DEPTH", "")).strip() == "1":
+        environ["HTTP_DEPTH"] = "infinity"
+
     def created_aware(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         if status.startswith("204") and environ.get(CREATED_KEY):
             status = "201 Created"
@@ -462,4 +473,38 @@ def lock(
         parent = provider.get_resource_inst(_parent_path(path), environ)
         if parent is not None and isinstance(parent, _VaultResource):
             server._check_write_permission(parent, "0", environ)
-    return default(environ, start_response)
+    captured: list[Any] = []
+
+    def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        captured[:] = [status, headers, exc_info]
+        return lambda data: None
+
+    body = b"".join(default(environ, capture))
+    status, headers, exc_info = captured
+    token = next((v for k, v in headers if k.lower() == "lock-token"), None)
+    if token and status[:3] in ("200", "201") and body:
+        body = _only_new_lock(body, token.strip().strip("<>"))
+        headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        headers.append(("Content-Length", str(len(body))))
+    start_response(status, headers, exc_info)
+    return [body]
+
+
+def _only_new_lock(body: bytes, token: str) -> bytes:
+    """Keep only the lock just granted in a LOCK response's lockdiscovery.
+
+    WsgiDAV answers with every lock on the resource. With shared locks, clients that take
+    the first token of the body instead of the Lock-Token header (dav-tck does) would then
+    hold someone else's token; Apache mod_dav and sabre/dav return only the new lock.
+    """
+    try:
+        root = etree.fromstring(body)
+    except SyntaxError:  # pragma: no cover - WsgiDAV's own XML; both etrees raise a subclass
+        return body
+    for disco in root.iter("{DAV:}lockdiscovery"):
+        for active in list(disco):
+            hrefs = [h.text or "" for h in active.iter("{DAV:}href")]
+            if token not in (h.strip() for h in hrefs):
+                disco.remove(active)
+    out: bytes = xml_tools.xml_to_bytes(root, pretty=False)
+    return out
