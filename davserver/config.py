@@ -303,6 +303,11 @@ class S3StorageConfig:
     create_bucket: bool = _opt(
         False, _boolean, "Create the bucket at startup if it does not exist."
     )
+    upload_concurrency: int = _opt(
+        3,
+        _integer(1, 16),
+        "Parts of one upload sent at once; memory per upload is about (this + 1) part sizes.",
+    )
 
 
 @dataclass(frozen=True)

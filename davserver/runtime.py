@@ -62,6 +62,7 @@ def make_blob_store(config: Config) -> BlobStore:
             part_size=s3.part_size,
             create_bucket=s3.create_bucket,
             prefix=s3.prefix,
+            upload_concurrency=s3.upload_concurrency,
         )
     from davserver.blobs.local import LocalBlobStore
 

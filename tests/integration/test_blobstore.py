@@ -280,16 +280,18 @@ def test_s3_part_failure_aborts(
 
     def flaky(*args: Any) -> str:
         calls.append(args[-1])
-        if len(calls) == 2:
+        if args[-1] == 2:
             raise urllib3.exceptions.ProtocolError("Connection aborted.")
         return real_upload_part(*args)
 
     monkeypatch.setattr(store._client, "_upload_part", flaky)
     blob_id = new_id()
     with pytest.raises(StorageError) as exc_info:
-        store.put(blob_id, chunked(pattern(3 * PART, 10), [MiB]))
+        store.put(blob_id, chunked(pattern(6 * PART, 10), [MiB]))
     assert not isinstance(exc_info.value, BlobNotFound)
-    assert calls == [1, 2]
+    # Parts go out concurrently: part 2's failure stops the upload before the body ends.
+    assert 1 in calls and 2 in calls
+    assert max(calls) < 7
     assert_absent(store, blob_id)
     assert_no_leftovers(store, blob_id, s3_client)
 
@@ -401,7 +403,7 @@ def test_partial_reads_do_not_poison_connections(store: BlobStore) -> None:
 
 @pytest.mark.parametrize(("chunk", "count"), [(MiB, 256), (64 * MiB, 4)], ids=["1MiB", "64MiB"])
 def test_put_memory_is_bounded(store: BlobStore, chunk: int, count: int) -> None:
-    """256 MiB from a generator: memory the store allocates stays under three part sizes.
+    """256 MiB from a generator: memory the store allocates stays bounded by a few parts.
 
     The generator yields one preallocated block again and again, so what tracemalloc sees is
     the store's own buffering (with 64 MiB chunks: parts must be cut out of a chunk, not made
@@ -426,7 +428,9 @@ def test_put_memory_is_bounded(store: BlobStore, chunk: int, count: int) -> None
     with store.open(blob_id, 256 * MiB - chunk - 1, 256 * MiB - chunk) as r:
         assert read_all(r) == block[-1:] + block[:1]
     store.delete(blob_id)
-    assert peak < 3 * PART, f"put peaked at {peak / MiB:.1f} MiB"
+    # The part being filled, the parts in flight, and slack for the one being cut.
+    limit = (getattr(store, "upload_concurrency", 1) + 2) * PART
+    assert peak < limit, f"put peaked at {peak / MiB:.1f} MiB"
 
 
 # -- backend specifics: local -------------------------------------------------------------------
