@@ -124,7 +124,7 @@ class Uploads:
             with vault.index.atomic():
                 BlobGC.insert(blob_id=blob_id, state="uploading", since=time.time()).execute()
         ck = crypto.random_key()
-        counter = _Counter(chunks, ceiling)
+        counter = _Counter(chunks, ceiling, hashes=False)  # the assembled file is hashed
         enc = blobfmt.SegmentEncryptor(ck, vault.settings.seg_log2)
         try:
             vault.blobs.put(blob_id, _encrypted(enc, counter))
@@ -185,6 +185,18 @@ class Uploads:
             BlobGC.delete().where(BlobGC.blob_id == blob_id).execute()
             if old:
                 vault.mark_blobs_dead([c.blob_id for c in old])
+
+    def has_chunk(self, handle: str, chunk_name: str) -> bool:
+        """Whether the upload holds a chunk of that name (one indexed lookup)."""
+        chunk_name = _check_handle(chunk_name, "chunk name")
+        with self._s.vault.index.connection():
+            up = self._find(handle)
+            mac = names.name_mac(self._dir_key(up.id), chunk_name)
+            return bool(
+                UploadChunk.select()
+                .where(UploadChunk.upload == up.id, UploadChunk.name_mac == mac)
+                .exists()
+            )
 
     def list(self, handle: str) -> list[tuple[str, int, float]]:
         """(chunk name, size, time) of every chunk, in assembly order."""

@@ -305,3 +305,21 @@ def test_batched_member_props_and_hashes(vault: Vault) -> None:
     assert hashes["a"] == s.hashes("/d/a")
     with pytest.raises(Conflict):
         s.list_dir_props("/d/a")
+
+
+def test_large_chunks_hash_on_a_helper_thread(vault: Vault) -> None:
+    """Bodies in large chunks are hashed beside the encryption; digests stay exact."""
+    import threading
+
+    s = login(vault)
+    data = random.Random(7).randbytes(5 * 1024 * 1024 + 3)
+    put(s, "/big", data, chunk=1024 * 1024)
+    assert s.hashes("/big") == {
+        "sha1": hashlib.sha1(data).hexdigest(),
+        "md5": hashlib.md5(data).hexdigest(),
+    }
+    before = threading.active_count()
+    with pytest.raises(ConnectionResetError):
+        s.write_file("/big", _failing(data, 3 * 1024 * 1024))
+    assert threading.active_count() <= before  # the hashing thread did not leak
+    assert read(s, "/big") == data
