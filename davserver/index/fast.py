@@ -53,6 +53,8 @@ def _sql(kind: str) -> str:
         cols = ", ".join(_COLUMNS)
         if kind == "by_id":
             where = f"id = {param} AND owner_id = {param}"
+        elif kind == "children":
+            where = f"parent_id = {param} AND owner_id = {param}"
         else:
             where = f"parent_id = {param} AND name_mac = {param} AND owner_id = {param}"
         sql = f'SELECT {cols} FROM "{table}" WHERE {where}'  # noqa: S608 - constants only
@@ -79,3 +81,12 @@ def node_by_id(node_id: str, owner_id: str) -> NodeRow | None:
 def child_by_mac(parent_id: str, name_mac: bytes, owner_id: str) -> NodeRow | None:
     cur = database_proxy.obj.execute_sql(_sql("child"), (parent_id, name_mac, owner_id))
     return _row(cur.fetchone())
+
+
+def children(parent_id: str, owner_id: str) -> list[NodeRow]:
+    """Every child row of a directory (one query; a listing's whole index cost)."""
+    cur = database_proxy.obj.execute_sql(_sql("children"), (parent_id, owner_id))
+    rows = cur.fetchall()
+    if rows and isinstance(rows[0][3], memoryview):
+        return [r for r in map(_row, rows) if r is not None]
+    return [NodeRow(*r) for r in rows]

@@ -54,16 +54,6 @@ _META_PURPOSE, _META_LABEL = b"wdv-meta-enc-v1", b"wdv/meta/v1"
 _VMETA_PURPOSE, _VMETA_LABEL = b"wdv-vmeta-v1", b"wdv/vmeta/v1"
 _PROPS_PURPOSE, _PROPS_LABEL = b"wdv-props-v1", b"wdv/props/v1"
 _BATCH = 500
-_LIST_COLUMNS = (
-    Node.id,
-    Node.parent.alias("parent_id"),
-    Node.kind,
-    Node.name_ct,
-    Node.meta_ct,
-    Node.size,
-    Node.created,
-    Node.current_version,
-)
 MAX_NAME_BYTES = 1024
 
 
@@ -306,7 +296,7 @@ class Session:
         except crypto.AuthenticationFailed as exc:
             log.error("integrity failure: metadata of node %s", row.id)
             raise IntegrityError("metadata failed authentication") from exc
-        value: dict[str, Any] = json.loads(raw)
+        value: dict[str, Any] = json.loads(raw.decode())
         return value
 
     @staticmethod
@@ -353,14 +343,9 @@ class Session:
             ref = self._walk(split_path(path))
             if ref.row.kind != DIR:
                 raise Conflict("not a directory")
-            # Plain tuples of just the listed columns: building a model object per child
-            # costs more than decrypting its name.
-            rows = (
-                Node.select(*_LIST_COLUMNS)
-                .where(Node.parent == ref.row.id, Node.owner == self.user_id)
-                .namedtuples()
-            )
-            out = [self._entry(r, ref.key) for r in rows]
+            # Plain tuples from hand-written SQL: building a model object per child costs
+            # more than decrypting its name.
+            out = [self._entry(r, ref.key) for r in fast.children(ref.row.id, self.user_id)]
         out.sort(key=lambda e: e.name)
         return out
 
