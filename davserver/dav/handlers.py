@@ -12,7 +12,9 @@
   sabre/dav (Nextcloud) does when infinity is disabled; webdav4 and others send no Depth
   and expect a listing, not a refusal. Then WsgiDAV's handler runs.
 - **PROPPATCH** validates every change first, then applies them in one vault transaction
-  (RFC 4918 §9.2: all or nothing).
+  (RFC 4918 §9.2: all or nothing). ``{DAV:}lastmodified`` (rclone) and ``getlastmodified``
+  set the modification time; the computed ``oc:*`` properties are protected (403), except
+  that re-sending ``oc:checksums`` equal to the stored ones is accepted as a no-op.
 - **COPY/MOVE** run WsgiDAV's checks and our ``handle_copy``/``handle_move``; WsgiDAV reports
   every natively handled request as 204, so 201 is restored when the destination was new.
   ``Depth: 1`` on COPY (webdavclient3) is taken as infinity, as sabre/dav does.
@@ -40,11 +42,14 @@ from wsgidav.dav_error import (
 )
 from wsgidav.util import etree
 
+from davserver.dav import propfind as fast_propfind
 from davserver.dav.errors import vault_call
 from davserver.dav.resources import (
+    COMPUTED_PROPS,
     CREATED_KEY,
     LOCK_PROPS,
     MTIME_ACCEPTED_KEY,
+    OC_CHECKSUMS,
     FileResource,
     _VaultResource,
     forget_resources,
@@ -57,8 +62,10 @@ if TYPE_CHECKING:
 
 DAV_COMPLIANCE = "1, 2"
 WIN32_NS = "{urn:schemas-microsoft-com:}"
-# rclone's fallback for modification times when X-OC-Mtime is not accepted.
+# rclone's fallback for modification times when X-OC-Mtime is not accepted; ownCloud and
+# sabre/dav also take getlastmodified. Unix seconds or an HTTP date.
 RCLONE_MTIME = "{DAV:}lastmodified"
+MTIME_PROPS = (RCLONE_MTIME, "{DAV:}getlastmodified")
 _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 _UNSATISFIABLE = (-1, -1)
 
@@ -73,7 +80,7 @@ def dispatch(
     if method == "PUT":
         return put(provider, server, environ, start_response)
     if method == "PROPFIND":
-        return propfind(environ, start_response, default)
+        return propfind(provider, server, environ, start_response)
     if method == "PROPPATCH":
         return proppatch(provider, server, environ, start_response)
     if method in ("COPY", "MOVE"):
@@ -262,14 +269,27 @@ def is_chunked(environ: dict[str, Any]) -> bool:
 
 def _checksums(environ: dict[str, Any]) -> tuple[str | None, str | None]:
     """SHA-1 / MD5 announced in ``OC-Checksum: SHA1:<hex>`` (ownCloud, rclone)."""
-    sha1 = md5 = None
-    for item in str(environ.get("HTTP_OC_CHECKSUM", "")).split():
+    found = parse_checksums(str(environ.get("HTTP_OC_CHECKSUM", "")))
+    if found is None:
+        raise DAVError(HTTP_BAD_REQUEST, "invalid OC-Checksum header")
+    return found.get("sha1"), found.get("md5")
+
+
+_HEX_LEN = {"sha1": 40, "md5": 32}
+
+
+def parse_checksums(text: str) -> dict[str, str] | None:
+    """{"sha1": hex, "md5": hex} from ``SHA1:<hex> MD5:<hex>`` (other algorithms, such as
+    ADLER32, are skipped); None if a SHA-1 or MD5 is not well-formed hex."""
+    out: dict[str, str] = {}
+    for item in text.split():
         algo, _, value = item.partition(":")
-        if algo.upper() == "SHA1" and re.fullmatch(r"[0-9a-fA-F]{40}", value):
-            sha1 = value.lower()
-        elif algo.upper() == "MD5" and re.fullmatch(r"[0-9a-fA-F]{32}", value):
-            md5 = value.lower()
-    return sha1, md5
+        algo = algo.lower()
+        if algo in _HEX_LEN:
+            if not re.fullmatch(r"[0-9a-fA-F]{%d}" % _HEX_LEN[algo], value):  # noqa: UP031
+                return None
+            out[algo] = value.lower()
+    return out
 
 
 def _body(
@@ -354,7 +374,9 @@ def put(provider: VaultProvider, server: Any, environ: dict[str, Any], start_res
 # -- PROPFIND / PROPPATCH ---------------------------------------------------------------------
 
 
-def propfind(environ: dict[str, Any], start_response: Any, default: Any) -> Any:
+def propfind(
+    provider: VaultProvider, server: Any, environ: dict[str, Any], start_response: Any
+) -> Any:
     # RFC 4918 §9.1: no Depth header means infinity. Infinity is refused (it would build the
     # whole tree's response in memory); a missing header is answered as Depth 1, as
     # sabre/dav does with infinity disabled, since clients that omit it (webdav4) want a
@@ -362,8 +384,10 @@ def propfind(environ: dict[str, Any], start_response: Any, default: Any) -> Any:
     depth = str(environ.get("HTTP_DEPTH", "1")).strip().lower() or "1"
     if depth == "infinity":
         raise DAVError(HTTP_FORBIDDEN, err_condition=PRECONDITION_CODE_PropfindFiniteDepth)
+    if depth not in ("0", "1"):
+        raise DAVError(HTTP_BAD_REQUEST, "invalid Depth header")
     environ["HTTP_DEPTH"] = depth
-    return default(environ, start_response)
+    return fast_propfind.propfind(provider, server, environ, start_response)
 
 
 def _proppatch_changes(root: Any) -> list[tuple[str, Any]]:
@@ -402,16 +426,22 @@ def proppatch(
     results: list[tuple[str, DAVError | None]] = []
     for name, el in changes:
         error = None
-        if name == RCLONE_MTIME or name == WIN32_NS + "Win32LastModifiedTime":
+        if name in MTIME_PROPS or name == WIN32_NS + "Win32LastModifiedTime":
             when = parse_mtime(el.text if el is not None else None)
             if el is not None and when is None:
                 error = DAVError(HTTP_BAD_REQUEST, "invalid time")
             elif when is not None:
                 mtime = when
-            if name == RCLONE_MTIME:
+            if name in MTIME_PROPS:
                 results.append((name, error))
                 continue
-        if name in LOCK_PROPS or name.startswith("{DAV:}"):
+        if name == OC_CHECKSUMS and el is not None and _same_checksums(res, el):
+            # rclone (owncloud vendor) re-sends the checksum with every modification time,
+            # since ownCloud forgets it on a touch. Ours belong to the version: a value
+            # that matches them is a no-op; any other is refused below.
+            results.append((name, None))
+            continue
+        if name in LOCK_PROPS or name in COMPUTED_PROPS or name.startswith("{DAV:}"):
             error = DAVError(HTTP_FORBIDDEN, err_condition=PRECONDITION_CODE_ProtectedProperty)
         elif el is None:
             props[name] = None
@@ -437,6 +467,15 @@ def proppatch(
     ms = xml_tools.make_multistatus_el()
     util.add_property_response(ms, res.get_href(), reply)
     return util.send_multi_status_response(environ, start_response, ms)
+
+
+def _same_checksums(res: _VaultResource, el: Any) -> bool:
+    """Whether an ``oc:checksums`` value names only checksums equal to the stored ones."""
+    given = parse_checksums(" ".join(t.strip() for t in el.itertext()))
+    if not given or res.is_collection:
+        return False
+    stored = res._hashes()
+    return all(stored.get(algo) == value for algo, value in given.items())
 
 
 # -- COPY / MOVE / LOCK ---------------------------------------------------------------------

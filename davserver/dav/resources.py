@@ -35,6 +35,22 @@ MTIME_ACCEPTED_KEY = "davserver.mtime_accepted"
 
 OC_NS = "http://owncloud.org/ns"
 OC_CHECKSUMS = "{%s}checksums" % OC_NS  # noqa: UP031 - braces are literal here
+OC_FILEID = "{%s}fileid" % OC_NS  # noqa: UP031
+OC_ID = "{%s}id" % OC_NS  # noqa: UP031
+OC_PERMISSIONS = "{%s}permissions" % OC_NS  # noqa: UP031
+# rclone's fastmail vendor reads the SHA-1 from this element; its parser matches the
+# namespace "ME:" literally (checked against rclone 1.75).
+ME_SHA1 = "{ME:}sha1hex"
+# Read-only properties we compute; PROPPATCH on them is 403 (cannot-modify-protected-property).
+COMPUTED_PROPS = (OC_CHECKSUMS, OC_FILEID, OC_ID, OC_PERMISSIONS, ME_SHA1)
+# ownCloud/Nextcloud permission letters: D delete, N rename, V move, W write (files),
+# C create files, K create folders (collections). No R (sharing does not exist here), no S
+# (shared) or M (mounted): rclone's --webdav-owncloud-exclude-shares/-mounts look for those.
+FILE_PERMISSIONS, DIR_PERMISSIONS, ROOT_PERMISSIONS = "DNVW", "DNVCK", "CK"
+# Set by davserver.dav.nextcloud when a request came through /remote.php/dav/files/USER:
+# hrefs in responses then carry that prefix.
+HREF_PREFIX_KEY = "davserver.href_prefix"
+_HREF_SAFE = "/!*'(),$-_|."
 QUOTA_USED = "{DAV:}quota-used-bytes"
 QUOTA_AVAILABLE = "{DAV:}quota-available-bytes"
 LOCK_PROPS = ("{DAV:}lockdiscovery", "{DAV:}supportedlock")
@@ -52,6 +68,12 @@ def session_of(environ: dict[str, Any]) -> Session:
 def forget_resources(environ: dict[str, Any]) -> None:
     """Drop the per-request resource cache (after anything changed the tree)."""
     environ.pop(CACHE_KEY, None)
+
+
+def file_id(node_id: str) -> str:
+    """``oc:fileid`` of a node: a decimal number (clients parse it as one) made of the first
+    60 bits of the random node id, so it is stable across MOVE and rename."""
+    return str(int(node_id[:15], 16))
 
 
 def ref_url(user_id: str, path: str) -> str:
@@ -89,7 +111,19 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
         return self.entry.name
 
     def get_ref_url(self) -> str:
-        return ref_url(session_of(self.environ).user_id, self.get_preferred_path())
+        # Asked several times per property of a listing (lock checks): computed once.
+        url: str | None = self.__dict__.get("_ref_url")
+        if url is None:
+            url = self._ref_url = ref_url(
+                session_of(self.environ).user_id, self.get_preferred_path()
+            )
+        return url
+
+    def get_href(self) -> str:
+        # Same as WsgiDAV's, plus the Nextcloud alias prefix the request came through.
+        prefix = str(self.environ.get(HREF_PREFIX_KEY, ""))
+        path = self.provider.mount_path + self.provider.share_path + self.get_preferred_path()
+        return quote(prefix + path, safe=_HREF_SAFE)
 
     def set_last_modified(self, dest_path: str, time_stamp: Any, *, dry_run: bool) -> bool:
         """Used for ``X-OC-Mtime`` on MKCOL; accepts Unix seconds or an HTTP date."""
@@ -114,10 +148,24 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
         names.append("{DAV:}displayname")
         if not self.is_collection:
             names += ["{DAV:}getcontentlength", "{DAV:}getcontenttype", "{DAV:}getetag"]
+            if is_allprop and self._wants_me_sha1():
+                names.append(ME_SHA1)
         if self.provider.lock_manager is not None:
             names += LOCK_PROPS
         names += list(self.dead_props())
         return names
+
+    def _wants_me_sha1(self) -> bool:
+        """rclone's fastmail vendor reads SHA-1s from an allprop PROPFIND. Only rclone gets
+        them there: for anyone else an allprop listing stays one query (DESIGN §7)."""
+        agent = str(self.environ.get("HTTP_USER_AGENT", ""))
+        return agent.startswith("rclone/")
+
+    def _hashes(self) -> dict[str, str]:
+        if self.listed_by is not None:
+            return self.listed_by.member_hashes().get(self.entry.name, {})
+        with vault_call():
+            return session_of(self.environ).hashes(self.path)
 
     def get_properties(self, mode: str, *, name_list: list[str] | None = None) -> list[Any]:
         # rclone reads only the first <propstat> of a response: put the 200 block first.
@@ -136,16 +184,24 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
             # RFC 4331 §4: an unlimited quota is reported as a large number, not omitted.
             return str(max(0, quota - used) if quota is not None else 2**50)
         if name == OC_CHECKSUMS and not self.is_collection:
-            if self.listed_by is not None:
-                h = self.listed_by.member_hashes().get(self.entry.name, {})
-            else:
-                with vault_call():
-                    h = session_of(self.environ).hashes(self.path)
+            h = self._hashes()
             el = etree.Element(name)
             etree.SubElement(el, "{%s}checksum" % OC_NS).text = (  # noqa: UP031
                 f"SHA1:{h.get('sha1', '')} MD5:{h.get('md5', '')}"
             )
             return el
+        if name == ME_SHA1 and not self.is_collection:
+            sha1 = self._hashes().get("sha1")
+            if not sha1:
+                raise DAVError(HTTP_NOT_FOUND)
+            return sha1
+        if name in (OC_FILEID, OC_ID):
+            # oc:id is opaque to clients: the whole node id; oc:fileid is numeric.
+            return file_id(self.entry.id) if name == OC_FILEID else self.entry.id
+        if name == OC_PERMISSIONS:
+            if self.entry.parent_id is None:
+                return ROOT_PERMISSIONS
+            return DIR_PERMISSIONS if self.is_collection else FILE_PERMISSIONS
         if name == "{DAV:}lockdiscovery" and self.known_lock_roots is not None:
             if self.get_ref_url().rstrip("/") not in self.known_lock_roots:
                 return etree.Element(name)  # no lock here: known without a query
