@@ -21,7 +21,7 @@ from davserver.errors import ConfigError, StorageError
 from davserver.index import models
 from davserver.index.models import SchemaInfo, database_proxy
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _migrate_v1(db: pw.Database) -> None:
@@ -33,9 +33,18 @@ def _migrate_v2(db: pw.Database) -> None:
     db.create_tables(models.V2_MODELS, safe=True)
 
 
+def _migrate_v3(db: pw.Database) -> None:
+    """Directory version counters (listing cache validation)."""
+    db.create_tables(models.V3_MODELS, safe=True)
+
+
 # MIGRATIONS[n] brings a schema at version n to version n + 1. Never edit a released one:
 # add the next.
-MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {0: _migrate_v1, 1: _migrate_v2}
+MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
+    0: _migrate_v1,
+    1: _migrate_v2,
+    2: _migrate_v3,
+}
 
 
 class Index:

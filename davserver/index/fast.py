@@ -51,6 +51,17 @@ def _sql(kind: str) -> str:
     if sql is None:
         table = Node._meta.table_name
         cols = ", ".join(_COLUMNS)
+        if kind == "dir_version":
+            sql = f'SELECT version FROM "dir_version" WHERE dir_id = {param}'  # noqa: S608
+            _sql_cache[key] = sql
+            return sql
+        if kind == "bump":
+            sql = (
+                f'INSERT INTO "dir_version" (dir_id, version) VALUES ({param}, 1) '  # noqa: S608
+                'ON CONFLICT (dir_id) DO UPDATE SET version = "dir_version".version + 1'
+            )
+            _sql_cache[key] = sql
+            return sql
         if kind == "by_id":
             where = f"id = {param} AND owner_id = {param}"
         elif kind == "children":
@@ -90,3 +101,14 @@ def children(parent_id: str, owner_id: str) -> list[NodeRow]:
     if rows and isinstance(rows[0][3], memoryview):
         return [r for r in map(_row, rows) if r is not None]
     return [NodeRow(*r) for r in rows]
+
+
+def dir_version(dir_id: str) -> int:
+    """The listing version of a directory (0 if it never changed)."""
+    row = database_proxy.obj.execute_sql(_sql("dir_version"), (dir_id,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def bump_dir(dir_id: str) -> None:
+    """Within the caller's transaction: mark a directory's listing as changed."""
+    database_proxy.obj.execute_sql(_sql("bump"), (dir_id,))

@@ -173,6 +173,16 @@ class UploadChunk(BaseModel):
         indexes = ((("upload", "name_mac"), True),)
 
 
+class DirVersion(BaseModel):
+    """A counter per directory, bumped in the same transaction as any change to its listing
+    (a member added, removed, renamed, rewritten or re-timed). Listings are cached in memory
+    per session and revalidated with one lookup here, also across server processes. Kept
+    out of ``node`` so that a MOVE still rewrites exactly one node row."""
+
+    dir_id = IdField(primary_key=True)
+    version = pw.BigIntegerField()
+
+
 # The tables each schema version added (see davserver.index.MIGRATIONS).
 V1_MODELS: list[type[BaseModel]] = [
     SchemaInfo,
@@ -186,4 +196,5 @@ V1_MODELS: list[type[BaseModel]] = [
     LockScope,
 ]
 V2_MODELS: list[type[BaseModel]] = [Upload, UploadChunk]
-ALL_MODELS: list[type[BaseModel]] = V1_MODELS + V2_MODELS
+V3_MODELS: list[type[BaseModel]] = [DirVersion]
+ALL_MODELS: list[type[BaseModel]] = V1_MODELS + V2_MODELS + V3_MODELS

@@ -186,6 +186,7 @@ class Session:
     """A logged-in user. Thread-safe for concurrent requests of the same user."""
 
     KEY_CACHE_SIZE = 50_000
+    LISTING_CACHE_ENTRIES = 100_000  # decrypted entries kept per session
 
     def __init__(self, vault: Vault, user_id: str, user_name: str, mk: bytes, root_id: str) -> None:
         self.vault = vault
@@ -194,6 +195,10 @@ class Session:
         self._mk = mk
         self.root_id = root_id
         self._keys: OrderedDict[str, bytes] = OrderedDict()
+        # dir id -> (listing version, entries): decrypted listings, in memory only.
+        self._listings: OrderedDict[str, tuple[int, tuple[Entry, ...]]] = OrderedDict()
+        self._listed = 0
+        self._listings_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<Session user_id={self.user_id}>"
@@ -343,11 +348,32 @@ class Session:
             ref = self._walk(split_path(path))
             if ref.row.kind != DIR:
                 raise Conflict("not a directory")
+            # Revalidate a cached listing with one lookup of the directory's version
+            # (bumped in every transaction that changes the listing, by any process).
+            version = fast.dir_version(ref.row.id)
+            cached = self._listings.get(ref.row.id)
+            if cached is not None and cached[0] == version:
+                with self._listings_lock:
+                    if ref.row.id in self._listings:
+                        self._listings.move_to_end(ref.row.id)
+                return list(cached[1])
             # Plain tuples from hand-written SQL: building a model object per child costs
             # more than decrypting its name.
             out = [self._entry(r, ref.key) for r in fast.children(ref.row.id, self.user_id)]
         out.sort(key=lambda e: e.name)
+        self._cache_listing(ref.row.id, version, out)
         return out
+
+    def _cache_listing(self, dir_id: str, version: int, entries: list[Entry]) -> None:
+        with self._listings_lock:
+            old = self._listings.pop(dir_id, None)
+            if old is not None:
+                self._listed -= len(old[1])
+            self._listings[dir_id] = (version, tuple(entries))
+            self._listed += len(entries)
+            while self._listed > self.LISTING_CACHE_ENTRIES and self._listings:
+                _, (_, dropped) = self._listings.popitem(last=False)
+                self._listed -= len(dropped)
 
     def usage(self) -> tuple[int, int | None]:
         """(bytes used, quota in bytes or None when unlimited)."""
@@ -425,6 +451,7 @@ class Session:
             size=0,
             created=ctime,
         )
+        fast.bump_dir(parent.row.id)
         self._remember(node_id, key)
         return row
 
@@ -441,6 +468,7 @@ class Session:
         Node.update(
             meta_ct=self._seal_meta(ref.parent_key, ref.row.id, ref.row.parent_id, meta)
         ).where(Node.id == ref.row.id).execute()
+        fast.bump_dir(ref.row.parent_id)
 
     def set_mtime(self, path: str, mtime: float) -> None:
         with self._db(), self._txn():
@@ -584,6 +612,8 @@ class Session:
                 meta["m"] = mtime if mtime is not None else now
                 changes[Node.meta_ct] = self._seal_meta(parent.key, node_id, parent.row.id, meta)
             Node.update(changes).where(Node.id == node_id).execute()
+            if version_no > 1:  # a new node was counted by _insert_node
+                fast.bump_dir(parent.row.id)
             if size != old_size:
                 User.update(usage_bytes=User.usage_bytes - old_size + size).where(
                     User.id == self.user_id
@@ -672,6 +702,9 @@ class Session:
                 ),
                 meta_ct=self._seal_meta(dst_parent.key, node_id, dst_parent.row.id, meta),
             ).where(Node.id == node_id).execute()
+            fast.bump_dir(dst_parent.row.id)
+            if src.row.parent_id != dst_parent.row.id:
+                fast.bump_dir(src.row.parent_id)
         if existed:
             self.vault.collect_garbage(grace=0)
         return existed
@@ -774,6 +807,8 @@ class Session:
 
     def _delete_subtree(self, row: NodeLike) -> None:
         """Within a transaction: remove a node and all below it, deepest level first."""
+        if row.parent_id is not None:
+            fast.bump_dir(row.parent_id)
         levels: list[list[str]] = [[row.id]]
         while True:
             below: list[str] = []

@@ -323,3 +323,42 @@ def test_large_chunks_hash_on_a_helper_thread(vault: Vault) -> None:
         s.write_file("/big", _failing(data, 3 * 1024 * 1024))
     assert threading.active_count() <= before  # the hashing thread did not leak
     assert read(s, "/big") == data
+
+
+def test_listing_cache_follows_every_change(vault: Vault, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Listings are cached per session and revalidated by the directory's version, which
+    every change bumps, including changes made through another vault (another process)."""
+    from davserver.vault import Vault as VaultClass
+
+    s = login(vault)
+    s.mkdir("/d")
+    put(s, "/d/a", b"1")
+    assert [e.name for e in s.list_dir("/d")] == ["a"]
+    # Another process on the same index: a second vault object with its own sessions.
+    other = VaultClass(vault.index, vault.blobs, vault._pepper, vault.settings)
+    o = other.login("alice", "pw-alice")
+    assert o is not s
+
+    def names(path: str = "/d") -> list[str]:
+        return [e.name for e in s.list_dir(path)]
+
+    o.write_file("/d/b", [b"22"])
+    assert names() == ["a", "b"]
+    o.write_file("/d/b", [b"333"])
+    assert {e.name: e.size for e in s.list_dir("/d")} == {"a": 1, "b": 3}
+    o.set_mtime("/d/a", 1_000.0)
+    assert {e.name: e.mtime for e in s.list_dir("/d")}["a"] == 1_000.0
+    o.mkdir("/d/sub")
+    assert names() == ["a", "b", "sub"]
+    o.move("/d/a", "/d/sub/a")
+    assert names() == ["b", "sub"] and names("/d/sub") == ["a"]
+    o.copy("/d/sub", "/d/sub2")
+    assert names() == ["b", "sub", "sub2"]
+    o.move("/d/b", "/d/sub2/a", overwrite=True)
+    assert names() == ["sub", "sub2"] and {e.size for e in s.list_dir("/d/sub2")} == {3}
+    o.delete("/d/sub")
+    assert names() == ["sub2"]
+    o.uploads.create("u")
+    o.uploads.put_chunk("u", "1", [b"up"], 2)
+    o.uploads.assemble("u", "/d/up")
+    assert names() == ["sub2", "up"]
