@@ -52,13 +52,28 @@ def _sql(kind: str) -> str:
         table = Node._meta.table_name
         cols = ", ".join(_COLUMNS)
         if kind == "dir_version":
-            sql = f'SELECT version FROM "dir_version" WHERE dir_id = {param}'  # noqa: S608
+            sql = f'SELECT version FROM "dir_version" WHERE dir_id = {param}'
             _sql_cache[key] = sql
             return sql
         if kind == "bump":
             sql = (
-                f'INSERT INTO "dir_version" (dir_id, version) VALUES ({param}, 1) '  # noqa: S608
+                f'INSERT INTO "dir_version" (dir_id, version) VALUES ({param}, 1) '
                 'ON CONFLICT (dir_id) DO UPDATE SET version = "dir_version".version + 1'
+            )
+            _sql_cache[key] = sql
+            return sql
+        if kind == "locks_at":
+            sql = (
+                f'SELECT token, path_mac, data_ct, expire FROM "lock" '
+                f"WHERE path_mac = {param} AND expire >= {param}"
+            )
+            _sql_cache[key] = sql
+            return sql
+        if kind == "locks_below":
+            sql = (
+                'SELECT l.token, l.path_mac, l.data_ct, l.expire FROM "lock" AS l '
+                'JOIN "lock_scope" AS s ON s.lock_id = l.token '
+                f"WHERE s.ancestor_mac = {param} AND l.expire >= {param}"
             )
             _sql_cache[key] = sql
             return sql
@@ -68,7 +83,7 @@ def _sql(kind: str) -> str:
             where = f"parent_id = {param} AND owner_id = {param}"
         else:
             where = f"parent_id = {param} AND name_mac = {param} AND owner_id = {param}"
-        sql = f'SELECT {cols} FROM "{table}" WHERE {where}'  # noqa: S608 - constants only
+        sql = f'SELECT {cols} FROM "{table}" WHERE {where}'
         _sql_cache[key] = sql
     return sql
 
@@ -112,3 +127,28 @@ def dir_version(dir_id: str) -> int:
 def bump_dir(dir_id: str) -> None:
     """Within the caller's transaction: mark a directory's listing as changed."""
     database_proxy.obj.execute_sql(_sql("bump"), (dir_id,))
+
+
+class LockRow(NamedTuple):
+    token: str
+    path_mac: bytes
+    data_ct: bytes
+    expire: float
+
+
+def _lock_rows(kind: str, mac: bytes, now: float) -> list[LockRow]:
+    rows = database_proxy.obj.execute_sql(_sql(kind), (mac, now)).fetchall()
+    return [
+        LockRow(r[0], bytes(r[1]), bytes(r[2]), float(r[3]))  # bytea arrives as memoryview
+        for r in rows
+    ]
+
+
+def locks_at(path_mac: bytes, now: float) -> list[LockRow]:
+    """Live locks rooted at the path with this MAC (every request checks them)."""
+    return _lock_rows("locks_at", path_mac, now)
+
+
+def locks_below(ancestor_mac: bytes, now: float) -> list[LockRow]:
+    """Live locks strictly below the path with this MAC."""
+    return _lock_rows("locks_below", ancestor_mac, now)

@@ -38,6 +38,7 @@ import peewee as pw
 from davserver import crypto
 from davserver.crypto.primitives import keyed_hash
 from davserver.errors import IntegrityError, StorageError
+from davserver.index import fast
 from davserver.index.models import Lock, LockScope, User
 from davserver.vault.tree import split_path
 
@@ -88,7 +89,7 @@ class LockStore:
         raw = json.dumps(record, separators=(",", ":")).encode("utf-8")
         return crypto.seal(self._seal_key, _SEAL_PURPOSE, _SEAL_LABEL, (token, path_mac), raw)
 
-    def _open(self, row: Lock) -> LockRecord:
+    def _open(self, row: Lock | fast.LockRow) -> LockRecord:
         path_mac = bytes(row.path_mac)
         try:
             raw = crypto.open_sealed(
@@ -204,16 +205,11 @@ class LockStore:
         now = time.time()
         out: list[LockRecord] = []
         with self._db():
+            # Hand-written SQL: WsgiDAV asks this several times per request.
             if include_root:
-                rows = Lock.select().where(Lock.path_mac == mac, Lock.expire >= now)
-                out += [self._open(r) for r in rows]
+                out += [self._open(r) for r in fast.locks_at(mac, now)]
             if include_children:
-                rows = (
-                    Lock.select()
-                    .join(LockScope)
-                    .where(LockScope.ancestor_mac == mac, Lock.expire >= now)
-                )
-                out += [self._open(r) for r in rows]
+                out += [self._open(r) for r in fast.locks_below(mac, now)]
         # A record is only valid for the (user, path) its MAC names.
         for rec in out:
             if rec.get("user_id") != user_id:
