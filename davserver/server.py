@@ -30,6 +30,7 @@ from davserver.dav.auth import DavAuthenticator, VaultDomainController
 from davserver.dav.errors import ErrorMapper
 from davserver.dav.locks import DavLockManager, VaultLockStorage
 from davserver.dav.middleware import RequestGuard
+from davserver.dav.nextcloud import NextcloudRouter
 from davserver.dav.provider import VaultProvider
 from davserver.errors import ConfigError
 from davserver.vault import Vault
@@ -82,6 +83,7 @@ def build_app(config: Config, vault: Vault) -> Callable[..., Any]:
             ErrorPrinter,
             ErrorMapper,
             DavAuthenticator,
+            NextcloudRouter,  # /remote.php/dav/files|uploads/USER/…, PATCH (after auth)
             WsgiDavDirBrowser,
             RequestResolver,
         ],
@@ -177,11 +179,13 @@ def make_server(
 
 
 def _maintenance(vault: Vault, interval: float, stop: threading.Event) -> None:
-    """Purge expired locks and collect dead blobs every ``interval`` seconds."""
+    """Every ``interval`` seconds: purge expired locks, drop chunked uploads abandoned for
+    longer than ``gc.upload_expiry`` and collect dead blobs."""
     store = LockStore(vault)
     while not stop.wait(interval):
         try:
             store.purge_expired()
+            vault.expire_uploads()
             vault.collect_garbage()
         except Exception:  # keep serving; the next round retries
             log.exception("maintenance round failed")

@@ -119,11 +119,25 @@ def test_propfind_200_propstat_comes_first(alice: DavClient) -> None:
     assert "200" in (first.findtext(D + "status") or "")
 
 
-@pytest.mark.parametrize("depth", [None, "infinity", "Infinity"])
-def test_propfind_infinity_is_refused(alice: DavClient, depth: str | None) -> None:
+@pytest.mark.parametrize("depth", ["infinity", "Infinity"])
+def test_propfind_infinity_is_refused(alice: DavClient, depth: str) -> None:
     r = alice.propfind("/", depth)
     assert r.status == 403
     assert b"propfind-finite-depth" in r.body
+
+
+def test_propfind_without_depth_is_depth_1(alice: DavClient) -> None:
+    """No Depth header is answered as Depth 1, as sabre/dav does with infinity disabled
+    (webdav4 sends none): the collection and its members, not the grandchildren."""
+    alice.mkcol("/d")
+    alice.mkcol("/d/e")
+    alice.put("/d/e/deep.txt", b"x")
+    alice.put("/d/f.txt", b"y")
+    r = alice.propfind("/d", None)
+    assert r.status == 207
+    assert sorted(h.rstrip("/") for h in hrefs(r.body)) == ["/d", "/d/e", "/d/f.txt"]
+    r = alice.propfind("/d/f.txt", None)
+    assert r.status == 207 and hrefs(r.body) == ["/d/f.txt"]
 
 
 def test_propfind_missing_is_404(alice: DavClient) -> None:
