@@ -1,8 +1,9 @@
 """The outermost WSGI layer: request-body accounting, early close, body caps, access log.
 
-- A request answered before its body was read (401, 403, 409, 412, 423, 507…) gets
-  ``Connection: close``; the server (see ``davserver.server``) then closes the connection
-  instead of reading the rest of the body — cheroot would read it *into memory* (DESIGN §10).
+- A request answered before its body was read (401, 403, 409, 412, 423, 507…): a rest of at
+  most ``DRAIN_LIMIT`` bytes is read and dropped; a larger one gets ``Connection: close`` and
+  the server (see ``davserver.server``) closes the connection instead of reading the rest of
+  the body — cheroot would read it *into memory* (DESIGN §10).
 - WsgiDAV parses XML bodies (PROPFIND, PROPPATCH, LOCK) in memory: bodies of other methods
   than PUT larger than ``max_xml_body`` are refused with 413 before anything reads them.
 - One access-log line per request: client address, method, status, bytes in and out,
@@ -19,6 +20,8 @@ from typing import Any
 access_log = logging.getLogger("davserver.access")
 
 DEFAULT_MAX_XML_BODY = 8 << 20
+#: Rejected bodies up to this size are read and dropped, keeping the connection alive.
+DRAIN_LIMIT = 256 << 10
 
 
 class BodyReader:
@@ -61,6 +64,21 @@ class BodyReader:
     def unread(self) -> bool:
         """True if part of the body may still be on the wire."""
         return not self.at_end
+
+    def drain(self, limit: int) -> bool:
+        """Read and discard the rest of the body if it is at most ``limit`` bytes (a known
+        length) or ends within ``limit`` bytes (chunked); True if the body is now consumed."""
+        if self.at_end:
+            return True
+        if self.length is not None and self.length - self.count > limit:
+            return False
+        budget = limit
+        while not self.at_end and budget > 0:
+            got = self.read(min(65536, budget))
+            if not got:
+                break
+            budget -= len(got)
+        return self.at_end
 
 
 def _plain(status: str, body: bytes, start_response: Any) -> list[bytes]:
@@ -110,8 +128,10 @@ class RequestGuard:
         started: float,
     ) -> Iterator[bytes]:
         def guarded(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-            if body.unread:
-                # Answered before the body was read: close rather than drain it.
+            # Answered before the body was read: a small rest is read and dropped (clients
+            # such as Python's http.client only see the answer if their body went out),
+            # anything larger closes the connection rather than being drained into memory.
+            if body.unread and not body.drain(DRAIN_LIMIT):
                 headers = [(k, v) for k, v in headers if k.lower() != "connection"]
                 headers.append(("Connection", "close"))
             state["status"] = status.split(" ", 1)[0]
