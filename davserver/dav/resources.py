@@ -13,6 +13,7 @@ WsgiDAV would otherwise do per member are therefore done here.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -373,6 +374,33 @@ class DirResource(_VaultResource, DAVCollection):  # type: ignore[misc]
                 for member in self._members:
                     member.known_lock_roots = roots
         return self._members
+
+    def iter_members(self) -> Iterator[_VaultResource]:
+        """The members one at a time, for a listing that streams (PROPFIND): the same
+        batched properties and lock roots as ``get_member_list``, without keeping every
+        member resource alive at once."""
+        if self._members is not None:
+            yield from self._members
+            return
+        session = session_of(self.environ)
+        with vault_call():
+            entries = session.list_dir(self.path)
+            by_name = session.list_dir_props(self.path) if entries else {}
+        roots: set[str] | None = None
+        lm = self._lock_manager()
+        if lm is not None and entries:
+            below = lm.storage.get_lock_list(
+                self.get_ref_url(), include_root=False, include_children=True, token_only=False
+            )
+            roots = {str(lock["root"]).rstrip("/") for lock in below}
+        cls: type[_VaultResource]
+        for e in entries:
+            cls = DirResource if e.is_dir else FileResource
+            member = cls(util.join_uri(self.path, e.name), self.environ, e)
+            member.listed_by = self
+            member._props = dict(by_name.get(e.name, {}))
+            member.known_lock_roots = roots
+            yield member
 
     def member_hashes(self) -> dict[str, dict[str, str]]:
         """SHA-1/MD5 of every member file, fetched with one query on first use."""
