@@ -27,4 +27,4 @@ format:
 	ruff check --fix .
 
 bench: setup
-	$(PYTHON) bench/stream_rss.py
+	$(PYTHON) bench/run.py

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -142,6 +143,7 @@ def main() -> int:
     finally:
         if minio is not None:
             minio.stop()
+            shutil.rmtree(mtmp, ignore_errors=True)
     base = next((r for r in results if r["backend"] == "plain"), None)
     print(
         f"{'backend':<8} {'MiB':>6} {'PUT MB/s':>9} {'GET MB/s':>9} {'peak RSS MiB':>13}"
