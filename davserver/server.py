@@ -12,6 +12,8 @@ close the connection rather than let cheroot read the rest into memory (``Closin
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import signal
 import threading
@@ -191,6 +193,24 @@ def _maintenance(vault: Vault, interval: float, stop: threading.Event) -> None:
             log.exception("maintenance round failed")
 
 
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas before the worker threads start.
+
+    By default glibc gives each thread that allocates concurrently an arena of its own (up
+    to 8 per core) and keeps what is freed there for that arena. With 32 request threads,
+    every thread that once built a large answer kept its memory: sequential PROPFINDs of a
+    10,000-entry directory took the server from 69 to 200 MiB. Two arenas keep it flat
+    (the same setting as MALLOC_ARENA_MAX=2, which many Python servers use). No-op off glibc.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    m_arena_max = -8  # from malloc.h
+    mallopt(m_arena_max, arenas)
+
+
 def serve(
     config: Config,
     *,
@@ -199,6 +219,7 @@ def serve(
     ready: Callable[[str], None] | None = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT, then stop cleanly (finish requests, close the vault)."""
+    limit_malloc_arenas()
     server, url = make_server(config, host=host, port=port)
     vault: Vault = server.vault
     stop = threading.Event()
