@@ -263,7 +263,11 @@ def encrypt_chunks(
     file_nonce: bytes | None = None,
 ) -> Iterator[bytes]:
     """Yield the 56-byte header, then ciphertext, for a stream of plaintext chunks."""
-    enc = SegmentEncryptor(ck, seg_log2, file_nonce)
+    return encrypt_with(SegmentEncryptor(ck, seg_log2, file_nonce), chunks)
+
+
+def encrypt_with(enc: SegmentEncryptor, chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """``encrypt_chunks`` with an encryptor the caller keeps (to read its header after)."""
     yield enc.header
     for chunk in chunks:
         out = enc.update(chunk)

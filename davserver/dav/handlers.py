@@ -315,6 +315,19 @@ def _body(
         yield chunk
 
 
+def announced_length(environ: dict[str, Any], limit: int) -> tuple[int | None, int | None]:
+    """(Content-Length or None when chunked, the length the body must have or None).
+
+    A chunked body (Finder) announces its length in X-Expected-Entity-Length, if at all;
+    either is checked against the body as it streams. 413 when over ``limit`` (0 = none)."""
+    chunked = is_chunked(environ)
+    length = None if chunked else (_int_header(environ, "CONTENT_LENGTH") or 0)
+    expected = _int_header(environ, "HTTP_X_EXPECTED_ENTITY_LENGTH") if chunked else length
+    if limit and expected is not None and expected > limit:
+        raise DAVError(413, "request body too large")
+    return length, expected
+
+
 def put(provider: VaultProvider, server: Any, environ: dict[str, Any], start_response: Any) -> Any:
     path = environ["PATH_INFO"]
     if "HTTP_CONTENT_ENCODING" in environ:
@@ -331,12 +344,8 @@ def put(provider: VaultProvider, server: Any, environ: dict[str, Any], start_res
         raise DAVError(HTTP_PRECONDITION_FAILED, "If-Match on a missing resource")
     server._evaluate_if_headers(res, environ)
 
-    chunked = is_chunked(environ)
-    length = None if chunked else (_int_header(environ, "CONTENT_LENGTH") or 0)
-    expected = _int_header(environ, "HTTP_X_EXPECTED_ENTITY_LENGTH") if chunked else length
+    length, expected = announced_length(environ, provider.max_body_bytes)
     limit = provider.max_body_bytes
-    if limit and expected is not None and expected > limit:
-        raise DAVError(413, "request body too large")
     mtime = None
     if "HTTP_X_OC_MTIME" in environ:
         mtime = parse_mtime(environ["HTTP_X_OC_MTIME"])

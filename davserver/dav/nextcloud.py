@@ -278,14 +278,8 @@ class NextcloudRouter(BaseMiddleware):  # type: ignore[misc]
             destination_tree_path(environ, session)
         if not self._exists(session, handle):
             raise DAVError(HTTP_CONFLICT, "no such upload")  # RFC 4918 §9.7.1
-        chunked = handlers.is_chunked(environ)
-        length = None if chunked else (handlers._int_header(environ, "CONTENT_LENGTH") or 0)
-        expected = (
-            handlers._int_header(environ, "HTTP_X_EXPECTED_ENTITY_LENGTH") if chunked else length
-        )
         limit = self.provider.max_body_bytes
-        if limit and expected is not None and expected > limit:
-            raise DAVError(413, "request body too large")
+        length, expected = handlers.announced_length(environ, limit)
         with vault_call():
             existed = session.uploads.has_chunk(handle, chunk)
             body = handlers._body(environ, length, self.provider.block_size, limit)

@@ -173,15 +173,6 @@ class _Counter:
         return self.sha1.hexdigest(), self.md5.hexdigest()
 
 
-def _encrypted(enc: blobfmt.SegmentEncryptor, chunks: Iterable[bytes]) -> Iterator[bytes]:
-    yield enc.header
-    for chunk in chunks:
-        out = enc.update(chunk)
-        if out:
-            yield out
-    yield enc.finalize()
-
-
 class Session:
     """A logged-in user. Thread-safe for concurrent requests of the same user."""
 
@@ -345,9 +336,7 @@ class Session:
     def list_dir(self, path: str) -> list[Entry]:
         """The children of a directory, names decrypted, from one query."""
         with self._db():
-            ref = self._walk(split_path(path))
-            if ref.row.kind != DIR:
-                raise Conflict("not a directory")
+            ref = self._dir(path)
             # Revalidate a cached listing with one lookup of the directory's version
             # (bumped in every transaction that changes the listing, by any process).
             version = fast.dir_version(ref.row.id)
@@ -517,7 +506,7 @@ class Session:
         counter = _Counter(chunks, ceiling)
         enc = blobfmt.SegmentEncryptor(ck, vault.settings.seg_log2)
         try:
-            vault.blobs.put(blob_id, _encrypted(enc, counter))
+            vault.blobs.put(blob_id, blobfmt.encrypt_with(enc, counter))
             if expected_length is not None and counter.count != expected_length:
                 raise LengthMismatch(f"received {counter.count} bytes, expected {expected_length}")
             got_sha1, got_md5 = counter.digests()
@@ -858,13 +847,17 @@ class Session:
             ref = self._walk(split_path(path))
             return self._props(ref)
 
+    def _dir(self, path: str) -> _Ref:
+        ref = self._walk(split_path(path))
+        if ref.row.kind != DIR:
+            raise Conflict("not a directory")
+        return ref
+
     def list_dir_props(self, path: str) -> dict[str, dict[str, str]]:
         """Dead properties of every member of a directory that has any, from one query:
         {member name: {property: value}} (a Depth 1 allprop PROPFIND needs them all)."""
         with self._db():
-            ref = self._walk(split_path(path))
-            if ref.row.kind != DIR:
-                raise Conflict("not a directory")
+            ref = self._dir(path)
             rows = (
                 Node.select(
                     Node.id,
@@ -890,9 +883,7 @@ class Session:
         """SHA-1 and MD5 of every file in a directory, from one query:
         {member name: {"sha1": hex, "md5": hex}}."""
         with self._db():
-            ref = self._walk(split_path(path))
-            if ref.row.kind != DIR:
-                raise Conflict("not a directory")
+            ref = self._dir(path)
             rows = (
                 Node.select(
                     Node.id,

@@ -35,7 +35,7 @@ from davserver.errors import (
 )
 from davserver.index.models import BlobGC, Upload, UploadChunk, User
 from davserver.vault.reader import FileReader
-from davserver.vault.tree import Entry, _Counter, _encrypted
+from davserver.vault.tree import Entry, _Counter
 
 if TYPE_CHECKING:
     from davserver.vault.tree import Session
@@ -127,7 +127,7 @@ class Uploads:
         counter = _Counter(chunks, ceiling, hashes=False)  # the assembled file is hashed
         enc = blobfmt.SegmentEncryptor(ck, vault.settings.seg_log2)
         try:
-            vault.blobs.put(blob_id, _encrypted(enc, counter))
+            vault.blobs.put(blob_id, blobfmt.encrypt_with(enc, counter))
             if expected_length is not None and counter.count != expected_length:
                 raise LengthMismatch(f"received {counter.count} bytes, expected {expected_length}")
             self._commit_chunk(up.id, chunk_name, blob_id, ck, enc.header[:24], counter.count)
