@@ -223,6 +223,13 @@ class ServerConfig:
     host: str = _opt("127.0.0.1", _SOME_STR, "Address to listen on; :: or 0.0.0.0 is all.")
     port: int = _opt(8080, _integer(0, 65535), "TCP port (0 picks a free port).")
     threads: int = _opt(32, _integer(1, 4096), "Worker threads (cheroot numthreads).")
+    workers: int = _opt(
+        1,
+        _integer(0, 256),
+        "Server processes sharing the port (SO_REUSEPORT), each with its threads; 0 = one "
+        "per CPU core. Python runs one thread at a time per process: more processes use "
+        "more cores. Login caches and failed-login counters are per process.",
+    )
     timeout: int = _opt(
         300,
         _integer(1),

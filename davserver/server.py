@@ -12,11 +12,16 @@ close the connection rather than let cheroot read the rest into memory (``Closin
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
+import os
+import select
 import signal
+import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -138,6 +143,7 @@ def make_server(
     *,
     host: str | None = None,
     port: int | None = None,
+    reuse_port: bool = False,
 ) -> tuple[DavHTTPServer, str]:
     """A cheroot server bound to ``host:port`` (config values by default; port 0 picks a free
     port) but not yet serving; call ``serve()`` (blocking) or run it in a thread, and
@@ -159,6 +165,7 @@ def make_server(
         shutdown_timeout=5,
         request_queue_size=64,
         server_name=SERVER_NAME,
+        reuse_port=reuse_port,
     )
     server.gateway = ClosingGateway
     tls = opts.tls_cert is not None and opts.tls_key is not None
@@ -218,23 +225,46 @@ def serve(
     port: int | None = None,
     ready: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then stop cleanly (finish requests, close the vault)."""
+    """Serve until SIGTERM or SIGINT, then stop cleanly (finish requests, close the vault).
+
+    With ``server.workers`` above 1, that many processes are forked, each serving the same
+    port (SO_REUSEPORT: the kernel spreads connections) with its own vault connection; this
+    process supervises them, restarts one that dies, and stops them all on SIGTERM/SIGINT.
+    """
+    workers = config.server.workers or os.cpu_count() or 1
+    if workers > 1:
+        _serve_forked(config, workers, host=host, port=port, ready=ready)
+        return
+    _serve_one(config, host=host, port=port, ready=ready)
+
+
+def _serve_one(
+    config: Config,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    ready: Callable[[str], None] | None = None,
+    reuse_port: bool = False,
+    maintenance: bool = True,
+    signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT),
+) -> None:
     limit_malloc_arenas()
-    server, url = make_server(config, host=host, port=port)
+    server, url = make_server(config, host=host, port=port, reuse_port=reuse_port)
     vault: Vault = server.vault
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
         stop.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, on_signal) for s in signals}
     worker = threading.Thread(target=server.serve, name="davserver-http", daemon=True)
     janitor = threading.Thread(
         target=_maintenance, args=(vault, float(config.gc.interval), stop), daemon=True
     )
     try:
         worker.start()
-        janitor.start()
+        if maintenance:
+            janitor.start()
         if ready is not None:
             ready(url)
         while not stop.wait(0.5):
@@ -248,6 +278,113 @@ def serve(
         for s, handler in previous.items():
             signal.signal(s, handler)
         vault.close()
+
+
+def _serve_forked(
+    config: Config,
+    workers: int,
+    *,
+    host: str | None,
+    port: int | None,
+    ready: Callable[[str], None] | None,
+) -> None:
+    """The supervisor of ``workers`` forked server processes (see ``serve``)."""
+    opts = config.server
+    bind_host = opts.host if host is None else host
+    # Reserve the port (port 0 picks one) with a bound, never-listening socket that joins
+    # the workers' SO_REUSEPORT group, so every worker binds the same port.
+    family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
+    holder = socket.socket(family, socket.SOCK_STREAM)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        holder.bind((bind_host, opts.port if port is None else port))
+    except OSError as exc:
+        holder.close()
+        raise ConfigError(f"cannot listen on {bind_host}: {exc.strerror or exc}") from exc
+    actual_port = int(holder.getsockname()[1])
+    stop = threading.Event()
+    ready_r, ready_w = os.pipe()  # each worker writes one byte once it listens
+
+    def spawn(index: int) -> int:
+        pid = os.fork()
+        if pid == 0:  # the worker: serve until SIGTERM, then exit without returning
+            code = 0
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
+                os.close(ready_r)
+                _serve_one(
+                    config,
+                    host=bind_host,
+                    port=actual_port,
+                    ready=lambda url: _say_ready(ready_w),
+                    reuse_port=True,
+                    maintenance=index == 0,
+                    signals=(signal.SIGTERM,),
+                )
+            except BaseException:
+                log.exception("server worker %d failed", index)
+                code = 1
+            finally:
+                os._exit(code)
+        return pid
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    children = {spawn(i): i for i in range(workers)}
+    tls = opts.tls_cert is not None and opts.tls_key is not None
+    try:
+        _await_workers(ready_r, workers, timeout=60.0)
+        if ready is not None:
+            ready(_url(bind_host, actual_port, tls))
+        while not stop.wait(0.5):
+            for pid, index in list(children.items()):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    del children[pid]
+                    log.error("server worker %d exited (status %d); restarting it", index, status)
+                    time.sleep(1)  # a worker failing at start must not spin
+                    children[spawn(index)] = index
+        log.info("shutting down %d workers", len(children))
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for pid in children:
+            while time.monotonic() < deadline:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    break
+                time.sleep(0.1)
+            else:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        holder.close()
+        os.close(ready_r)
+        os.close(ready_w)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _say_ready(fd: int) -> None:
+    os.write(fd, b".")
+
+
+def _await_workers(fd: int, count: int, timeout: float) -> None:
+    """Wait until ``count`` workers said they listen (a byte each on ``fd``)."""
+    deadline = time.monotonic() + timeout
+    got = 0
+    while got < count:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            log.warning("only %d of %d server workers started", got, count)
+            return
+        readable, _, _ = select.select([fd], [], [], left)
+        if readable:
+            got += len(os.read(fd, count - got))
 
 
 def configure_logging(config: Config) -> None:

@@ -338,3 +338,38 @@ def test_run_demo_script(tmp_path: Path) -> None:
             proc.send_signal(signal.SIGINT)
             proc.wait(20)
         assert proc.returncode == 0
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def test_forked_workers_share_the_port_the_index_and_stop_together(tmp_path: Path) -> None:
+    """server.workers = 2: two processes serve one port, share locks and listings through
+    the index, and SIGTERM stops them all."""
+    served = ServeProcess(tmp_path, {"DAVSERVER_SERVER_WORKERS": "2"})
+    try:
+        workers = _children(served.proc.pid)
+        assert len(workers) == 2
+        # Every request on a fresh connection: the kernel spreads them over both workers.
+        for i in range(20):
+            assert served.client().put(f"/f{i}", b"x" * i).status == 201
+        listing = served.client().propfind("/", "1")
+        assert listing.status == 207 and listing.body.count(b"<D:response>") == 21
+        from tests.integration.test_dav_locks import lock
+
+        status, token = lock(served.client(), "/f3")
+        assert status == 200 and token
+        for _ in range(6):  # whichever worker answers, the lock holds
+            assert served.client().put("/f3", b"nope").status == 423
+        unlock = served.client().request("UNLOCK", "/f3", None, {"Lock-Token": f"<{token}>"})
+        assert unlock.status == 204
+        assert served.client().put("/f3", b"yes").status == 204
+    finally:
+        code, _out, err = served.stop()
+    assert code == 0, err
+    for pid in workers:
+        assert (
+            not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        )
