@@ -373,25 +373,40 @@ class Proc:
     def pid(self) -> int:
         return self.popen.pid
 
-    def _status(self, key: str) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+    def pids(self) -> list[int]:
+        """The server and its worker processes (``davserver serve`` with server.workers > 1
+        forks them): memory and CPU are summed over all."""
+        out = [self.pid]
+        children = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        with contextlib.suppress(OSError):
+            out += [int(x) for x in children.read_text().split()]
+        return out
+
+    def _status(self, key: str, pid: int) -> int:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(key + ":"):
                 return int(line.split()[1])
-        raise BenchError(f"{key} missing from /proc/{self.pid}/status")
+        raise BenchError(f"{key} missing from /proc/{pid}/status")
 
     def peak_rss_mib(self) -> float:
-        return round(self._status("VmHWM") / 1024, 1)
+        # Each process's own peak, summed: an upper bound of the set's peak.
+        return round(sum(self._status("VmHWM", p) for p in self.pids()) / 1024, 1)
 
     def reset_peak(self) -> bool:
         try:
-            Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+            for p in self.pids():
+                Path(f"/proc/{p}/clear_refs").write_text("5")
             return True
         except OSError:
             return False
 
     def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        total = 0
+        for p in self.pids():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -502,6 +517,10 @@ class Runner:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
+#: ``--set KEY=VALUE`` options: davserver settings for the run (e.g. DAVSERVER_SERVER_WORKERS).
+DAVSERVER_SETTINGS: dict[str, str] = {}
+
+
 def base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DAVSERVER_", "RCLONE_"))}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
@@ -511,6 +530,7 @@ def base_env() -> dict[str, str]:
 def start_davserver(run: Runner, name: str, s3: bool) -> Server:
     data, port, password = run.work / name, free_port(), secrets.token_urlsafe(16)
     env = base_env() | {"DAVSERVER_SERVER_HOST": "127.0.0.1", "DAVSERVER_SERVER_PORT": str(port)}
+    env |= DAVSERVER_SETTINGS
     if s3:
         minio = run.start_minio()
         env |= {
@@ -882,7 +902,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     ap.add_argument("--tmp", help="parent of the run's temporary directory (default $TMPDIR)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="DAVSERVER_KEY=VALUE",
+        help="a davserver setting for this run, e.g. DAVSERVER_SERVER_WORKERS=2 (repeatable)",
+    )
     args = ap.parse_args(argv)
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("DAVSERVER_"):
+            ap.error(f"--set expects DAVSERVER_KEY=VALUE, got {item!r}")
+        DAVSERVER_SETTINGS[key] = value
 
     q = args.quick
     sizes = Sizes(
