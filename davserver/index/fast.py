@@ -9,9 +9,9 @@ names. The results are read-only views; writes still go through the models.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from davserver.index.models import Node, database_proxy
+from davserver.index.models import database_proxy
 
 _COLUMNS = (
     "id",
@@ -40,52 +40,61 @@ class NodeRow(NamedTuple):
     created: float
 
 
+_NODE_COLS = ", ".join(_COLUMNS)
+
+# One SQL text per statement; "?" stands for the driver's placeholder (SQLite "?",
+# psycopg2 "%s"), substituted once per dialect.
+_TEMPLATES = {
+    "by_id": f'SELECT {_NODE_COLS} FROM "node" WHERE id = ? AND owner_id = ?',
+    "children": f'SELECT {_NODE_COLS} FROM "node" WHERE parent_id = ? AND owner_id = ?',
+    "child": (
+        f'SELECT {_NODE_COLS} FROM "node" WHERE parent_id = ? AND name_mac = ? AND owner_id = ?'
+    ),
+    "dir_version": 'SELECT version FROM "dir_version" WHERE dir_id = ?',
+    "bump": (
+        'INSERT INTO "dir_version" (dir_id, version) VALUES (?, 1) '
+        'ON CONFLICT (dir_id) DO UPDATE SET version = "dir_version".version + 1'
+    ),
+    "locks_at": (
+        'SELECT token, path_mac, data_ct, expire FROM "lock" WHERE path_mac = ? AND expire >= ?'
+    ),
+    "locks_below": (
+        'SELECT l.token, l.path_mac, l.data_ct, l.expire FROM "lock" AS l '
+        'JOIN "lock_scope" AS s ON s.lock_id = l.token '
+        "WHERE s.ancestor_mac = ? AND l.expire >= ?"
+    ),
+    "user_quota": 'SELECT usage_bytes, quota_bytes FROM "user" WHERE id = ?',
+    "usage_add": 'UPDATE "user" SET usage_bytes = usage_bytes + ? WHERE id = ?',
+    "gc_insert": 'INSERT INTO "blob_gc" (blob_id, state, since) VALUES (?, ?, ?)',
+    "gc_delete": 'DELETE FROM "blob_gc" WHERE blob_id = ?',
+    "node_insert": (
+        'INSERT INTO "node" (id, owner_id, parent_id, kind, name_mac, name_ct, key_env, '
+        "meta_ct, current_version, size, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ),
+    "version_insert": (
+        'INSERT INTO "version" (id, node_id, version_no, blob_id, plain_size, header24, '
+        "ck_env, meta_ct, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ),
+    "node_set_version": 'UPDATE "node" SET current_version = ?, size = ? WHERE id = ?',
+    "node_set_version_meta": (
+        'UPDATE "node" SET current_version = ?, size = ?, meta_ct = ? WHERE id = ?'
+    ),
+}
 _sql_cache: dict[tuple[str, str], str] = {}
 
 
 def _sql(kind: str) -> str:
-    db = database_proxy.obj
-    param = db.param
+    param = database_proxy.obj.param
     key = (kind, param)
     sql = _sql_cache.get(key)
     if sql is None:
-        table = Node._meta.table_name
-        cols = ", ".join(_COLUMNS)
-        if kind == "dir_version":
-            sql = f'SELECT version FROM "dir_version" WHERE dir_id = {param}'
-            _sql_cache[key] = sql
-            return sql
-        if kind == "bump":
-            sql = (
-                f'INSERT INTO "dir_version" (dir_id, version) VALUES ({param}, 1) '
-                'ON CONFLICT (dir_id) DO UPDATE SET version = "dir_version".version + 1'
-            )
-            _sql_cache[key] = sql
-            return sql
-        if kind == "locks_at":
-            sql = (
-                f'SELECT token, path_mac, data_ct, expire FROM "lock" '
-                f"WHERE path_mac = {param} AND expire >= {param}"
-            )
-            _sql_cache[key] = sql
-            return sql
-        if kind == "locks_below":
-            sql = (
-                'SELECT l.token, l.path_mac, l.data_ct, l.expire FROM "lock" AS l '
-                'JOIN "lock_scope" AS s ON s.lock_id = l.token '
-                f"WHERE s.ancestor_mac = {param} AND l.expire >= {param}"
-            )
-            _sql_cache[key] = sql
-            return sql
-        if kind == "by_id":
-            where = f"id = {param} AND owner_id = {param}"
-        elif kind == "children":
-            where = f"parent_id = {param} AND owner_id = {param}"
-        else:
-            where = f"parent_id = {param} AND name_mac = {param} AND owner_id = {param}"
-        sql = f'SELECT {cols} FROM "{table}" WHERE {where}'
-        _sql_cache[key] = sql
+        sql = _sql_cache[key] = _TEMPLATES[kind].replace("?", param)
     return sql
+
+
+def execute(kind: str, params: tuple[object, ...]) -> Any:
+    """Run one of the statements above; returns the cursor."""
+    return database_proxy.obj.execute_sql(_sql(kind), params)
 
 
 def _row(values: tuple[object, ...] | None) -> NodeRow | None:
@@ -152,3 +161,9 @@ def locks_at(path_mac: bytes, now: float) -> list[LockRow]:
 def locks_below(ancestor_mac: bytes, now: float) -> list[LockRow]:
     """Live locks strictly below the path with this MAC."""
     return _lock_rows("locks_below", ancestor_mac, now)
+
+
+def user_quota(user_id: str) -> tuple[int, int | None]:
+    """(usage in bytes, the user's own quota or None for the server default)."""
+    row = execute("user_quota", (user_id,)).fetchone()
+    return int(row[0]), (None if row[1] is None else int(row[1]))

@@ -371,7 +371,11 @@ class Session:
             return user.usage_bytes, self._quota(user)
 
     def _quota(self, user: User) -> int | None:
-        q = user.quota_bytes if user.quota_bytes is not None else self.vault.settings.default_quota
+        return self._quota_value(user.quota_bytes)
+
+    def _quota_value(self, own: int | None) -> int | None:
+        """The quota in force: the user's own, else the server default; None = unlimited."""
+        q = own if own is not None else self.vault.settings.default_quota
         return q or None
 
     def hashes(self, path: str) -> dict[str, str]:
@@ -426,19 +430,35 @@ class Session:
 
     def _insert_node(
         self, parent: _Ref, name: str, kind: str, key: bytes, mtime: float, ctime: float
-    ) -> Node:
+    ) -> fast.NodeRow:
         node_id = crypto.random_id().hex()
-        row = Node.create(
+        row = fast.NodeRow(
             id=node_id,
-            owner=self.user_id,
-            parent=parent.row.id,
+            parent_id=parent.row.id,
             kind=kind,
             name_mac=names.name_mac(parent.key, name),
             name_ct=names.encrypt_name(parent.key, name, _b(node_id), _b(parent.row.id)),
             key_env=envelopes.wrap_node_key(key, parent.key, _b(node_id), _b(parent.row.id), kind),
             meta_ct=self._seal_meta(parent.key, node_id, parent.row.id, {"m": mtime, "c": ctime}),
+            current_version=None,
             size=0,
             created=ctime,
+        )
+        fast.execute(
+            "node_insert",
+            (
+                row.id,
+                self.user_id,
+                row.parent_id,
+                row.kind,
+                row.name_mac,
+                row.name_ct,
+                row.key_env,
+                row.meta_ct,
+                None,
+                0,
+                ctime,
+            ),
         )
         fast.bump_dir(parent.row.id)
         self._remember(node_id, key)
@@ -493,14 +513,14 @@ class Session:
             if existing is not None and existing.row.kind == DIR:
                 raise Conflict("a directory has that name")
             old_size = existing.row.size if existing is not None else 0
-            user = User.get_by_id(self.user_id)
-            quota = self._quota(user)
-            ceiling = None if quota is None else quota - user.usage_bytes + old_size
+            usage, own_quota = fast.user_quota(self.user_id)
+            quota = self._quota_value(own_quota)
+            ceiling = None if quota is None else quota - usage + old_size
             if ceiling is not None and expected_length is not None and expected_length > ceiling:
                 raise InsufficientStorage("quota exceeded")
             blob_id = crypto.random_id().hex()
-            with self._txn():
-                BlobGC.insert(blob_id=blob_id, state="uploading", since=time.time()).execute()
+            # Committed before the upload starts, so a crash leaves a trace for the collector.
+            fast.execute("gc_insert", (blob_id, "uploading", time.time()))
 
         ck = crypto.random_key()
         counter = _Counter(chunks, ceiling)
@@ -569,45 +589,49 @@ class Session:
                     .scalar()
                 )
                 version_no = (last or 0) + 1
-            user = User.get_by_id(self.user_id)
-            quota = self._quota(user)
-            if quota is not None and user.usage_bytes - old_size + size > quota:
+            usage, own_quota = fast.user_quota(self.user_id)
+            quota = self._quota_value(own_quota)
+            if quota is not None and usage - old_size + size > quota:
                 raise InsufficientStorage("quota exceeded")
             node_id = ref.row.id
             version_id = crypto.random_id().hex()
-            Version.create(
-                id=version_id,
-                node=node_id,
-                version_no=version_no,
-                blob_id=blob_id,
-                plain_size=size,
-                header24=header24,
-                ck_env=envelopes.wrap_content_key(
-                    ck, ref.key, _b(node_id), version_no, _b(blob_id), size, header24
+            # Hand-written SQL on this path: it runs for every PUT, and building peewee
+            # queries cost more than the statements (cProfile of a 4 KiB PUT).
+            fast.execute(
+                "version_insert",
+                (
+                    version_id,
+                    node_id,
+                    version_no,
+                    blob_id,
+                    size,
+                    header24,
+                    envelopes.wrap_content_key(
+                        ck, ref.key, _b(node_id), version_no, _b(blob_id), size, header24
+                    ),
+                    crypto.seal(
+                        ref.key,
+                        _VMETA_PURPOSE,
+                        _VMETA_LABEL,
+                        (_b(node_id), version_no, _b(blob_id)),
+                        json.dumps(hashes).encode(),
+                    ),
+                    now,
                 ),
-                meta_ct=crypto.seal(
-                    ref.key,
-                    _VMETA_PURPOSE,
-                    _VMETA_LABEL,
-                    (_b(node_id), version_no, _b(blob_id)),
-                    json.dumps(hashes).encode(),
-                ),
-                created=now,
             )
             retired = version_no > 1 and self._retire_versions(node_id, keep=version_id)
             meta = self._meta(ref.row, parent.key)
-            changes: dict[Any, Any] = {Node.current_version: version_id, Node.size: size}
             if mtime is not None or version_no > 1:
                 meta["m"] = mtime if mtime is not None else now
-                changes[Node.meta_ct] = self._seal_meta(parent.key, node_id, parent.row.id, meta)
-            Node.update(changes).where(Node.id == node_id).execute()
+                meta_ct = self._seal_meta(parent.key, node_id, parent.row.id, meta)
+                fast.execute("node_set_version_meta", (version_id, size, meta_ct, node_id))
+            else:
+                fast.execute("node_set_version", (version_id, size, node_id))
             if version_no > 1:  # a new node was counted by _insert_node
                 fast.bump_dir(parent.row.id)
             if size != old_size:
-                User.update(usage_bytes=User.usage_bytes - old_size + size).where(
-                    User.id == self.user_id
-                ).execute()
-            BlobGC.delete().where(BlobGC.blob_id == blob_id).execute()
+                fast.execute("usage_add", (size - old_size, self.user_id))
+            fast.execute("gc_delete", (blob_id,))
             return Entry(
                 id=node_id,
                 parent_id=parent.row.id,
