@@ -63,6 +63,10 @@ _TEMPLATES = {
         'JOIN "lock_scope" AS s ON s.lock_id = l.token '
         "WHERE s.ancestor_mac = ? AND l.expire >= ?"
     ),
+    "version": (
+        'SELECT id, version_no, blob_id, plain_size, header24, ck_env FROM "version" '
+        "WHERE id = ? AND node_id = ?"
+    ),
     "user_quota": 'SELECT usage_bytes, quota_bytes FROM "user" WHERE id = ?',
     "usage_add": 'UPDATE "user" SET usage_bytes = usage_bytes + ? WHERE id = ?',
     "gc_insert": 'INSERT INTO "blob_gc" (blob_id, state, since) VALUES (?, ?, ?)',
@@ -167,3 +171,20 @@ def user_quota(user_id: str) -> tuple[int, int | None]:
     """(usage in bytes, the user's own quota or None for the server default)."""
     row = execute("user_quota", (user_id,)).fetchone()
     return int(row[0]), (None if row[1] is None else int(row[1]))
+
+
+class VersionRow(NamedTuple):
+    id: str
+    version_no: int
+    blob_id: str
+    plain_size: int
+    header24: bytes
+    ck_env: bytes
+
+
+def version(version_id: str, node_id: str) -> VersionRow | None:
+    """What a read needs of one version (every GET asks)."""
+    r = execute("version", (version_id, node_id)).fetchone()
+    if r is None:
+        return None
+    return VersionRow(r[0], int(r[1]), r[2], int(r[3]), bytes(r[4]), bytes(r[5]))

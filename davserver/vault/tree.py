@@ -395,13 +395,13 @@ class Session:
             ref = self._walk(split_path(path))
             if ref.row.kind != FILE:
                 raise Conflict("not a file")
-            v = Version.get_or_none(Version.id == ref.row.current_version)
+            v = fast.version(ref.row.current_version or "", ref.row.id)
             if v is None:
                 raise IntegrityError("file has no current version")
-            header24 = bytes(v.header24)
+            header24 = v.header24
             try:
                 ck = envelopes.unwrap_content_key(
-                    bytes(v.ck_env),
+                    v.ck_env,
                     ref.key,
                     _b(ref.row.id),
                     v.version_no,
