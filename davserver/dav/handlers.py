@@ -420,12 +420,8 @@ def _proppatch_changes(root: Any) -> list[tuple[str, Any]]:
 def proppatch(
     provider: VaultProvider, server: Any, environ: dict[str, Any], start_response: Any
 ) -> Any:
-    path = environ["PATH_INFO"]
-    res = provider.get_resource_inst(path, environ)
-    if res is None:
-        raise DAVError(HTTP_NOT_FOUND)
+    res = fast_propfind.existing_resource(provider, server, environ)
     # The Depth header means nothing for PROPPATCH; some clients send Depth: 1.
-    server._evaluate_if_headers(res, environ)
     server._check_write_permission(res, "0", environ)
     root = util.parse_xml_body(environ)
     changes = _proppatch_changes(root)

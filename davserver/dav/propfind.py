@@ -209,15 +209,20 @@ def collect(res: Any, mode: str, names: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
+def existing_resource(provider: VaultProvider, server: Any, environ: dict[str, Any]) -> Any:
+    """The resource the request names, its If headers evaluated; 404 if there is none."""
+    res = provider.get_resource_inst(environ["PATH_INFO"], environ)
+    if res is None:
+        raise DAVError(HTTP_NOT_FOUND)
+    server._evaluate_if_headers(res, environ)
+    return res
+
+
 def propfind(
     provider: VaultProvider, server: Any, environ: dict[str, Any], start_response: Any
 ) -> Any:
     """Answer a PROPFIND whose Depth is already "0" or "1" (see ``handlers.propfind``)."""
-    path = environ["PATH_INFO"]
-    res = provider.get_resource_inst(path, environ)
-    if res is None:
-        raise DAVError(HTTP_NOT_FOUND)
-    server._evaluate_if_headers(res, environ)
+    res = existing_resource(provider, server, environ)
     mode, names = parse_request(environ)
     members: Iterator[Any] = iter(())
     if environ["HTTP_DEPTH"] == "1" and res.is_collection:

@@ -54,6 +54,14 @@ _META_PURPOSE, _META_LABEL = b"wdv-meta-enc-v1", b"wdv/meta/v1"
 _VMETA_PURPOSE, _VMETA_LABEL = b"wdv-vmeta-v1", b"wdv/vmeta/v1"
 _PROPS_PURPOSE, _PROPS_LABEL = b"wdv-props-v1", b"wdv/props/v1"
 _BATCH = 500
+# What opening a member's name and key needs (batched member queries select these).
+_MEMBER_KEY_COLUMNS = (
+    Node.id,
+    Node.parent.alias("parent_id"),
+    Node.kind,
+    Node.key_env,
+    Node.name_ct,
+)
 MAX_NAME_BYTES = 1024
 
 
@@ -884,11 +892,7 @@ class Session:
             ref = self._dir(path)
             rows = (
                 Node.select(
-                    Node.id,
-                    Node.parent.alias("parent_id"),
-                    Node.kind,
-                    Node.key_env,
-                    Node.name_ct,
+                    *_MEMBER_KEY_COLUMNS,
                     DeadProps.props_ct,
                 )
                 .join(DeadProps, on=(DeadProps.node == Node.id))
@@ -910,11 +914,7 @@ class Session:
             ref = self._dir(path)
             rows = (
                 Node.select(
-                    Node.id,
-                    Node.parent.alias("parent_id"),
-                    Node.kind,
-                    Node.key_env,
-                    Node.name_ct,
+                    *_MEMBER_KEY_COLUMNS,
                     Version.version_no,
                     Version.blob_id,
                     Version.meta_ct.alias("vmeta"),
