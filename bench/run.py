@@ -181,7 +181,10 @@ class Pattern:
             yield self.at(pos, min(block, total - pos))
 
     def check(self, pos: int, data: bytes, what: str) -> None:
-        if data != self.at(pos, len(data)):
+        # bytes == bytes is one memcmp (~8 GB/s); bytes == memoryview compares item by item
+        # (~0.4 GB/s), which made this check, not the servers, the limit of every 1 GiB GET.
+        off = pos % self.period
+        if data != self._twice[off : off + len(data)]:
             raise BenchError(f"{what}: wrong bytes at offset {pos}")
 
 
