@@ -40,6 +40,7 @@ from davserver.dav.middleware import RequestGuard
 from davserver.dav.nextcloud import NextcloudRouter
 from davserver.dav.provider import VaultProvider
 from davserver.errors import ConfigError
+from davserver.httpio import DavConnection
 from davserver.vault import Vault
 from davserver.vault.locks import LockStore
 
@@ -168,6 +169,7 @@ def make_server(
         reuse_port=reuse_port,
     )
     server.gateway = ClosingGateway
+    server.ConnectionClass = DavConnection  # bulk reads/writes without _pyio's copies
     tls = opts.tls_cert is not None and opts.tls_key is not None
     if tls:
         from cheroot.ssl.builtin import BuiltinSSLAdapter
