@@ -364,6 +364,17 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)
 
 
+def pid_cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (0 if there is none)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @dataclass
 class Proc:
     """A started server process; RSS and CPU from /proc."""
@@ -404,12 +415,7 @@ class Proc:
             return False
 
     def cpu_s(self) -> float:
-        total = 0
-        for p in self.pids():
-            with contextlib.suppress(OSError):
-                fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
-                total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK")
+        return sum(pid_cpu_s(p) for p in self.pids())
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -436,12 +442,15 @@ class Server:
     command: list[str]
     phases: dict[str, dict[str, float]] = field(default_factory=dict)
     rss_reset: bool = True
+    minio_pid: int | None = None  # the MinIO this server stores into: its CPU is recorded too
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Measure one test: wall time, server CPU seconds, server peak RSS during it."""
+        """Measure one test: wall time, server CPU seconds, server peak RSS during it; and,
+        to show where the two cores went, the CPU seconds of MinIO and of this client."""
         self.rss_reset = self.proc.reset_peak() and self.rss_reset
         cpu0, t0 = self.proc.cpu_s(), time.perf_counter()
+        minio0, client0 = pid_cpu_s(self.minio_pid), time.process_time()
         try:
             yield
         finally:
@@ -450,7 +459,10 @@ class Server:
                     "wall_s": round(time.perf_counter() - t0, 3),
                     "cpu_s": round(self.proc.cpu_s() - cpu0, 2),
                     "peak_rss_mib": self.proc.peak_rss_mib(),
+                    "client_cpu_s": round(time.process_time() - client0, 2),
                 }
+                if self.minio_pid is not None:
+                    self.phases[name]["minio_cpu_s"] = round(pid_cpu_s(self.minio_pid) - minio0, 2)
 
     def client(self) -> Client:
         return Client(self.port, self.password)
@@ -560,7 +572,9 @@ def start_davserver(run: Runner, name: str, s3: bool) -> Server:
     argv = [*cli, "serve", "--data-dir", str(data), "--host", "127.0.0.1", "--port", str(port)]
     proc = run.spawn(name, argv, env, run.work)
     run.wait_ready(proc, port)
-    return Server(name, port, password, proc, ["davserver", *argv[3:]])
+    srv = Server(name, port, password, proc, ["davserver", *argv[3:]])
+    srv.minio_pid = run.minio.process.pid if s3 and run.minio is not None else None
+    return srv
 
 
 def start_wsgidav_fs(run: Runner) -> Server:
@@ -611,7 +625,9 @@ def start_rclone(run: Runner) -> Server:
     argv = [rclone, "serve", "webdav", "crypt:", "--addr", f"127.0.0.1:{port}"]
     proc = run.spawn("rclone-crypt", argv, env, run.work)
     run.wait_ready(proc, port)
-    return Server("rclone-crypt", port, password, proc, ["rclone", *argv[1:]])
+    srv = Server("rclone-crypt", port, password, proc, ["rclone", *argv[1:]])
+    srv.minio_pid = minio.process.pid
+    return srv
 
 
 # -- the measurements ---------------------------------------------------------------------------

@@ -327,6 +327,13 @@ class StorageConfig:
         "Where encrypted blobs live: local (a directory) or s3 (any S3-compatible "
         "store; endpoint, bucket, access_key and secret_key are then required).",
     )
+    inline_max: int = _opt(
+        16384,
+        _integer(0, 1 << 20),
+        "Files of at most this many bytes (with a known length) are stored, encrypted like "
+        "any blob, in the index instead of the blob store: one database write and no object "
+        "store round trip per small file. 0 turns it off; at most 1 MiB.",
+    )
     local: LocalStorageConfig = field(default_factory=LocalStorageConfig)
     s3: S3StorageConfig = field(default_factory=S3StorageConfig)
 

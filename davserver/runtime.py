@@ -79,6 +79,7 @@ def vault_settings(config: Config) -> VaultSettings:
         login_cache_size=sec.login_cache_size,
         default_quota=config.quota.default_bytes,
         upload_expiry=config.gc.upload_expiry,
+        inline_max=config.storage.inline_max,
     )
 
 

@@ -21,7 +21,7 @@ from davserver.errors import ConfigError, StorageError
 from davserver.index import models
 from davserver.index.models import SchemaInfo, database_proxy
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _migrate_v1(db: pw.Database) -> None:
@@ -38,12 +38,18 @@ def _migrate_v3(db: pw.Database) -> None:
     db.create_tables(models.V3_MODELS, safe=True)
 
 
+def _migrate_v4(db: pw.Database) -> None:
+    """Small blobs stored in the index (storage.inline_max)."""
+    db.create_tables(models.V4_MODELS, safe=True)
+
+
 # MIGRATIONS[n] brings a schema at version n to version n + 1. Never edit a released one:
 # add the next.
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     0: _migrate_v1,
     1: _migrate_v2,
     2: _migrate_v3,
+    3: _migrate_v4,
 }
 
 

@@ -64,9 +64,11 @@ _TEMPLATES = {
         "WHERE s.ancestor_mac = ? AND l.expire >= ?"
     ),
     "version": (
-        'SELECT id, version_no, blob_id, plain_size, header24, ck_env FROM "version" '
-        "WHERE id = ? AND node_id = ?"
+        "SELECT v.id, v.version_no, v.blob_id, v.plain_size, v.header24, v.ck_env, i.data "
+        'FROM "version" AS v LEFT JOIN "inline_blob" AS i ON i.blob_id = v.blob_id '
+        "WHERE v.id = ? AND v.node_id = ?"
     ),
+    "inline_insert": 'INSERT INTO "inline_blob" (blob_id, data) VALUES (?, ?)',
     "user_quota": 'SELECT usage_bytes, quota_bytes FROM "user" WHERE id = ?',
     "usage_add": 'UPDATE "user" SET usage_bytes = usage_bytes + ? WHERE id = ?',
     "gc_insert": 'INSERT INTO "blob_gc" (blob_id, state, since) VALUES (?, ?, ?)',
@@ -180,6 +182,7 @@ class VersionRow(NamedTuple):
     plain_size: int
     header24: bytes
     ck_env: bytes
+    inline: bytes | None  # the blob itself, when it is kept in the index
 
 
 def version(version_id: str, node_id: str) -> VersionRow | None:
@@ -187,4 +190,5 @@ def version(version_id: str, node_id: str) -> VersionRow | None:
     r = execute("version", (version_id, node_id)).fetchone()
     if r is None:
         return None
-    return VersionRow(r[0], int(r[1]), r[2], int(r[3]), bytes(r[4]), bytes(r[5]))
+    inline = None if r[6] is None else bytes(r[6])
+    return VersionRow(r[0], int(r[1]), r[2], int(r[3]), bytes(r[4]), bytes(r[5]), inline)

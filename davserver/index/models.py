@@ -183,6 +183,16 @@ class DirVersion(BaseModel):
     version = pw.BigIntegerField()
 
 
+class InlineBlob(BaseModel):
+    """The ciphertext of a small blob (``storage.inline_max``), kept here instead of in the
+    blob store: the same bytes, in the same blob format, under the same content key a stored
+    object would have. Keyed like an object, so COPY shares it and the collector removes it
+    when no version references its id any more."""
+
+    blob_id = IdField(primary_key=True)
+    data = pw.BlobField()
+
+
 # The tables each schema version added (see davserver.index.MIGRATIONS).
 V1_MODELS: list[type[BaseModel]] = [
     SchemaInfo,
@@ -197,4 +207,5 @@ V1_MODELS: list[type[BaseModel]] = [
 ]
 V2_MODELS: list[type[BaseModel]] = [Upload, UploadChunk]
 V3_MODELS: list[type[BaseModel]] = [DirVersion]
-ALL_MODELS: list[type[BaseModel]] = V1_MODELS + V2_MODELS + V3_MODELS
+V4_MODELS: list[type[BaseModel]] = [InlineBlob]
+ALL_MODELS: list[type[BaseModel]] = V1_MODELS + V2_MODELS + V3_MODELS + V4_MODELS

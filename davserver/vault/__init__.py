@@ -36,7 +36,16 @@ from davserver.errors import (
     StorageError,
 )
 from davserver.index import Index
-from davserver.index.models import BlobGC, Envelope, Node, Upload, UploadChunk, User, Version
+from davserver.index.models import (
+    BlobGC,
+    Envelope,
+    InlineBlob,
+    Node,
+    Upload,
+    UploadChunk,
+    User,
+    Version,
+)
 from davserver.vault.auth import KdfGate, LoginCache
 
 if TYPE_CHECKING:
@@ -60,6 +69,7 @@ class VaultSettings:
     default_quota: int = 0  # 0 = unlimited
     seg_log2: int = crypto.blobfmt.DEFAULT_SEG_LOG2
     upload_expiry: float = 86400.0
+    inline_max: int = 16384  # files up to this size (known length) live in the index
 
 
 @dataclass(frozen=True)
@@ -359,12 +369,17 @@ class Vault:
                 )
             )
             for row in rows:
-                if (
-                    Version.select().where(Version.blob_id == row.blob_id).exists()
-                    or UploadChunk.select().where(UploadChunk.blob_id == row.blob_id).exists()
-                ):
-                    BlobGC.delete().where(BlobGC.blob_id == row.blob_id).execute()
-                    continue
+                with self.index.atomic():
+                    if (
+                        Version.select().where(Version.blob_id == row.blob_id).exists()
+                        or UploadChunk.select().where(UploadChunk.blob_id == row.blob_id).exists()
+                    ):
+                        BlobGC.delete().where(BlobGC.blob_id == row.blob_id).execute()
+                        continue
+                    if InlineBlob.delete().where(InlineBlob.blob_id == row.blob_id).execute():
+                        BlobGC.delete().where(BlobGC.blob_id == row.blob_id).execute()
+                        deleted += 1  # it lived in the index: no object to delete
+                        continue
                 try:
                     self.blobs.delete(row.blob_id)
                 except DavServerError:

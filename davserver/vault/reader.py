@@ -10,15 +10,53 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Iterator
+from typing import Protocol
 
 from davserver import crypto
-from davserver.blobs import BlobStore
+from davserver.blobs import BlobReader
 from davserver.crypto import blobfmt
 from davserver.errors import IntegrityError
 
 log = logging.getLogger(__name__)
 
 READ_BLOCK = 1 << 20
+
+
+class BlobSource(Protocol):
+    """Where a reader gets ciphertext from: a ``BlobStore``, or ``InlineBlob`` below."""
+
+    def open(self, blob_id: str, start: int = 0, end: int | None = None) -> BlobReader: ...
+
+
+class _BytesReader(BlobReader):
+    def __init__(self, data: bytes, start: int, end: int) -> None:
+        self.total_size = len(data)
+        self._view: memoryview | None = memoryview(data)[start : end + 1]
+
+    def read(self, n: int = -1) -> bytes:
+        if self._view is None:
+            raise ValueError("read from a closed blob reader")
+        take = len(self._view) if n < 0 else min(n, len(self._view))
+        out = self._view[:take].tobytes()
+        self._view = self._view[take:]
+        return out
+
+    def close(self) -> None:
+        self._view = None
+
+
+class InlineBlob:
+    """A blob kept in the index (``storage.inline_max``), read like a stored object."""
+
+    def __init__(self, blob_id: str, data: bytes) -> None:
+        self.blob_id = blob_id
+        self.data = data
+
+    def open(self, blob_id: str, start: int = 0, end: int | None = None) -> BlobReader:
+        if blob_id != self.blob_id:
+            raise ValueError("not this blob")
+        last = len(self.data) - 1
+        return _BytesReader(self.data, start, last if end is None else min(end, last))
 
 
 class FileReader(io.RawIOBase):
@@ -31,7 +69,7 @@ class FileReader(io.RawIOBase):
 
     def __init__(
         self,
-        blobs: BlobStore,
+        blobs: BlobSource,
         blob_id: str,
         ck: bytes,
         header24: bytes,

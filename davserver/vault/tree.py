@@ -41,7 +41,7 @@ from davserver.errors import (
 )
 from davserver.index import fast
 from davserver.index.models import BlobGC, DeadProps, Node, User, Version
-from davserver.vault.reader import FileReader
+from davserver.vault.reader import FileReader, InlineBlob
 
 if TYPE_CHECKING:
     from davserver.vault import Vault
@@ -420,7 +420,8 @@ class Session:
             except crypto.AuthenticationFailed as exc:
                 log.error("integrity failure: content key of node %s", ref.row.id)
                 raise IntegrityError("content key failed authentication") from exc
-            return FileReader(self.vault.blobs, v.blob_id, ck, header24, v.plain_size, v.id)
+            source = self.vault.blobs if v.inline is None else InlineBlob(v.blob_id, v.inline)
+            return FileReader(source, v.blob_id, ck, header24, v.plain_size, v.id)
 
     # -- directories -------------------------------------------------------------------------
     def mkdir(self, path: str, mtime: float | None = None) -> Entry:
@@ -514,6 +515,8 @@ class Session:
         """
         parts = split_path(path)
         vault = self.vault
+        if expected_length is not None and expected_length <= vault.settings.inline_max:
+            return self._write_small(parts, chunks, expected_length, mtime, sha1, md5)
         with self._db():
             parent = self._parent_dir(parts)
             name = parts[-1]
@@ -535,13 +538,7 @@ class Session:
         enc = blobfmt.SegmentEncryptor(ck, vault.settings.seg_log2)
         try:
             vault.blobs.put(blob_id, blobfmt.encrypt_with(enc, counter))
-            if expected_length is not None and counter.count != expected_length:
-                raise LengthMismatch(f"received {counter.count} bytes, expected {expected_length}")
-            got_sha1, got_md5 = counter.digests()
-            if sha1 is not None and sha1.lower() != got_sha1:
-                raise ChecksumMismatch("SHA-1 of the body does not match")
-            if md5 is not None and md5.lower() != got_md5:
-                raise ChecksumMismatch("MD5 of the body does not match")
+            got_sha1, got_md5 = self._check_body(counter, expected_length, sha1, md5)
             entry, retired_any = self._commit_version(
                 parts,
                 blob_id,
@@ -557,6 +554,52 @@ class Session:
         if retired_any:
             vault.collect_garbage(grace=0)
         return entry
+
+    def _write_small(
+        self,
+        parts: list[str],
+        chunks: Iterable[bytes],
+        length: int,
+        mtime: float | None,
+        sha1: str | None,
+        md5: str | None,
+    ) -> Entry:
+        """``write_file`` for a body of known length up to ``storage.inline_max``: encrypted in
+        memory into the same blob bytes a stored object would hold, and committed with its
+        version in one transaction. No object store round trip, no fsync of a blob file, and
+        nothing to clean up when anything fails: nothing exists until the commit."""
+        counter = _Counter(chunks, None)
+        ck = crypto.random_key()
+        enc = blobfmt.SegmentEncryptor(ck, self.vault.settings.seg_log2)
+        blob = b"".join(blobfmt.encrypt_with(enc, counter))
+        got_sha1, got_md5 = self._check_body(counter, length, sha1, md5)
+        entry, retired_any = self._commit_version(
+            parts,
+            crypto.random_id().hex(),
+            ck,
+            enc.header[: blobfmt.HEADER_AD_LEN],
+            counter.count,
+            {"sha1": got_sha1, "md5": got_md5},
+            mtime,
+            inline=blob,
+        )
+        if retired_any:
+            self.vault.collect_garbage(grace=0)
+        return entry
+
+    @staticmethod
+    def _check_body(
+        counter: _Counter, expected_length: int | None, sha1: str | None, md5: str | None
+    ) -> tuple[str, str]:
+        """Length and optional checksums of a received body; its (SHA-1, MD5) hex digests."""
+        if expected_length is not None and counter.count != expected_length:
+            raise LengthMismatch(f"received {counter.count} bytes, expected {expected_length}")
+        got_sha1, got_md5 = counter.digests()
+        if sha1 is not None and sha1.lower() != got_sha1:
+            raise ChecksumMismatch("SHA-1 of the body does not match")
+        if md5 is not None and md5.lower() != got_md5:
+            raise ChecksumMismatch("MD5 of the body does not match")
+        return got_sha1, got_md5
 
     def _discard_blob(self, blob_id: str) -> None:
         """Best effort: remove a blob that never became current (the GC row stays on failure)."""
@@ -576,6 +619,7 @@ class Session:
         size: int,
         hashes: dict[str, str],
         mtime: float | None,
+        inline: bytes | None = None,
     ) -> tuple[Entry, bool]:
         now = time.time()
         with self._db(), self._txn():
@@ -639,7 +683,10 @@ class Session:
                 fast.bump_dir(parent.row.id)
             if size != old_size:
                 fast.execute("usage_add", (size - old_size, self.user_id))
-            fast.execute("gc_delete", (blob_id,))
+            if inline is None:
+                fast.execute("gc_delete", (blob_id,))  # the upload's crash-cleanup row
+            else:
+                fast.execute("inline_insert", (blob_id, inline))
             return Entry(
                 id=node_id,
                 parent_id=parent.row.id,

@@ -58,3 +58,15 @@ def local_vault(tmp_path: Path) -> Iterator[Vault]:
     v = make_vault(tmp_path, LocalBlobStore(tmp_path / "blobs"))
     yield v
     v.close()
+
+
+def stored_blob_ids(vault: Vault) -> set[str]:
+    """Every blob the vault holds: objects in its blob store and blobs kept in the index
+    (``storage.inline_max``); never both for one id."""
+    from davserver.index.models import InlineBlob
+
+    in_store = set(vault.blobs.iter_ids())
+    with vault.index.connection():
+        inline = {row.blob_id for row in InlineBlob.select(InlineBlob.blob_id)}
+    assert not in_store & inline, "a blob is both in the store and in the index"
+    return in_store | inline

@@ -9,7 +9,7 @@ import pytest
 from davserver.blobs.local import LocalBlobStore
 from davserver.errors import AlreadyExists, AuthError
 from davserver.index import SCHEMA_VERSION
-from tests.harness.vaults import make_vault
+from tests.harness.vaults import make_vault, stored_blob_ids
 
 pytestmark = pytest.mark.postgres
 
@@ -36,6 +36,6 @@ def test_vault_on_postgres(tmp_path: Path, postgres_db_url: str) -> None:
         s.delete("/e")
         assert s.usage()[0] == 14
         vault.delete_user("alice")
-        assert list(vault.blobs.iter_ids()) == []
+        assert stored_blob_ids(vault) == set()
     finally:
         vault.close()

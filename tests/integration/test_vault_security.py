@@ -11,9 +11,9 @@ import pytest
 
 from davserver.blobs.local import LocalBlobStore
 from davserver.errors import AuthError, IntegrityError
-from davserver.index.models import Node, Version
+from davserver.index.models import InlineBlob, Node, Version
 from davserver.vault import Vault, VaultSettings
-from tests.harness.vaults import make_vault
+from tests.harness.vaults import make_vault, stored_blob_ids
 
 MARK_CONTENT = b"PLAINTEXT-CONTENT-MARKER-7f3a"
 MARK_NAME = "PlainNameMarker"
@@ -28,6 +28,10 @@ def _fill(vault: Vault) -> None:
         body = (MARK_CONTENT + b"\n") * (5000 * (i + 1))
         s.write_file(f"/{MARK_NAME}-dir/{MARK_NAME}-{i}.txt", [body])
     s.write_file(f"/{MARK_NAME}-small", [MARK_CONTENT])
+    inline = MARK_CONTENT * 10  # a known small length: kept in the index (storage.inline_max)
+    s.write_file(f"/{MARK_NAME}-inline", [inline], len(inline))
+    with vault.index.connection():
+        assert InlineBlob.select().count() == 1
     s.set_props(f"/{MARK_NAME}-small", {"{urn:x}" + MARK_PROP: MARK_PROP})
     s.copy(f"/{MARK_NAME}-dir", f"/{MARK_NAME}-copy")
     s.move(f"/{MARK_NAME}-copy", f"/{MARK_NAME}-moved")
@@ -254,7 +258,7 @@ def test_login_cache_and_password_change(tmp_path: Path) -> None:
     assert names == ["alice"]
     vault.delete_user("alice")
     assert vault.list_users() == []
-    assert list(vault.blobs.iter_ids()) == []
+    assert stored_blob_ids(vault) == set()
     vault.close()
 
 

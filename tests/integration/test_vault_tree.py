@@ -21,6 +21,7 @@ from davserver.errors import (
 from davserver.index.models import Node, User, Version
 from davserver.vault import Vault
 from davserver.vault.tree import Session
+from tests.harness.vaults import stored_blob_ids
 
 
 def login(vault: Vault, name: str = "alice") -> Session:
@@ -38,7 +39,7 @@ def read(s: Session, path: str) -> bytes:
 
 
 def stored_blobs(vault: Vault) -> set[str]:
-    return set(vault.blobs.iter_ids())
+    return stored_blob_ids(vault)
 
 
 def referenced_blobs(vault: Vault) -> set[str]:

@@ -11,6 +11,7 @@ import pytest
 from davserver.errors import AlreadyExists, InsufficientStorage, LengthMismatch, NotFound
 from davserver.index.models import Upload, Version
 from davserver.vault import Vault
+from tests.harness.vaults import stored_blob_ids
 
 
 def _session(vault: Vault):  # type: ignore[no-untyped-def]
@@ -53,7 +54,7 @@ def test_chunks_assemble_in_numeric_order(vault: Vault) -> None:
     with s.open_file("/dst/file.bin") as r:
         assert r.read_all() == whole
     assert not up.exists("web-file-upload-123")
-    assert set(vault.blobs.iter_ids()) == _referenced(vault)
+    assert stored_blob_ids(vault) == _referenced(vault)
     assert len(_referenced(vault)) == 1
 
 
@@ -73,7 +74,7 @@ def test_retried_chunk_replaces_and_failed_assemble_keeps_upload(vault: Vault) -
     up.assemble("u1", "/f", expected_length=9)
     with s.open_file("/f") as r:
         assert r.read_all() == b"good-more"
-    assert set(vault.blobs.iter_ids()) == _referenced(vault)
+    assert stored_blob_ids(vault) == _referenced(vault)
 
 
 def test_uploads_are_per_user_and_expire(vault: Vault) -> None:
@@ -91,7 +92,7 @@ def test_uploads_are_per_user_and_expire(vault: Vault) -> None:
         Upload.update(touched=time.time() - 7200).execute()
     assert vault.expire_uploads(max_age=3600) == 2
     assert not s.uploads.exists("same-id")
-    assert list(vault.blobs.iter_ids()) == []
+    assert stored_blob_ids(vault) == set()
 
 
 def test_chunks_count_against_quota(vault: Vault) -> None:
@@ -104,7 +105,7 @@ def test_chunks_count_against_quota(vault: Vault) -> None:
     with pytest.raises(InsufficientStorage):
         s.uploads.put_chunk("q", "2", iter([b"x" * 30, b"x" * 30]), None)
     s.uploads.delete("q")
-    assert list(vault.blobs.iter_ids()) == []
+    assert stored_blob_ids(vault) == set()
 
 
 def test_delete_user_removes_uploads(vault: Vault) -> None:
@@ -112,4 +113,4 @@ def test_delete_user_removes_uploads(vault: Vault) -> None:
     s.uploads.create("x")
     s.uploads.put_chunk("x", "1", [b"data"], 4)
     vault.delete_user("alice")
-    assert list(vault.blobs.iter_ids()) == []
+    assert stored_blob_ids(vault) == set()
