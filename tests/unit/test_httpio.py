@@ -103,3 +103,21 @@ def test_writer_sends_any_buffer_and_counts_bytes(
     assert w.bytes_written == 4 + len(payload) + words.itemsize * 3
     with pytest.raises(TypeError):
         w.write("text")
+
+
+def test_readline_across_buffers_with_limits_and_eof(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    a, b = pair
+    long_line = b"X-Long: " + b"v" * 100 + b"\r\n"
+    t = _send_then_close(b, b"GET / HTTP/1.1\r\n" + long_line + b"\r\nbody-bytes, no newline")
+    r = SocketReader(a, "rb", 16)  # lines span several 16-byte reads
+    assert r.readline() == b"GET / HTTP/1.1\r\n"
+    assert r.readline(10) == long_line[:10]  # a limit stops mid-line...
+    assert r.readline() == long_line[10:]  # ...and the rest follows
+    assert r.readline() == b"\r\n"
+    assert r.read(5) == b"body-"  # reads continue from the same buffer
+    assert r.readline() == b"bytes, no newline"  # end of stream ends the line
+    assert r.readline() == b""
+    assert r.bytes_read == len(b"GET / HTTP/1.1\r\n" + long_line + b"\r\nbody-bytes, no newline")
+    t.join()
