@@ -228,7 +228,8 @@ class ServerConfig:
         _integer(0, 256),
         "Server processes sharing the port (SO_REUSEPORT), each with its threads; 0 = one "
         "per CPU core. Python runs one thread at a time per process: more processes use "
-        "more cores. Login caches and failed-login counters are per process.",
+        "more cores. Login caches are per process; failed-login counters live in the index "
+        "and are shared by all.",
     )
     timeout: int = _opt(
         300,

@@ -43,6 +43,7 @@ from davserver.errors import ConfigError
 from davserver.httpio import DavConnection
 from davserver.vault import Vault
 from davserver.vault.locks import LockStore
+from davserver.vault.throttle import LoginThrottle
 
 log = logging.getLogger(__name__)
 
@@ -189,13 +190,22 @@ def make_server(
     return server, _url(bind_host, actual_port, tls)
 
 
-def _maintenance(vault: Vault, interval: float, stop: threading.Event) -> None:
-    """Every ``interval`` seconds: purge expired locks, drop chunked uploads abandoned for
-    longer than ``gc.upload_expiry`` and collect dead blobs."""
+def _throttle(config: Config, vault: Vault) -> LoginThrottle:
+    sec = config.security
+    return LoginThrottle(vault, sec.login_fail_limit, sec.login_fail_window)
+
+
+def _maintenance(
+    vault: Vault, interval: float, stop: threading.Event, throttle: LoginThrottle
+) -> None:
+    """Every ``interval`` seconds: purge expired locks and failed logins older than their
+    window, drop chunked uploads abandoned for longer than ``gc.upload_expiry`` and collect
+    dead blobs."""
     store = LockStore(vault)
     while not stop.wait(interval):
         try:
             store.purge_expired()
+            throttle.purge()
             vault.expire_uploads()
             vault.collect_garbage()
         except Exception:  # keep serving; the next round retries
@@ -261,7 +271,9 @@ def _serve_one(
     previous = {s: signal.signal(s, on_signal) for s in signals}
     worker = threading.Thread(target=server.serve, name="davserver-http", daemon=True)
     janitor = threading.Thread(
-        target=_maintenance, args=(vault, float(config.gc.interval), stop), daemon=True
+        target=_maintenance,
+        args=(vault, float(config.gc.interval), stop, _throttle(config, vault)),
+        daemon=True,
     )
     try:
         worker.start()

@@ -6,10 +6,12 @@
   a digest never carries it.
 - ``DavAuthenticator``: WsgiDAV's authenticator with a strict Basic parser (malformed headers
   get 400, never a 500), a rate limit, and no user names in logs.
-- ``RateLimiter``: failed logins counted per user name and per client address in a sliding
-  window; over the limit, a request gets 429 with ``Retry-After`` *without* running Argon2id —
-  unless the same name and password logged in successfully a moment ago (a cache hit costs
-  nothing), so correct logins are never slowed by someone else's guessing.
+- Failed logins are counted per user name and per client address in a sliding window, in the
+  index (``davserver.vault.throttle``: every server process and host sees the same counts);
+  over the limit, a request gets 429 with ``Retry-After`` *without* running Argon2id. A
+  request whose name and password logged in successfully a moment ago is served from the
+  login cache before any counter is consulted (one keyed hash, no database), so correct
+  logins are never slowed by someone else's guessing.
 """
 
 from __future__ import annotations
@@ -19,11 +21,7 @@ import binascii
 import hashlib
 import ipaddress
 import logging
-import threading
-import time
 import unicodedata
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from wsgidav.dc.base_dc import BaseDomainController
@@ -32,6 +30,7 @@ from wsgidav.http_authenticator import HTTPAuthenticator
 from davserver.dav.errors import to_dav_error
 from davserver.dav.resources import SESSION_KEY
 from davserver.errors import AuthError, DavServerError
+from davserver.vault.throttle import LoginThrottle
 
 if TYPE_CHECKING:
     from davserver.vault import Vault
@@ -41,63 +40,6 @@ log = logging.getLogger(__name__)
 
 USER_KEY = "davserver.user_id"
 ADDR_KEY = "davserver.client_addr"
-
-
-class RateLimiter:
-    """Sliding-window counter of failures per key; thread-safe and bounded in memory."""
-
-    def __init__(
-        self,
-        limit: int,
-        window: float,
-        max_keys: int = 100_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.limit = limit
-        self.window = window
-        self.max_keys = max_keys
-        self._clock = clock
-        self._fails: OrderedDict[str, deque[float]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def _live(self, key: str, now: float) -> deque[float] | None:
-        q = self._fails.get(key)
-        if q is None:
-            return None
-        while q and q[0] <= now - self.window:
-            q.popleft()
-        if not q:
-            del self._fails[key]
-            return None
-        return q
-
-    def retry_after(self, keys: Iterable[str]) -> int | None:
-        """Seconds until every key is under the limit again; None if none is over it."""
-        now = self._clock()
-        wait = 0.0
-        with self._lock:
-            for key in keys:
-                q = self._live(key, now)
-                if q is not None and len(q) >= self.limit:
-                    # The oldest failure that keeps the key at the limit must age out.
-                    wait = max(wait, q[len(q) - self.limit] + self.window - now)
-        return max(1, int(wait + 0.999)) if wait > 0 else None
-
-    def failed(self, keys: Iterable[str]) -> None:
-        now = self._clock()
-        with self._lock:
-            for key in keys:
-                q = self._live(key, now)
-                if q is None:
-                    q = self._fails[key] = deque(maxlen=self.limit)
-                q.append(now)
-                self._fails.move_to_end(key)
-            while len(self._fails) > self.max_keys:
-                self._fails.popitem(last=False)
-
-    def reset(self, key: str) -> None:
-        with self._lock:
-            self._fails.pop(key, None)
 
 
 def user_key(name: str) -> str:
@@ -202,7 +144,9 @@ class DavAuthenticator(HTTPAuthenticator):  # type: ignore[misc]
     def __init__(self, wsgidav_app: Any, next_app: Any, config: dict[str, Any]) -> None:
         super().__init__(wsgidav_app, next_app, config)
         opts = config["davserver"]
-        self.limiter = RateLimiter(opts["login_fail_limit"], opts["login_fail_window"])
+        self.throttle = LoginThrottle(
+            opts["vault"], opts["login_fail_limit"], opts["login_fail_window"]
+        )
         self.trusted_proxies = frozenset(opts.get("trusted_proxies", ()))
 
     def _respond(
@@ -229,15 +173,17 @@ class DavAuthenticator(HTTPAuthenticator):  # type: ignore[misc]
         environ[ADDR_KEY] = addr
         addr_key = "a:" + addr
         if creds is None:
-            self.limiter.failed([addr_key])
+            self.throttle.failed([addr_key])
             return self._respond(start_response, "400 Bad Request", body=b"malformed credentials\n")
         user_name, password = creds
-        ukey = user_key(user_name)
         dc: VaultDomainController = self.domain_controller
-        wait = self.limiter.retry_after([ukey, addr_key])
-        if wait is not None:
-            session = dc.cached_login(user_name, password)
-            if session is None:
+        session = dc.cached_login(user_name, password)
+        if session is not None:  # logged in a moment ago: no counter, no Argon2id
+            dc._accept(session, environ)
+        else:
+            ukey = user_key(user_name)
+            wait = self.throttle.retry_after([ukey, addr_key])
+            if wait is not None:
                 log.warning("login refused: too many failed attempts (retry in %d s)", wait)
                 return self._respond(
                     start_response,
@@ -245,12 +191,11 @@ class DavAuthenticator(HTTPAuthenticator):  # type: ignore[misc]
                     [("Retry-After", str(wait))],
                     b"too many failed logins; retry later\n",
                 )
-            dc._accept(session, environ)
-        elif not dc.basic_auth_user(realm, user_name, password, environ):
-            self.limiter.failed([ukey, addr_key])
-            log.info("login failed (user key %s)", ukey[2:10])
-            return self.send_basic_auth_response(environ, start_response)
-        self.limiter.reset(ukey)
+            if not dc.basic_auth_user(realm, user_name, password, environ):
+                self.throttle.failed([ukey, addr_key])
+                log.info("login failed (user key %s)", ukey[2:10])
+                return self.send_basic_auth_response(environ, start_response)
+            self.throttle.reset(ukey)
         environ["wsgidav.auth.realm"] = realm
         environ["wsgidav.auth.user_name"] = user_name
         return self.next_app(environ, start_response)

@@ -39,7 +39,8 @@ def _migrate_v3(db: pw.Database) -> None:
 
 
 def _migrate_v4(db: pw.Database) -> None:
-    """Small blobs stored in the index (storage.inline_max)."""
+    """Small blobs stored in the index (storage.inline_max); failed-login counters shared
+    by every server process."""
     db.create_tables(models.V4_MODELS, safe=True)
 
 

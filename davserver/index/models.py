@@ -193,6 +193,14 @@ class InlineBlob(BaseModel):
     data = pw.BlobField()
 
 
+class LoginFailure(BaseModel):
+    """One failed login against a key (a user name or a client address), as a keyed MAC;
+    see davserver.vault.throttle. Shared by every server process on this index."""
+
+    key_mac = pw.BlobField(index=True)
+    at = pw.DoubleField(index=True)
+
+
 # The tables each schema version added (see davserver.index.MIGRATIONS).
 V1_MODELS: list[type[BaseModel]] = [
     SchemaInfo,
@@ -207,5 +215,5 @@ V1_MODELS: list[type[BaseModel]] = [
 ]
 V2_MODELS: list[type[BaseModel]] = [Upload, UploadChunk]
 V3_MODELS: list[type[BaseModel]] = [DirVersion]
-V4_MODELS: list[type[BaseModel]] = [InlineBlob]
+V4_MODELS: list[type[BaseModel]] = [InlineBlob, LoginFailure]
 ALL_MODELS: list[type[BaseModel]] = V1_MODELS + V2_MODELS + V3_MODELS + V4_MODELS

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from davserver.index.models import UploadChunk, Version
+from davserver.index.models import LoginFailure, UploadChunk, Version
 from davserver.server import _maintenance
 from davserver.vault import Vault
+from davserver.vault.throttle import LoginThrottle
 from tests.harness.davserver import DavClient, DavServer, basic, start_dav_server
 from tests.harness.vaults import stored_blob_ids
 
@@ -259,11 +260,15 @@ def test_cancel_and_expiry_collect_chunks(dav_any: DavServer) -> None:
     assert alice.put(UPLOADS + "/a/2", b"late").status == 409
 
 
-def test_maintenance_loop_expires_uploads(tmp_path: Path) -> None:
+def test_maintenance_loop_expires_uploads_and_old_login_failures(tmp_path: Path) -> None:
     dav = start_dav_server(tmp_path / "data", {"DAVSERVER_GC_UPLOAD_EXPIRY": "1"})
     stop = threading.Event()
-    janitor = threading.Thread(target=_maintenance, args=(dav.vault, 0.2, stop), daemon=True)
+    throttle = LoginThrottle(dav.vault, limit=5, window=1)
+    janitor = threading.Thread(
+        target=_maintenance, args=(dav.vault, 0.2, stop, throttle), daemon=True
+    )
     try:
+        throttle.failed(["a:192.0.2.1"])
         alice = dav.client("alice")
         assert alice.mkcol(UPLOADS + "/old").status == 201
         assert alice.put(UPLOADS + "/old/1", os.urandom(10_000)).status == 201
@@ -273,6 +278,8 @@ def test_maintenance_loop_expires_uploads(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the upload did not expire"
             time.sleep(0.2)
         assert stored_blob_ids(dav.vault) == set()
+        with dav.vault.index.connection():
+            assert LoginFailure.select().count() == 0  # older than its window: purged
     finally:
         stop.set()
         janitor.join(5)

@@ -373,3 +373,27 @@ def test_forked_workers_share_the_port_the_index_and_stop_together(tmp_path: Pat
         assert (
             not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
         )
+
+
+def test_forked_workers_share_the_failed_login_limit(tmp_path: Path) -> None:
+    """Failed logins counted by one worker count in the other: the limit is per server, not
+    per process (the counters live in the index)."""
+    served = ServeProcess(
+        tmp_path,
+        {
+            "DAVSERVER_SERVER_WORKERS": "2",
+            "DAVSERVER_SECURITY_LOGIN_FAIL_LIMIT": "4",
+            "DAVSERVER_SECURITY_LOGIN_FAIL_WINDOW": "300",
+        },
+    )
+    try:
+        good = served.client()
+        assert good.propfind("/", "0").status == 207
+        bad = [DavClient(served.url, "alice", f"wrong{i}") for i in range(8)]
+        # Fresh connections: the kernel spreads them over both workers, yet the fifth
+        # attempt onwards is refused, whichever worker answers.
+        statuses = [c.propfind("/", "0").status for c in bad]
+        assert statuses == [401] * 4 + [429] * 4
+    finally:
+        code, _out, err = served.stop()
+    assert code == 0, err

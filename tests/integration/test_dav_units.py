@@ -1,4 +1,4 @@
-"""Pure pieces of the DAV layer: Range parsing, Basic credentials, the rate limiter, lock URLs."""
+"""Pure pieces of the DAV layer: Range parsing, Basic credentials, lock URLs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from davserver.dav.auth import RateLimiter, client_address, parse_basic, user_key
+from davserver.dav.auth import client_address, parse_basic, user_key
 from davserver.dav.handlers import parse_range
 from davserver.dav.locks import lock_href, split_lock_url
 from davserver.vault.locks import canonical_path
@@ -48,29 +48,6 @@ def test_parse_basic() -> None:
     assert parse_basic(b64(b"alice:")) == ("alice", "")
     for bad in (b64(b"nocolon"), b64(b"\xff:\xfe"), "Basic %%%", "Digest x", "", b64(b":pw")):
         assert parse_basic(bad) is None
-
-
-def test_rate_limiter_window_and_reset() -> None:
-    now = [1000.0]
-    rl = RateLimiter(limit=3, window=60, clock=lambda: now[0])
-    keys = ["u:x", "a:1.2.3.4"]
-    for _ in range(3):
-        assert rl.retry_after(keys) is None
-        rl.failed(keys)
-    wait = rl.retry_after(keys)
-    assert wait is not None and 55 <= wait <= 60
-    now[0] += 61
-    assert rl.retry_after(keys) is None
-    rl.failed(["u:x"])
-    rl.reset("u:x")
-    assert rl.retry_after(["u:x"]) is None
-
-
-def test_rate_limiter_is_bounded() -> None:
-    rl = RateLimiter(limit=2, window=60, max_keys=100)
-    for i in range(1000):
-        rl.failed([f"a:{i}"])
-    assert len(rl._fails) <= 100
 
 
 def test_user_key_hides_the_name() -> None:
