@@ -80,6 +80,7 @@ def vault_settings(config: Config) -> VaultSettings:
         default_quota=config.quota.default_bytes,
         upload_expiry=config.gc.upload_expiry,
         inline_max=config.storage.inline_max,
+        checksums=config.storage.checksums,
     )
 
 

@@ -187,8 +187,9 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
         if name == OC_CHECKSUMS and not self.is_collection:
             h = self._hashes()
             el = etree.Element(name)
-            etree.SubElement(el, "{%s}checksum" % OC_NS).text = (  # noqa: UP031
-                f"SHA1:{h.get('sha1', '')} MD5:{h.get('md5', '')}"
+            # Only the checksums this version has (storage.checksums): "SHA1:<hex> MD5:<hex>".
+            etree.SubElement(el, "{%s}checksum" % OC_NS).text = " ".join(  # noqa: UP031
+                f"{algo.upper()}:{h[algo]}" for algo in ("sha1", "md5") if h.get(algo)
             )
             return el
         if name == ME_SHA1 and not self.is_collection:

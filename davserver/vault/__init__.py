@@ -70,6 +70,7 @@ class VaultSettings:
     seg_log2: int = crypto.blobfmt.DEFAULT_SEG_LOG2
     upload_expiry: float = 86400.0
     inline_max: int = 16384  # files up to this size (known length) live in the index
+    checksums: tuple[str, ...] = ("sha1", "md5")  # computed on upload, offered to clients
 
 
 @dataclass(frozen=True)

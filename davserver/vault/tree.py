@@ -128,13 +128,15 @@ class _Counter:
 
     THREAD_FROM = 256 * 1024  # chunk size from which a helper thread pays off
 
-    def __init__(self, chunks: Iterable[bytes], ceiling: int | None, hashes: bool = True) -> None:
+    def __init__(
+        self, chunks: Iterable[bytes], ceiling: int | None, algorithms: Iterable[str] = ()
+    ) -> None:
         self._chunks = chunks
         self.ceiling = ceiling
         self.count = 0
-        self._hashes = hashes
-        self.sha1 = hashlib.sha1(usedforsecurity=False)
-        self.md5 = hashlib.md5(usedforsecurity=False)
+        # "sha1" and/or "md5" (storage.checksums, plus any the client announced).
+        self._hashers = [(a, hashlib.new(a, usedforsecurity=False)) for a in sorted(algorithms)]
+        self._hashes = bool(self._hashers)
         self._queue: queue.Queue[bytes | None] | None = None
         self._thread: threading.Thread | None = None
 
@@ -160,14 +162,14 @@ class _Counter:
         if self._queue is not None:
             self._queue.put(chunk)
         else:
-            self.sha1.update(chunk)
-            self.md5.update(chunk)
+            for _, h in self._hashers:
+                h.update(chunk)
 
     def _work(self) -> None:
         assert self._queue is not None
         while (chunk := self._queue.get()) is not None:
-            self.sha1.update(chunk)
-            self.md5.update(chunk)
+            for _, h in self._hashers:
+                h.update(chunk)
 
     def _stop(self) -> None:
         if self._thread is not None and self._queue is not None:
@@ -175,10 +177,10 @@ class _Counter:
             self._thread.join()
             self._thread = None
 
-    def digests(self) -> tuple[str, str]:
-        """(SHA-1 hex, MD5 hex) of everything counted."""
+    def digests(self) -> dict[str, str]:
+        """{algorithm: hex digest} of everything counted, for the algorithms asked for."""
         self._stop()
-        return self.sha1.hexdigest(), self.md5.hexdigest()
+        return {a: h.hexdigest() for a, h in self._hashers}
 
 
 class Session:
@@ -534,18 +536,18 @@ class Session:
             fast.execute("gc_insert", (blob_id, "uploading", time.time()))
 
         ck = crypto.random_key()
-        counter = _Counter(chunks, ceiling)
+        counter = _Counter(chunks, ceiling, self._algorithms(sha1, md5))
         enc = blobfmt.SegmentEncryptor(ck, vault.settings.seg_log2)
         try:
             vault.blobs.put(blob_id, blobfmt.encrypt_with(enc, counter))
-            got_sha1, got_md5 = self._check_body(counter, expected_length, sha1, md5)
+            hashes = self._check_body(counter, expected_length, sha1, md5)
             entry, retired_any = self._commit_version(
                 parts,
                 blob_id,
                 ck,
                 enc.header[: blobfmt.HEADER_AD_LEN],
                 counter.count,
-                {"sha1": got_sha1, "md5": got_md5},
+                hashes,
                 mtime,
             )
         except BaseException:
@@ -568,18 +570,18 @@ class Session:
         memory into the same blob bytes a stored object would hold, and committed with its
         version in one transaction. No object store round trip, no fsync of a blob file, and
         nothing to clean up when anything fails: nothing exists until the commit."""
-        counter = _Counter(chunks, None)
+        counter = _Counter(chunks, None, self._algorithms(sha1, md5))
         ck = crypto.random_key()
         enc = blobfmt.SegmentEncryptor(ck, self.vault.settings.seg_log2)
         blob = b"".join(blobfmt.encrypt_with(enc, counter))
-        got_sha1, got_md5 = self._check_body(counter, length, sha1, md5)
+        hashes = self._check_body(counter, length, sha1, md5)
         entry, retired_any = self._commit_version(
             parts,
             crypto.random_id().hex(),
             ck,
             enc.header[: blobfmt.HEADER_AD_LEN],
             counter.count,
-            {"sha1": got_sha1, "md5": got_md5},
+            hashes,
             mtime,
             inline=blob,
         )
@@ -587,19 +589,29 @@ class Session:
             self.vault.collect_garbage(grace=0)
         return entry
 
+    def _algorithms(self, sha1: str | None, md5: str | None) -> set[str]:
+        """Checksums to compute for one upload: the configured ones (storage.checksums) and
+        any the client announced, which are verified whatever the configuration."""
+        wanted = set(self.vault.settings.checksums)
+        if sha1 is not None:
+            wanted.add("sha1")
+        if md5 is not None:
+            wanted.add("md5")
+        return wanted
+
     @staticmethod
     def _check_body(
         counter: _Counter, expected_length: int | None, sha1: str | None, md5: str | None
-    ) -> tuple[str, str]:
-        """Length and optional checksums of a received body; its (SHA-1, MD5) hex digests."""
+    ) -> dict[str, str]:
+        """Length and announced checksums of a received body; its {algorithm: hex} digests."""
         if expected_length is not None and counter.count != expected_length:
             raise LengthMismatch(f"received {counter.count} bytes, expected {expected_length}")
-        got_sha1, got_md5 = counter.digests()
-        if sha1 is not None and sha1.lower() != got_sha1:
+        got = counter.digests()
+        if sha1 is not None and sha1.lower() != got["sha1"]:
             raise ChecksumMismatch("SHA-1 of the body does not match")
-        if md5 is not None and md5.lower() != got_md5:
+        if md5 is not None and md5.lower() != got["md5"]:
             raise ChecksumMismatch("MD5 of the body does not match")
-        return got_sha1, got_md5
+        return got
 
     def _discard_blob(self, blob_id: str) -> None:
         """Best effort: remove a blob that never became current (the GC row stays on failure)."""

@@ -124,7 +124,7 @@ class Uploads:
             with vault.index.atomic():
                 BlobGC.insert(blob_id=blob_id, state="uploading", since=time.time()).execute()
         ck = crypto.random_key()
-        counter = _Counter(chunks, ceiling, hashes=False)  # the assembled file is hashed
+        counter = _Counter(chunks, ceiling)  # no checksums: the assembled file gets them
         enc = blobfmt.SegmentEncryptor(ck, vault.settings.seg_log2)
         try:
             vault.blobs.put(blob_id, blobfmt.encrypt_with(enc, counter))

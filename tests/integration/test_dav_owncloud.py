@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
-from tests.harness.davserver import DavClient
+import pytest
+
+from tests.harness.davserver import DavClient, start_dav_server
 
 OC = "{http://owncloud.org/ns}"
 D = "{DAV:}"
@@ -135,3 +138,28 @@ def test_oc_checksum_on_put(alice: DavClient) -> None:
     r = alice.put("/f", new, {"OC-Checksum": both, "X-OC-Mtime": "1500000000"})
     assert r.status == 204 and r.header("X-OC-Mtime") == "accepted"
     assert oc_props(alice, "/f")[OC + "checksums"] == both.rsplit(" ", 1)[0]
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [("sha1", ("sha1",)), ("md5", ("md5",)), ("none", ())],
+)
+def test_storage_checksums_setting(tmp_path: Path, setting: str, expected: tuple[str, ...]) -> None:
+    """storage.checksums picks what is computed and offered; an announced checksum is still
+    verified and then kept."""
+    dav = start_dav_server(tmp_path / "data", {"DAVSERVER_STORAGE_CHECKSUMS": setting})
+    try:
+        alice = dav.client("alice")
+        data = b"some file body " * 2000  # beyond storage.inline_max: the streamed path too
+        for path, body in (("/big", data), ("/small", b"tiny")):
+            assert alice.put(path, body).status == 201
+            digests = {"sha1": hashlib.sha1(body).hexdigest(), "md5": hashlib.md5(body).hexdigest()}
+            want = " ".join(f"{a.upper()}:{digests[a]}" for a in expected)
+            assert oc_props(alice, path).get(OC + "checksums") == (want or None)
+        announced = {"OC-Checksum": "SHA1:" + "0" * 40}
+        assert alice.put("/checked", b"body", announced).status == 400  # verified anyway
+        sha1 = hashlib.sha1(b"body").hexdigest()
+        assert alice.put("/checked", b"body", {"OC-Checksum": f"SHA1:{sha1}"}).status == 201
+        assert f"SHA1:{sha1}" in (oc_props(alice, "/checked").get(OC + "checksums") or "")
+    finally:
+        dav.stop()

@@ -453,3 +453,27 @@ def test_render_for_init_elsewhere(tmp_path: Path) -> None:
     assert "data_dir: ../data\n" in text
     cfg = load(write(tmp_path / "etc", text), {})
     assert cfg.data_dir == tmp_path / "data"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("sha1,md5", ("sha1", "md5")),
+        ("md5, sha1", ("sha1", "md5")),
+        ("SHA1", ("sha1",)),
+        ("md5", ("md5",)),
+        ("none", ()),
+        ("", ()),
+    ],
+)
+def test_storage_checksums_values(tmp_path: Path, value: str, expected: tuple[str, ...]) -> None:
+    cfg = load_text(tmp_path, "", {"DAVSERVER_STORAGE_CHECKSUMS": value})
+    assert cfg.storage.checksums == expected
+    listed = load_text(tmp_path, "storage:\n  checksums: [md5]\n")
+    assert listed.storage.checksums == ("md5",)
+
+
+@pytest.mark.parametrize("value", ["crc32", "sha1,sha1", "sha1,none"])
+def test_storage_checksums_bad_values(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError, match="DAVSERVER_STORAGE_CHECKSUMS"):
+        load_text(tmp_path, "", {"DAVSERVER_STORAGE_CHECKSUMS": value})
