@@ -320,7 +320,7 @@ class S3StorageConfig:
         "", _string(), "Key prefix inside the bucket, so several servers can share one."
     )
     part_size: int = _opt(
-        16777216,
+        8388608,
         _integer(8 << 20, 5 << 30),
         "Multipart upload part size in bytes (8 MiB to 5 GiB).",
     )

@@ -56,7 +56,7 @@ def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
     s3 = cfg.storage.s3
     assert (s3.endpoint, s3.bucket, s3.access_key, s3.secret_key) == ("", "", "", Secret(""))
     assert (s3.secure, s3.region, s3.prefix, s3.create_bucket) == (True, None, "", False)
-    assert s3.part_size == 16 * 1024 * 1024
+    assert s3.part_size == 8 * 1024 * 1024
     assert cfg.index.url == f"sqlite:///{tmp_path}/index.db"
     sec = cfg.security
     assert sec.pepper_file == str(tmp_path / "pepper")
