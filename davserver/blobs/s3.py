@@ -123,7 +123,9 @@ class S3BlobReader(BlobReader):
         with self._store._errors("read"):
             # urllib3 2 returns exactly n bytes unless the body ends; a body shorter than its
             # Content-Length raises IncompleteRead (a ProtocolError), mapped to StorageError.
-            data = response.read(n)
+            # decode_content=False: objects are never content-encoded, and the decoding path
+            # copies every block through a BytesIO queue once more.
+            data = response.read(n, decode_content=False)
         if not data:
             raise StorageError("S3 read failed: response ended early")
         self._remaining -= len(data)
