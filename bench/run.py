@@ -886,6 +886,27 @@ def machine() -> dict[str, Any]:
     }
 
 
+def disk_reference(work: Path, size: int, pattern: Pattern) -> dict[str, float]:
+    """The run's disk on its own, for the 1 GiB PUT rows: plain writes of ``size`` bytes in
+    1 MiB blocks, into the page cache only (what WsgiDAV's FilesystemProvider does: it never
+    fsyncs) and then fsynced (what a storage server must do before it answers 201)."""
+    out: dict[str, float] = {}
+    path = work / "disk-reference"
+    for key, sync in (("write_mb_s", False), ("write_fsync_mb_s", True)):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        t0 = time.perf_counter()
+        try:
+            for chunk in pattern.chunks(size):
+                os.write(fd, chunk)
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        out[key] = round(size / (time.perf_counter() - t0) / 1e6, 1)
+        path.unlink()
+    return out
+
+
 # -- command line -------------------------------------------------------------------------------
 
 
@@ -966,6 +987,8 @@ def main(argv: list[str] | None = None) -> int:
     report["workdir"] = str(run.work)
     t0 = time.perf_counter()
     try:
+        if "big" in groups:
+            report["disk"] = disk_reference(run.work, sizes.big, pattern)
         for name in servers:
             print(f"{name}: starting", file=sys.stderr, flush=True)
             report["servers"][name] = run_server(run, name, groups, sizes, pattern)
@@ -998,6 +1021,12 @@ def main(argv: list[str] | None = None) -> int:
         "\nratios are ours/baseline (for ms and s lower is better); peak RSS is the server "
         "process's VmHWM, " + ("reset before each test" if reset else "cumulative (no reset)")
     )
+    if "disk" in report:
+        d = report["disk"]
+        print(
+            f"the disk alone, {size_label(sizes.big)} in 1 MiB writes: {d['write_mb_s']:.0f} MB/s "
+            f"into the page cache, {d['write_fsync_mb_s']:.0f} MB/s with an fsync at the end"
+        )
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"JSON: {args.json}  ({report['duration_s']:.0f} s)")
