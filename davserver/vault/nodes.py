@@ -1,0 +1,280 @@
+"""Node rows and the keys that open them: path resolution, entries, node creation.
+
+``_SessionCore`` is the base that every operation of ``Session`` (``davserver.vault.tree``)
+builds on: the user's master key and the node-key cache, walking a path to a row, opening and
+sealing a node's name and metadata, the quota in force, inserting a node. It offers no public
+operation itself and must not import the modules that build on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from davserver import crypto
+from davserver.crypto import envelopes, names
+from davserver.errors import BadRequest, Conflict, Forbidden, IntegrityError, NotFound
+from davserver.index import fast
+from davserver.index.models import User
+
+if TYPE_CHECKING:
+    from davserver.vault import Vault
+
+log = logging.getLogger(__name__)
+
+DIR, FILE = "dir", "file"
+_META_PURPOSE, _META_LABEL = b"wdv-meta-enc-v1", b"wdv/meta/v1"
+# A version's checksums, sealed under its node's key: written by ``writes``, re-sealed by COPY
+# (``subtrees``), opened by ``props``.
+_VMETA_PURPOSE, _VMETA_LABEL = b"wdv-vmeta-v1", b"wdv/vmeta/v1"
+MAX_NAME_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What the layers above see of a node: no keys, names in clear (in memory only)."""
+
+    id: str
+    parent_id: str | None
+    name: str
+    kind: str
+    size: int
+    mtime: float
+    ctime: float
+    version_id: str | None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == DIR
+
+    @property
+    def etag(self) -> str:
+        """Changes with content (a new version id), not with MOVE (same node, same version)."""
+        return self.version_id or self.id
+
+
+# A node row: a peewee ``Node`` or a ``fast.NodeRow`` tuple (same attribute names).
+NodeLike = Any
+
+
+@dataclass
+class _Ref:
+    row: NodeLike
+    key: bytes
+    parent_key: bytes | None  # None for the root
+    name: str
+
+
+def _b(id_hex: str | None) -> bytes:
+    return bytes.fromhex(id_hex) if id_hex else b""
+
+
+def split_path(path: str) -> list[str]:
+    """Split a tree path into NFC names; refuse ``.``/``..`` and control characters."""
+    out = []
+    for part in path.split("/"):
+        if part == "":
+            continue
+        if part in (".", ".."):
+            raise BadRequest("'.' and '..' are not allowed in paths")
+        if "\x00" in part or len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise BadRequest("invalid name")
+        out.append(names.normalize_name(part))
+    return out
+
+
+class _SessionCore:
+    """Keys, rows and paths of one logged-in user: what every ``Session`` operation uses."""
+
+    KEY_CACHE_SIZE = 50_000
+
+    def __init__(self, vault: Vault, user_id: str, user_name: str, mk: bytes, root_id: str) -> None:
+        self.vault = vault
+        self.user_id = user_id
+        self.user_name = user_name
+        self._mk = mk
+        self.root_id = root_id
+        self._keys: OrderedDict[str, bytes] = OrderedDict()
+
+    # -- keys and rows -----------------------------------------------------------------------
+    def _remember(self, node_id: str, key: bytes) -> None:
+        self._keys[node_id] = key
+        if len(self._keys) > self.KEY_CACHE_SIZE:
+            try:
+                self._keys.popitem(last=False)
+            except KeyError:  # pragma: no cover - concurrent eviction
+                pass
+
+    def _node_key(self, row: NodeLike, parent_key: bytes | None) -> bytes:
+        cached = self._keys.get(row.id)
+        if cached is not None:
+            return cached
+        try:
+            if row.parent_id is None:
+                if row.id != self.root_id:
+                    raise IntegrityError("node has no parent")
+                key = envelopes.unwrap_root_key(
+                    bytes(row.key_env), self._mk, _b(self.user_id), _b(row.id)
+                )
+            else:
+                assert parent_key is not None
+                key = envelopes.unwrap_node_key(
+                    bytes(row.key_env), parent_key, _b(row.id), _b(row.parent_id), row.kind
+                )
+        except crypto.AuthenticationFailed as exc:
+            log.error("integrity failure: key envelope of node %s", row.id)
+            raise IntegrityError("key envelope failed authentication") from exc
+        self._remember(row.id, key)
+        return key
+
+    def _root(self) -> _Ref:
+        row = fast.node_by_id(self.root_id, self.user_id)
+        if row is None:
+            raise IntegrityError("root directory is missing")
+        return _Ref(row, self._node_key(row, None), None, "")
+
+    def _child(self, parent: _Ref, name: str) -> _Ref | None:
+        row = fast.child_by_mac(parent.row.id, names.name_mac(parent.key, name), self.user_id)
+        if row is None:
+            return None
+        # The MAC is a lookup index, not bound to its row: a database writer could swap the
+        # MACs of two siblings. The sealed name is bound to the node, so check it matches.
+        try:
+            stored = names.decrypt_name(
+                parent.key, bytes(row.name_ct), _b(row.id), _b(row.parent_id)
+            )
+        except crypto.AuthenticationFailed as exc:
+            log.error("integrity failure: name of node %s", row.id)
+            raise IntegrityError("name failed authentication") from exc
+        if stored != name:
+            log.error("integrity failure: name MAC of node %s does not match its name", row.id)
+            raise IntegrityError("name index does not match the sealed name")
+        return _Ref(row, self._node_key(row, parent.key), parent.key, name)
+
+    def _walk(self, parts: list[str]) -> _Ref:
+        ref = self._root()
+        for part in parts:
+            if ref.row.kind != DIR:
+                raise NotFound("not found")
+            nxt = self._child(ref, part)
+            if nxt is None:
+                raise NotFound("not found")
+            ref = nxt
+        return ref
+
+    def _parent_dir(self, parts: list[str]) -> _Ref:
+        if not parts:
+            raise Forbidden("the root cannot be replaced")
+        try:
+            parent = self._walk(parts[:-1])
+        except NotFound as exc:
+            raise Conflict("parent directory does not exist") from exc
+        if parent.row.kind != DIR:
+            raise Conflict("parent is not a directory")
+        return parent
+
+    def _dir(self, path: str) -> _Ref:
+        ref = self._walk(split_path(path))
+        if ref.row.kind != DIR:
+            raise Conflict("not a directory")
+        return ref
+
+    def _meta(self, row: Any, parent_key: bytes | None) -> dict[str, Any]:
+        if row.meta_ct is None or parent_key is None:
+            return {}
+        try:
+            raw = crypto.open_sealed(
+                parent_key,
+                _META_PURPOSE,
+                _META_LABEL,
+                (_b(row.id), _b(row.parent_id)),
+                bytes(row.meta_ct),
+            )
+        except crypto.AuthenticationFailed as exc:
+            log.error("integrity failure: metadata of node %s", row.id)
+            raise IntegrityError("metadata failed authentication") from exc
+        value: dict[str, Any] = json.loads(raw.decode())
+        return value
+
+    @staticmethod
+    def _seal_meta(parent_key: bytes, node_id: str, parent_id: str, meta: dict[str, Any]) -> bytes:
+        raw = json.dumps(meta, separators=(",", ":")).encode()
+        return crypto.seal(
+            parent_key, _META_PURPOSE, _META_LABEL, (_b(node_id), _b(parent_id)), raw
+        )
+
+    def _entry(self, row: Any, parent_key: bytes | None, name: str | None = None) -> Entry:
+        if name is None:
+            name = "" if parent_key is None else self._entry_name(row, parent_key)
+        meta = self._meta(row, parent_key)
+        return Entry(
+            id=row.id,
+            parent_id=row.parent_id,
+            name=name,
+            kind=row.kind,
+            size=row.size if row.kind == FILE else 0,
+            mtime=float(meta.get("m", row.created)),
+            ctime=float(meta.get("c", row.created)),
+            version_id=row.current_version,
+        )
+
+    def _entry_name(self, row: NodeLike, parent_key: bytes) -> str:
+        try:
+            return names.decrypt_name(parent_key, bytes(row.name_ct), _b(row.id), _b(row.parent_id))
+        except crypto.AuthenticationFailed as exc:
+            log.error("integrity failure: name of node %s", row.id)
+            raise IntegrityError("name failed authentication") from exc
+
+    def _db(self) -> Any:
+        return self.vault.index.connection()
+
+    def _txn(self) -> Any:
+        return self.vault.index.atomic()
+
+    def _quota(self, user: User) -> int | None:
+        return self._quota_value(user.quota_bytes)
+
+    def _quota_value(self, own: int | None) -> int | None:
+        """The quota in force: the user's own, else the server default; None = unlimited."""
+        q = own if own is not None else self.vault.settings.default_quota
+        return q or None
+
+    # -- creating nodes ----------------------------------------------------------------------
+    def _insert_node(
+        self, parent: _Ref, name: str, kind: str, key: bytes, mtime: float, ctime: float
+    ) -> fast.NodeRow:
+        node_id = crypto.random_id().hex()
+        row = fast.NodeRow(
+            id=node_id,
+            parent_id=parent.row.id,
+            kind=kind,
+            name_mac=names.name_mac(parent.key, name),
+            name_ct=names.encrypt_name(parent.key, name, _b(node_id), _b(parent.row.id)),
+            key_env=envelopes.wrap_node_key(key, parent.key, _b(node_id), _b(parent.row.id), kind),
+            meta_ct=self._seal_meta(parent.key, node_id, parent.row.id, {"m": mtime, "c": ctime}),
+            current_version=None,
+            size=0,
+            created=ctime,
+        )
+        fast.execute(
+            "node_insert",
+            (
+                row.id,
+                self.user_id,
+                row.parent_id,
+                row.kind,
+                row.name_mac,
+                row.name_ct,
+                row.key_env,
+                row.meta_ct,
+                None,
+                0,
+                ctime,
+            ),
+        )
+        fast.bump_dir(parent.row.id)
+        self._remember(node_id, key)
+        return row

@@ -1,0 +1,245 @@
+"""Operations on whole subtrees: MOVE, COPY and DELETE.
+
+MOVE re-wraps one row whatever lies below it; COPY gives every copied node and version new
+keys but shares the blobs; DELETE removes the index rows in one transaction and leaves the
+blobs to the collector.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import peewee as pw
+
+from davserver import crypto
+from davserver.crypto import envelopes, names
+from davserver.errors import AlreadyExists, Forbidden, InsufficientStorage, IntegrityError
+from davserver.index import fast
+from davserver.index.models import DeadProps, Node, User, Version
+from davserver.vault.nodes import (
+    _VMETA_LABEL,
+    _VMETA_PURPOSE,
+    DIR,
+    FILE,
+    NodeLike,
+    _b,
+    _Ref,
+    split_path,
+)
+from davserver.vault.props import _PropOps
+
+log = logging.getLogger(__name__)
+
+_BATCH = 500
+
+
+class _SubtreeOps(_PropOps):
+    """MOVE, COPY and DELETE (``Session`` inherits these; COPY copies dead properties too)."""
+
+    def _check_not_inside(self, src: _Ref, dst_parent: _Ref) -> None:
+        """Refuse to put a directory inside itself (walks up from the destination)."""
+        node_id: str | None = dst_parent.row.id
+        while node_id is not None:
+            if node_id == src.row.id:
+                raise Forbidden("cannot move or copy a directory into itself")
+            node_id = Node.select(Node.parent).where(Node.id == node_id).scalar()
+
+    def _prepare_destination(
+        self, src: _Ref, dst_parts: list[str], overwrite: bool
+    ) -> tuple[_Ref, str, bool]:
+        """Resolve the destination's parent, refuse cycles and clashes, and delete a
+        destination being overwritten. Returns (parent, name, whether it existed)."""
+        dst_parent = self._parent_dir(dst_parts)
+        name = dst_parts[-1]
+        existing = self._child(dst_parent, name)
+        if existing is not None and existing.row.id == src.row.id:
+            raise Forbidden("source and destination are the same")
+        self._check_not_inside(src, dst_parent)
+        if existing is None:
+            return dst_parent, name, False
+        if not overwrite:
+            raise AlreadyExists("destination exists")
+        if existing.row.kind == DIR:
+            # Overwriting an ancestor of the source would delete the source with it.
+            node_id: str | None = src.row.parent_id
+            while node_id is not None:
+                if node_id == existing.row.id:
+                    raise Forbidden("cannot overwrite an ancestor of the source")
+                node_id = Node.select(Node.parent).where(Node.id == node_id).scalar()
+        self._delete_subtree(existing.row)
+        return dst_parent, name, True
+
+    def move(self, src_path: str, dst_path: str, overwrite: bool = False) -> bool:
+        """Move or rename a file or a whole tree by re-wrapping one row.
+
+        Returns True if the destination existed (and was replaced). ``AlreadyExists`` if it
+        exists and ``overwrite`` is false; ``Forbidden`` for the root or a move into itself.
+        """
+        src_parts, dst_parts = split_path(src_path), split_path(dst_path)
+        if not src_parts:
+            raise Forbidden("the root cannot be moved")
+        with self._db(), self._txn():
+            src = self._walk(src_parts)
+            dst_parent, name, existed = self._prepare_destination(src, dst_parts, overwrite)
+            meta = self._meta(src.row, src.parent_key)
+            node_id = src.row.id
+            Node.update(
+                parent=dst_parent.row.id,
+                key_env=envelopes.wrap_node_key(
+                    src.key, dst_parent.key, _b(node_id), _b(dst_parent.row.id), src.row.kind
+                ),
+                name_mac=names.name_mac(dst_parent.key, name),
+                name_ct=names.encrypt_name(
+                    dst_parent.key, name, _b(node_id), _b(dst_parent.row.id)
+                ),
+                meta_ct=self._seal_meta(dst_parent.key, node_id, dst_parent.row.id, meta),
+            ).where(Node.id == node_id).execute()
+            fast.bump_dir(dst_parent.row.id)
+            if src.row.parent_id != dst_parent.row.id:
+                fast.bump_dir(src.row.parent_id)
+        if existed:
+            self.vault.collect_garbage(grace=0)
+        return existed
+
+    def copy(
+        self, src_path: str, dst_path: str, overwrite: bool = False, depth_infinity: bool = True
+    ) -> bool:
+        """Copy a file or tree under new keys; blobs are shared, not re-encrypted.
+
+        Each copied version gets its own content-key envelope, bound to the new node; the
+        immutable blob is referenced by both versions and collected when neither is left
+        (a documented leak: the index shows that two versions share a blob). With
+        ``depth_infinity`` false a directory is copied without its members (Depth: 0).
+        """
+        src_parts, dst_parts = split_path(src_path), split_path(dst_path)
+        with self._db(), self._txn():
+            src = self._walk(src_parts)
+            dst_parent, name, existed = self._prepare_destination(src, dst_parts, overwrite)
+            added = self._copy_node(src, dst_parent, name, depth_infinity)
+            user = User.get_by_id(self.user_id)
+            quota = self._quota(user)
+            if quota is not None and user.usage_bytes + added > quota:
+                raise InsufficientStorage("quota exceeded")
+            User.update(usage_bytes=User.usage_bytes + added).where(
+                User.id == self.user_id
+            ).execute()
+        if existed:
+            self.vault.collect_garbage(grace=0)
+        return existed
+
+    def _copy_node(self, src: _Ref, dst_parent: _Ref, name: str, recurse: bool) -> int:
+        meta = self._meta(src.row, src.parent_key)
+        now = time.time()
+        new_key = crypto.random_key()
+        row = self._insert_node(dst_parent, name, src.row.kind, new_key, meta.get("m", now), now)
+        new = _Ref(row, new_key, dst_parent.key, name)
+        self._copy_props(src, new)
+        added = 0
+        if src.row.kind == FILE and src.row.current_version:
+            v = Version.get_by_id(src.row.current_version)
+            header24 = bytes(v.header24)
+            try:
+                ck = envelopes.unwrap_content_key(
+                    bytes(v.ck_env),
+                    src.key,
+                    _b(src.row.id),
+                    v.version_no,
+                    _b(v.blob_id),
+                    v.plain_size,
+                    header24,
+                )
+                hashes = (
+                    crypto.open_sealed(
+                        src.key,
+                        _VMETA_PURPOSE,
+                        _VMETA_LABEL,
+                        (_b(src.row.id), v.version_no, _b(v.blob_id)),
+                        bytes(v.meta_ct),
+                    )
+                    if v.meta_ct is not None
+                    else b"{}"
+                )
+            except crypto.AuthenticationFailed as exc:
+                log.error("integrity failure: content key of node %s", src.row.id)
+                raise IntegrityError("content key failed authentication") from exc
+            vid = crypto.random_id().hex()
+            Version.create(
+                id=vid,
+                node=row.id,
+                version_no=1,
+                blob_id=v.blob_id,
+                plain_size=v.plain_size,
+                header24=header24,
+                ck_env=envelopes.wrap_content_key(
+                    ck, new_key, _b(row.id), 1, _b(v.blob_id), v.plain_size, header24
+                ),
+                meta_ct=crypto.seal(
+                    new_key, _VMETA_PURPOSE, _VMETA_LABEL, (_b(row.id), 1, _b(v.blob_id)), hashes
+                ),
+                created=now,
+            )
+            Node.update(current_version=vid, size=v.plain_size).where(Node.id == row.id).execute()
+            added += v.plain_size
+        elif src.row.kind == DIR and recurse:
+            for child in Node.select().where(Node.parent == src.row.id):
+                child_name = self._entry(child, src.key).name
+                child_ref = _Ref(child, self._node_key(child, src.key), src.key, child_name)
+                added += self._copy_node(child_ref, new, child_name, True)
+        return added
+
+    def delete(self, path: str) -> None:
+        """Delete a file or a whole tree: index first (one transaction), blobs collected after."""
+        parts = split_path(path)
+        if not parts:
+            raise Forbidden("the root cannot be deleted")
+        with self._db(), self._txn():
+            ref = self._walk(parts)
+            self._delete_subtree(ref.row)
+        self.vault.collect_garbage(grace=0)
+
+    def _delete_subtree(self, row: NodeLike) -> None:
+        """Within a transaction: remove a node and all below it, deepest level first."""
+        if row.parent_id is not None:
+            fast.bump_dir(row.parent_id)
+        levels: list[list[str]] = [[row.id]]
+        while True:
+            below: list[str] = []
+            frontier = levels[-1]
+            for i in range(0, len(frontier), _BATCH):
+                below += [
+                    r.id
+                    for r in Node.select(Node.id).where(
+                        Node.parent.in_(frontier[i : i + _BATCH]), Node.kind == DIR
+                    )
+                ]
+            files: list[str] = []
+            for i in range(0, len(frontier), _BATCH):
+                files += [
+                    r.id
+                    for r in Node.select(Node.id).where(
+                        Node.parent.in_(frontier[i : i + _BATCH]), Node.kind == FILE
+                    )
+                ]
+            if files:
+                levels.append(files)
+            if not below:
+                break
+            levels.append(below)
+        freed = 0
+        blob_ids: list[str] = []
+        for level in reversed(levels):
+            for i in range(0, len(level), _BATCH):
+                ids = level[i : i + _BATCH]
+                for v in Version.select(Version.blob_id).where(Version.node.in_(ids)):
+                    blob_ids.append(v.blob_id)
+                freed += (
+                    Node.select(pw.fn.COALESCE(pw.fn.SUM(Node.size), 0))
+                    .where(Node.id.in_(ids), Node.kind == FILE)
+                    .scalar()
+                ) or 0
+                Version.delete().where(Version.node.in_(ids)).execute()
+                DeadProps.delete().where(DeadProps.node.in_(ids)).execute()
+                Node.delete().where(Node.id.in_(ids)).execute()
+        User.update(usage_bytes=User.usage_bytes - freed).where(User.id == self.user_id).execute()
+        self.vault.mark_blobs_dead(blob_ids)
