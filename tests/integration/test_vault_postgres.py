@@ -39,3 +39,28 @@ def test_vault_on_postgres(tmp_path: Path, postgres_db_url: str) -> None:
         assert stored_blob_ids(vault) == set()
     finally:
         vault.close()
+
+
+def test_login_throttle_and_inline_blobs_on_postgres(tmp_path: Path, postgres_db_url: str) -> None:
+    from davserver.index.models import InlineBlob
+    from davserver.vault.throttle import LoginThrottle
+
+    vault = make_vault(tmp_path, LocalBlobStore(tmp_path / "blobs"), index_url=postgres_db_url)
+    try:
+        t = LoginThrottle(vault, limit=2, window=300)
+        for _ in range(2):
+            assert t.retry_after(["a:192.0.2.5"]) is None
+            t.failed(["a:192.0.2.5", "u:x"])
+        assert t.retry_after(["a:192.0.2.5"]) is not None
+        t.reset("u:x")
+        assert t.retry_after(["u:x"]) is None
+        vault.create_user("bob", "pw")
+        s = vault.login("bob", "pw")
+        s.write_file("/small", [b"inline on postgres"], expected_length=18)
+        with vault.index.connection():
+            assert InlineBlob.select().count() == 1
+        assert list(vault.blobs.iter_ids()) == []
+        with s.open_file("/small") as r:
+            assert r.read_all() == b"inline on postgres"
+    finally:
+        vault.close()
