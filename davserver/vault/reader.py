@@ -113,8 +113,13 @@ class FileReader(io.RawIOBase):
             )
             skip = plan.skip
             remaining = plan.length
+            # Whole segments per read (the range starts on a segment boundary): every feed
+            # then decrypts in place and returns one block, with no segment split across
+            # reads to stage and join.
+            unit = (1 << self._seg_log2) + blobfmt.TAG_LEN
+            block = max(1, READ_BLOCK // unit) * unit
             while remaining > 0:
-                chunk = reader.read(READ_BLOCK)
+                chunk = reader.read(block)
                 out = dec.feed(chunk) if chunk else dec.finish()
                 if skip:
                     cut = min(skip, len(out))
