@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote
 
+from wsgidav import util
 from wsgidav.dav_provider import DAVProvider
 
 from davserver.dav import handlers
@@ -69,7 +70,16 @@ class VaultProvider(DAVProvider):  # type: ignore[misc]
         if key in cache:
             return cache[key]
         with vault_call():
-            entry = session_of(environ).lookup(path)
+            parent, entry = session_of(environ).lookup_with_parent(path)
+        if key != "/":
+            # The walk passed the parent: keep it too (a PUT, MKCOL or COPY asks next), under
+            # the path form the handlers ask for it by.
+            parent_path = util.get_uri_parent(path) or "/"
+            if _cache_key(parent_path) not in cache:
+                if parent is None:
+                    cache[_cache_key(parent_path)] = None
+                else:
+                    self.resource_from_entry(parent_path, parent, environ)
         if entry is None:
             cache[key] = None
             return None

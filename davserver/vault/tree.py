@@ -83,6 +83,26 @@ class Session(_WriteOps, _SubtreeOps, _PropOps):
         except NotFound:
             return None
 
+    def lookup_with_parent(self, path: str) -> tuple[Entry | None, Entry | None]:
+        """(the parent directory's entry, the entry at ``path``) from one walk, None for what
+        does not exist; the parent of ``/`` is None. A PUT or MKCOL asks for both."""
+        parts = split_path(path)
+        with self._db():
+            if not parts:
+                root = self._root()
+                return None, self._entry(root.row, None, "")
+            try:
+                parent = self._walk(parts[:-1])
+            except NotFound:
+                return None, None
+            parent_entry = self._entry(parent.row, parent.parent_key, parent.name)
+            if parent.row.kind != DIR:
+                return parent_entry, None
+            child = self._child(parent, parts[-1])
+            if child is None:
+                return parent_entry, None
+            return parent_entry, self._entry(child.row, child.parent_key, child.name)
+
     def list_dir(self, path: str) -> list[Entry]:
         """The children of a directory, names decrypted, from one query."""
         with self._db():

@@ -363,3 +363,22 @@ def test_listing_cache_follows_every_change(vault: Vault, tmp_path) -> None:  # 
     o.uploads.put_chunk("u", "1", [b"up"], 2)
     o.uploads.assemble("u", "/d/up")
     assert names() == ["sub2", "up"]
+
+
+def test_lookup_with_parent(vault: Vault) -> None:
+    s = login(vault)
+    s.mkdir("/d")
+    put(s, "/d/f", b"x")
+    parent, entry = s.lookup_with_parent("/d/f")
+    assert parent is not None and parent.name == "d" and parent.is_dir
+    assert entry is not None and entry.name == "f" and entry.size == 1
+    assert entry == s.stat("/d/f") and parent == s.stat("/d")
+    parent, entry = s.lookup_with_parent("/d/missing")
+    assert parent == s.stat("/d") and entry is None
+    assert s.lookup_with_parent("/nope/f") == (None, None)
+    parent, entry = s.lookup_with_parent("/d/f/below")  # the "parent" is a file
+    assert parent is not None and not parent.is_dir and entry is None
+    parent, entry = s.lookup_with_parent("/d")
+    assert parent == s.stat("/") and entry == s.stat("/d")
+    parent, entry = s.lookup_with_parent("/")
+    assert parent is None and entry == s.stat("/")
