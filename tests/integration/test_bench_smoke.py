@@ -89,7 +89,13 @@ def test_quick_run_writes_json_and_stops_everything(tmp_path: Path) -> None:
         for key, value in result["metrics"].items():
             assert isinstance(value, int | float) and value > 0, (name, key, value)
         assert result["phases"], name
+        for phase in result["phases"].values():  # where the cores went, per test
+            assert phase["cpu_s"] >= 0 and phase["client_cpu_s"] >= 0, name
+            assert ("minio_cpu_s" in phase) == (name in ("davserver-s3", "rclone-crypt")), name
     assert {t["metric"] for t in report["targets"]} <= expected
+    # The disk alone, beside the large PUT (with and without fsync).
+    assert report["disk"]["write_mb_s"] > 0 and report["disk"]["write_fsync_mb_s"] > 0
+    assert "the disk alone" in done.stdout
     for key in ("machine", "versions", "sizes", "processes", "duration_s"):
         assert key in report
     # The table went to stdout, with one column per server.
