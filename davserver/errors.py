@@ -13,9 +13,11 @@
     ├── BadRequest (400)                malformed input (bad name, bad checksum header, …)
     ├── LengthMismatch (400)            body shorter or longer than announced; nothing committed
     ├── ChecksumMismatch (400)          body does not match the checksum the client sent
-    ├── InsufficientStorage (507)       quota exceeded or storage full; nothing committed
+    ├── InsufficientStorage (507)       quota exceeded; nothing committed
+    │   └── DiskFull (507)              the disk under the blobs or the index is full
     ├── IntegrityError (500)            ciphertext, envelope or index row failed authentication
-    └── StorageError (503)              the blob store or database is unreachable or failing
+    └── StorageError (503)              the blob store or database is unreachable or failing;
+        │                               carries retry_after seconds (Retry-After header)
         └── BlobNotFound (500)          an object the index points at is missing from the store
 
 Lower layers raise these; the DAV layer converts them to ``DAVError`` in one place and the CLI
@@ -108,6 +110,12 @@ class InsufficientStorage(DavServerError):
     status = 507
 
 
+class DiskFull(InsufficientStorage):
+    """No space left on the disk under the blob store or the index; nothing committed."""
+
+    status = 507
+
+
 class IntegrityError(DavServerError):
     """Stored data failed authentication."""
 
@@ -115,9 +123,13 @@ class IntegrityError(DavServerError):
 
 
 class StorageError(DavServerError):
-    """Storage backend unavailable or failing."""
+    """Storage backend unavailable or failing; ``retry_after`` seconds is a hint for clients."""
 
     status = 503
+
+    def __init__(self, message: str = "", retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class BlobNotFound(StorageError):

@@ -2,7 +2,8 @@
 
 Every call from the DAV layer into the vault runs inside :func:`vault_call`, which turns a
 ``davserver.errors.DavServerError`` into a WsgiDAV ``DAVError`` carrying the class's HTTP status
-(and ``Retry-After`` for 429, the ``quota-not-exceeded`` condition for 507). Messages of our
+(and ``Retry-After`` for 429 and 503, the ``quota-not-exceeded`` or
+``sufficient-disk-space`` condition for 507). Messages of our
 exceptions never contain names, keys or contents, so they may reach the client; an integrity
 failure is logged loudly here and answered with a bare 500.
 """
@@ -19,6 +20,7 @@ from wsgidav.mw.base_mw import BaseMiddleware
 
 from davserver.errors import (
     DavServerError,
+    DiskFull,
     InsufficientStorage,
     IntegrityError,
     RateLimited,
@@ -28,6 +30,7 @@ from davserver.errors import (
 log = logging.getLogger(__name__)
 
 QUOTA_NOT_EXCEEDED = "{DAV:}quota-not-exceeded"  # RFC 4331 §6
+SUFFICIENT_DISK_SPACE = "{DAV:}sufficient-disk-space"  # RFC 4331 §6: the disk, not a quota
 
 # WsgiDAV words the status line from this table and says "507 Status" for codes it lacks.
 for _code, _text in (
@@ -48,10 +51,12 @@ def to_dav_error(exc: DavServerError) -> DAVError:
     if isinstance(exc, StorageError) and status >= 500:
         log.error("storage failure answered with %d: %s", status, exc.reason)
     headers = None
-    if isinstance(exc, RateLimited):
+    if isinstance(exc, RateLimited) or (isinstance(exc, StorageError) and status == 503):
         headers = [("Retry-After", str(max(1, int(exc.retry_after))))]
     condition = None
-    if isinstance(exc, InsufficientStorage):
+    if isinstance(exc, DiskFull):
+        condition = DAVErrorCondition(SUFFICIENT_DISK_SPACE)
+    elif isinstance(exc, InsufficientStorage):
         condition = DAVErrorCondition(QUOTA_NOT_EXCEEDED)
     return DAVError(status, exc.reason, err_condition=condition, add_headers=headers)
 

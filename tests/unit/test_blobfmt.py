@@ -40,10 +40,8 @@ from davserver.crypto import (
     segment_count,
 )
 
-# The repository is checked out beside the shared folder: <repo>/../shared.
-VECTOR_PATH = (
-    Path(__file__).resolve().parents[2].parent / "shared" / "test-vectors" / "blob-v1.json"
-)
+# The conformance vector of docs/design.md (blob format v1), kept byte for byte in the repo.
+VECTOR_PATH = Path(__file__).resolve().parents[1] / "vectors" / "blob-v1.json"
 
 CK = bytes(range(32))
 NONCE = bytes(range(0x64, 0x74))
