@@ -26,7 +26,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from wsgidav import util, xml_tools
@@ -242,16 +242,30 @@ def get(
         return [b""]
     with vault_call():
         reader = session_of(environ).open_file(path)
+    body = _stream(reader, start, end)
+    # The first block is made before the status line: the blob header, the object's size
+    # and the first segment are checked by then, so a damaged object is a clean 500 (the
+    # vault logs it) and not a 200 that breaks off.
+    first = next(body, b"")
     start_response(status, headers)
-    return _stream(reader, start, end)
+    return _primed(first, body)
 
 
-def _stream(reader: Any, start: int, end: int) -> Iterator[bytes]:
+def _stream(reader: Any, start: int, end: int) -> Generator[bytes, None, None]:
     try:
         with vault_call():
             yield from reader.iter_range(start, end)
     finally:
         reader.close()
+
+
+def _primed(first: bytes, rest: Generator[bytes, None, None]) -> Iterator[bytes]:
+    try:
+        if first:
+            yield first
+        yield from rest
+    finally:
+        rest.close()
 
 
 # -- PUT ------------------------------------------------------------------------------------
