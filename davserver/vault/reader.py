@@ -17,6 +17,9 @@ the object, so:
   remembered), so a player seeking through a video pays one extra round trip per file, not
   per seek. Without it a damaged header would go unnoticed until a whole-file read: the
   segments themselves are authenticated under CK with ``header24`` as AD either way.
+  Measured against a local MinIO (10-byte ranges of an 8 MiB object, 100 objects): 3.0 ms
+  median for the first mid-file range of an object, 1.5 ms once its header is verified,
+  1.5 ms for ranges from segment 0.
 """
 
 from __future__ import annotations

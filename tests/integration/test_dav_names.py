@@ -124,11 +124,19 @@ def test_names_round_trip(dav_any: DavServer, route: str) -> None:
         assert alice.put(f"{base}/{sent}", body, {"If": f"(<{token}>)"}).status == 204
         unlock = {"Lock-Token": f"<{token}>"}
         assert alice.request("UNLOCK", f"{base}/{sent}", None, unlock).status == 204
+        # LOCK of an unmapped URL creates an empty file of that name (RFC 4918 §7.3).
+        r = alice.request("LOCK", f"{base}/{sent}.new", LOCKINFO, {"Timeout": "Second-60"})
+        assert r.status == 201, r.text
+        token = (r.header("Lock-Token") or "").strip("<> ")
+        assert alice.get(f"{base}/{stored}.new").body == b""
+        unlock = {"Lock-Token": f"<{token}>"}
+        assert alice.request("UNLOCK", f"{base}/{stored}.new", None, unlock).status == 204
         expected |= {
             f"{base}/{stored}": stored,
             f"{base}/{stored}.copy": f"{stored}.copy",
             f"{base}/{stored}.moved": f"{stored}.moved",
             f"{base}/{stored}.dir/": f"{stored}.dir",
+            f"{base}/{stored}.new": f"{stored}.new",
         }
     expected[f"{base}/"] = "t"
     expected |= {f"{base}/{cut}": cut for cut in decoys}
