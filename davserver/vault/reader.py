@@ -149,7 +149,10 @@ class FileReader(io.RawIOBase):
         """Yield plaintext bytes ``start..end`` (inclusive) from one ranged blob read."""
         if end is None or end >= self.size:
             end = self.size - 1
-        if self.size == 0 or start > end:
+        if self.size == 0:
+            self._check_empty()
+            return
+        if start > end:
             return
         plan = blobfmt.plan_range(start, end, self.size, self._seg_log2, header=True)
         if not plan.with_header:
@@ -190,6 +193,22 @@ class FileReader(io.RawIOBase):
                     raise IntegrityError("stored object ended early")
             if plan.with_header:
                 verified_headers.add(self._blob_id)
+        except crypto.AuthenticationFailed as exc:
+            log.error("integrity failure: blob %s failed authentication", self._blob_id)
+            raise IntegrityError("stored data failed authentication") from exc
+        finally:
+            reader.close()
+
+    def _check_empty(self) -> None:
+        """An empty file's object is its header and one empty final segment (72 bytes):
+        read and authenticate both, so an empty file is checked like any other."""
+        reader = self._blobs.open(self._blob_id, 0, None)
+        try:
+            self._check_size(reader)
+            dec = blobfmt.SegmentDecryptor(self._ck, self._header24, 0, with_header=True)
+            while chunk := reader.read(READ_BLOCK):
+                dec.feed(chunk)
+            dec.finish()
         except crypto.AuthenticationFailed as exc:
             log.error("integrity failure: blob %s failed authentication", self._blob_id)
             raise IntegrityError("stored data failed authentication") from exc

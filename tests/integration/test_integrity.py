@@ -222,16 +222,28 @@ def test_damage_in_a_later_segment_breaks_the_response_off_before_it(
     assert integrity_logged(caplog)
 
 
-@pytest.mark.parametrize("column", ["header24", "ck_env", "plain_size", "inline"])
+@pytest.mark.parametrize("column", ["header24", "ck_env", "plain_size", "inline", "empty"])
 def test_damaged_version_row_is_a_500(
     dav_server: DavServer, column: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     alice = dav_server.client("alice")
     small = b"small file, kept inline in the index\n" * 10
-    body = small if column == "inline" else PLAIN
+    body = {"inline": small, "empty": b""}.get(column, PLAIN)
     assert alice.put("/v.bin", body).status == 201
     _, version_id, blob_id = version_row(dav_server, "/v.bin")
-    if column == "inline":
+    if column == "empty":
+        # An empty file is its header and one empty final segment: zero its magic.
+        db = dav_server.vault.index.db
+        with dav_server.vault.index.connection():
+            (data,) = db.execute_sql(
+                f"SELECT data FROM inline_blob WHERE blob_id = {db.param}", (blob_id,)
+            ).fetchone()
+            assert len(data) == HEADER + TAG
+            db.execute_sql(
+                f"UPDATE inline_blob SET data = {db.param} WHERE blob_id = {db.param}",
+                (bytes(4) + bytes(data)[4:], blob_id),
+            )
+    elif column == "inline":
         sql_flip(dav_server, InlineBlob, "data", "blob_id", blob_id)
     elif column == "plain_size":
         db = dav_server.vault.index.db
