@@ -26,6 +26,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -553,10 +554,13 @@ def copy_move(
         server._check_write_permission(dest_parent, "0", environ)
     server._check_write_permission(dest_res, "infinity", environ)
 
-    src_tree = _tree_form(src_path)
-    if src_tree == dest_path:
+    # Compared as the vault names them: NFC (a Finder sends NFD, and NFC and NFD of one name
+    # are one node).
+    src_tree = unicodedata.normalize("NFC", _tree_form(src_path))
+    dest_nfc = unicodedata.normalize("NFC", dest_path)
+    if src_tree == dest_nfc:
         raise DAVError(HTTP_FORBIDDEN, "cannot copy or move a resource onto itself")
-    if util.is_equal_or_child_uri(src_tree, dest_path):
+    if util.is_equal_or_child_uri(src_tree, dest_nfc):
         raise DAVError(HTTP_FORBIDDEN, "cannot copy or move a resource below itself")
     if dest_res is not None and overwrite == "F":
         raise DAVError(HTTP_PRECONDITION_FAILED, "the destination exists and Overwrite is F")

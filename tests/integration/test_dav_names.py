@@ -184,6 +184,17 @@ def test_destination_forms_that_name_the_same_file(alice: DavClient, dest: str) 
     assert alice.get("/dest name.txt").body == b"x"
 
 
+def test_move_onto_itself_in_another_normal_form_is_403(alice: DavClient) -> None:
+    nfc = "Café.txt"
+    assert alice.put("/" + nfc, b"one").status == 201
+    nfd = unicodedata.normalize("NFD", nfc)
+    assert alice.move("/" + nfc, "/" + nfd).status == 403
+    assert alice.mkcol("/Dé").status == 201
+    below = unicodedata.normalize("NFD", "/Dé/sub")
+    assert alice.move("/Dé", below).status == 403
+    assert alice.get("/" + nfc).body == b"one"
+
+
 def test_destination_with_raw_utf8(dav_server: DavServer, alice: DavClient) -> None:
     """A client that sends non-ASCII unencoded: the raw bytes are the name's UTF-8."""
     assert alice.put("/src", b"raw").status == 201
