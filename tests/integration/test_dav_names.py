@@ -245,9 +245,8 @@ def test_bad_destinations_change_nothing(
 
 
 @pytest.mark.parametrize(("sent", "stored"), NAMES, ids=IDS)
-def test_chunked_upload_assembles_to_any_name(
-    dav_server: DavServer, alice: DavClient, sent: str, stored: str
-) -> None:
+def test_chunked_upload_assembles_to_any_name(dav_any: DavServer, sent: str, stored: str) -> None:
+    alice = dav_any.client("alice")
     uploads = "/remote.php/dav/uploads/alice/up1"
     assert alice.mkcol(uploads).status == 201
     assert alice.put(uploads + "/00000-00004", b"hello").status == 201
