@@ -411,7 +411,8 @@ class RangePlan:
 
     ``byte_start``/``byte_end`` are inclusive ciphertext offsets (an HTTP ``Range`` header
     verbatim); decrypt segments ``first_segment..last_segment``, drop ``skip`` bytes from the
-    front and return ``length`` bytes.
+    front and return ``length`` bytes. With ``with_header`` the bytes start at offset 0, the
+    56-byte header first (checked with ``check_header`` before any segment).
     """
 
     first_segment: int
@@ -420,13 +421,18 @@ class RangePlan:
     byte_end: int
     skip: int
     length: int
+    with_header: bool = False
 
 
-def plan_range(start: int, end: int, plain_size: int, seg_log2: int) -> RangePlan:
+def plan_range(
+    start: int, end: int, plain_size: int, seg_log2: int, *, header: bool = False
+) -> RangePlan:
     """Map the inclusive plaintext range ``start..end`` to segments and ciphertext bytes.
 
     Requires ``0 <= start <= end < plain_size`` (``ValueError`` otherwise); an HTTP layer
-    clamps open-ended and suffix ranges before calling.
+    clamps open-ended and suffix ranges before calling. With ``header``, a range that starts
+    in segment 0 also fetches the header (the same one read, 56 bytes longer), so that its
+    commitment can be checked; a range starting later is planned as without it.
     """
     _check_size(plain_size)
     _check_seg_log2(seg_log2)
@@ -440,13 +446,15 @@ def plan_range(start: int, end: int, plain_size: int, seg_log2: int) -> RangePla
     first = start >> seg_log2
     last = end >> seg_log2
     total = ciphertext_size(plain_size, seg_log2)
+    with_header = header and first == 0
     return RangePlan(
         first_segment=first,
         last_segment=last,
-        byte_start=HEADER_LEN + first * stride,
+        byte_start=0 if with_header else HEADER_LEN + first * stride,
         byte_end=min(HEADER_LEN + (last + 1) * stride, total) - 1,
         skip=start - first * seg,
         length=end - start + 1,
+        with_header=with_header,
     )
 
 
@@ -663,7 +671,13 @@ def decrypt_range(
     skip = plan.skip
     remaining = plan.length
     for out in decrypt_chunks(
-        ck, header24, plain_size, chunks, plan.first_segment, plan.last_segment
+        ck,
+        header24,
+        plain_size,
+        chunks,
+        plan.first_segment,
+        plan.last_segment,
+        with_header=plan.with_header,
     ):
         if skip:
             taken = min(skip, len(out))

@@ -6,8 +6,10 @@ It maps DAV verbs onto the vault (``davserver.vault``) and knows nothing of keys
   vault entries (one index query per collection listing);
 - ``handlers``: PUT, GET/HEAD, PROPFIND, PROPPATCH, OPTIONS, COPY/MOVE where WsgiDAV's own
   handlers do not fit a streaming, encrypted store;
-- ``nextcloud``: the ``/remote.php/dav/files/USER`` alias, chunked uploads under
-  ``/remote.php/dav/uploads/USER`` and ``PATCH`` with ``X-Recalculate-Hash``;
+- ``nextcloud``: the ``/remote.php/dav/files/USER`` and ``/remote.php/webdav`` aliases, chunked
+  uploads under ``/remote.php/dav/uploads/USER`` and ``PATCH`` with ``X-Recalculate-Hash``;
+- ``destination``: the URL prefixes of a user's tree and the ``Destination`` header of COPY and
+  MOVE, parsed as a URI;
 - ``auth``: Basic authentication against the vault, with a failed-login rate limit;
 - ``locks``: WsgiDAV's lock manager over the index-backed ``vault.locks.LockStore``;
 - ``errors``: the one place engine exceptions become ``DAVError``;

@@ -15,16 +15,19 @@
   (RFC 4918 §9.2: all or nothing). ``{DAV:}lastmodified`` (rclone) and ``getlastmodified``
   set the modification time; the computed ``oc:*`` properties are protected (403), except
   that re-sending ``oc:checksums`` equal to the stored ones is accepted as a no-op.
-- **COPY/MOVE** run WsgiDAV's checks and our ``handle_copy``/``handle_move``; WsgiDAV reports
-  every natively handled request as 204, so 201 is restored when the destination was new.
-  ``Depth: 1`` on COPY (webdavclient3) is taken as infinity, as sabre/dav does.
+- **COPY/MOVE** run WsgiDAV's checks in its order, with ``Destination`` parsed as a URI by
+  ``davserver.dav.destination`` (WsgiDAV decodes it before splitting it, cutting names at
+  ``%3F`` and ``%3B``), then our ``handle_copy``/``handle_move``: 201 when the destination
+  was new, 204 when it was replaced. ``Depth: 1`` on COPY (webdavclient3) is taken as
+  infinity, as sabre/dav does.
 - **OPTIONS** advertises ``DAV: 1, 2``.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import unicodedata
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from wsgidav import util, xml_tools
@@ -42,6 +45,7 @@ from wsgidav.dav_error import (
 )
 from wsgidav.util import etree
 
+from davserver.dav import destination
 from davserver.dav import propfind as fast_propfind
 from davserver.dav.errors import vault_call
 from davserver.dav.resources import (
@@ -84,7 +88,7 @@ def dispatch(
     if method == "PROPPATCH":
         return proppatch(provider, server, environ, start_response)
     if method in ("COPY", "MOVE"):
-        return copy_move(environ, start_response, default)
+        return copy_move(provider, server, environ, start_response)
     if method == "OPTIONS":
         return options(provider, environ, start_response)
     if method == "LOCK":
@@ -234,21 +238,35 @@ def get(
             status = "206 Partial Content"
             headers.append(("Content-Range", f"bytes {start}-{end}/{size}"))
     headers.append(("Content-Length", str(end - start + 1)))
-    if head or end < start:
+    if head or (end < start and size > 0):  # an empty file is still read: it is checked
         start_response(status, headers)
         return [b""]
     with vault_call():
         reader = session_of(environ).open_file(path)
+    body = _stream(reader, start, end)
+    # The first block is made before the status line: the blob header, the object's size
+    # and the first segment are checked by then, so a damaged object is a clean 500 (the
+    # vault logs it) and not a 200 that breaks off.
+    first = next(body, b"")
     start_response(status, headers)
-    return _stream(reader, start, end)
+    return _primed(first, body)
 
 
-def _stream(reader: Any, start: int, end: int) -> Iterator[bytes]:
+def _stream(reader: Any, start: int, end: int) -> Generator[bytes, None, None]:
     try:
         with vault_call():
             yield from reader.iter_range(start, end)
     finally:
         reader.close()
+
+
+def _primed(first: bytes, rest: Generator[bytes, None, None]) -> Iterator[bytes]:
+    try:
+        if first:
+            yield first
+        yield from rest
+    finally:
+        rest.close()
 
 
 # -- PUT ------------------------------------------------------------------------------------
@@ -486,21 +504,83 @@ def _same_checksums(res: _VaultResource, el: Any) -> bool:
 # -- COPY / MOVE / LOCK ---------------------------------------------------------------------
 
 
-def copy_move(environ: dict[str, Any], start_response: Any, default: Any) -> Any:
-    # webdavclient3 copies a collection with "Depth: 1", which RFC 4918 §9.8.3 does not
-    # allow (WsgiDAV answers 400); sabre/dav (Nextcloud) ignores Depth on COPY and copies
-    # the tree, and so do we for that value. "0" keeps its meaning.
-    if environ["REQUEST_METHOD"] == "COPY" and str(environ.get("HTTP_DEPTH", "")).strip() == "1":
-        environ["HTTP_DEPTH"] = "infinity"
+def copy_move(
+    provider: VaultProvider, server: Any, environ: dict[str, Any], start_response: Any
+) -> Any:
+    """COPY and MOVE (RFC 4918 §9.8, §9.9) with WsgiDAV's checks, in WsgiDAV's order, and the
+    Destination parsed as a URI (``davserver.dav.destination``). The tree operation is one
+    vault call (``handle_copy``/``handle_move``); 201 when the destination was new."""
+    is_move = environ["REQUEST_METHOD"] == "MOVE"
+    src_path = environ["PATH_INFO"]
+    src_res = provider.get_resource_inst(src_path, environ)
+    if src_res is None:
+        raise DAVError(HTTP_NOT_FOUND)
+    overwrite = str(environ.setdefault("HTTP_OVERWRITE", "T")).strip().upper()
+    if overwrite not in ("T", "F"):
+        raise DAVError(HTTP_BAD_REQUEST, "invalid Overwrite header")
+    environ["HTTP_OVERWRITE"] = overwrite
+    depth = str(environ.get("HTTP_DEPTH", "")).strip().lower()
+    if not is_move and depth == "1":
+        # webdavclient3 copies a collection with "Depth: 1", which RFC 4918 §9.8.3 does not
+        # allow; sabre/dav (Nextcloud) ignores Depth on COPY and copies the tree, and so do
+        # we for that value. "0" keeps its meaning.
+        depth = "infinity"
+    if depth not in ("", "0", "infinity"):
+        raise DAVError(HTTP_BAD_REQUEST, "invalid Depth header")
+    if src_res.is_collection:
+        depth = depth or "infinity"  # RFC 4918 §9.8.3
+        if is_move and depth != "infinity":
+            raise DAVError(HTTP_BAD_REQUEST, "Depth for MOVE of a collection must be infinity")
+    else:
+        depth = "0"  # litmus copy_simple sends infinity for a file
+    environ["HTTP_DEPTH"] = depth
 
-    def created_aware(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
-        if status.startswith("204") and environ.get(CREATED_KEY):
-            status = "201 Created"
-        if environ.get(MTIME_ACCEPTED_KEY):
-            headers = [*headers, ("X-OC-Mtime", "accepted")]
-        return start_response(status, headers, exc_info)
+    with vault_call():
+        dest_path = destination.destination_tree_path(environ, session_of(environ))
+    dest_path = _tree_form(dest_path)
+    dest_res = provider.get_resource_inst(dest_path, environ)
+    dest_parent = provider.get_resource_inst(_parent_path(dest_path), environ)
+    if dest_path == "/" or dest_parent is None or not dest_parent.is_collection:
+        raise DAVError(HTTP_CONFLICT, "the destination's parent must be a collection")
 
-    return default(environ, created_aware)
+    server._evaluate_if_headers(src_res, environ)
+    server._evaluate_if_headers(dest_res, environ)
+    if is_move:
+        server._check_write_permission(src_res, "infinity", environ)
+        src_parent = provider.get_resource_inst(util.get_uri_parent(src_path), environ)
+        if src_parent is not None:
+            server._check_write_permission(src_parent, "0", environ)
+    if dest_res is None:
+        server._check_write_permission(dest_parent, "0", environ)
+    server._check_write_permission(dest_res, "infinity", environ)
+
+    # Compared as the vault names them: NFC (a Finder sends NFD, and NFC and NFD of one name
+    # are one node).
+    src_tree = unicodedata.normalize("NFC", _tree_form(src_path))
+    dest_nfc = unicodedata.normalize("NFC", dest_path)
+    if src_tree == dest_nfc:
+        raise DAVError(HTTP_FORBIDDEN, "cannot copy or move a resource onto itself")
+    if util.is_equal_or_child_uri(src_tree, dest_nfc):
+        raise DAVError(HTTP_FORBIDDEN, "cannot copy or move a resource below itself")
+    if dest_res is not None and overwrite == "F":
+        raise DAVError(HTTP_PRECONDITION_FAILED, "the destination exists and Overwrite is F")
+
+    if is_move:
+        src_res.handle_move(dest_path)
+    else:
+        src_res.handle_copy(dest_path, depth_infinity=depth == "infinity")
+    headers = [("Content-Length", "0")]
+    if environ.get(MTIME_ACCEPTED_KEY):
+        headers.append(("X-OC-Mtime", "accepted"))
+    created = bool(environ.get(CREATED_KEY))
+    start_response("201 Created" if created else "204 No Content", headers)
+    return [b""]
+
+
+def _tree_form(path: str) -> str:
+    """A tree path without its trailing slash (``/`` stays ``/``), as the vault and the
+    resource cache name it."""
+    return "/" + path.strip("/") if path.strip("/") else "/"
 
 
 def lock(

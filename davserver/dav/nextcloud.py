@@ -5,10 +5,11 @@ rclone's ``nextcloud`` vendor (and Nextcloud/ownCloud sync clients) address a se
 ``/remote.php/dav/uploads/USER/<upload id>/``. ``NextcloudRouter`` is a WsgiDAV middleware
 that runs right after authentication and
 
-- serves ``/remote.php/dav/files/USER/<path>`` as an alias of the logged-in user's ``/<path>``:
+- serves ``/remote.php/dav/files/USER/<path>`` (and ownCloud's older
+  ``/remote.php/webdav/<path>``) as an alias of the logged-in user's ``/<path>``:
   ``PATH_INFO`` becomes the tree path, the prefix moves to ``SCRIPT_NAME`` and into the hrefs
-  of responses (``resources.HREF_PREFIX_KEY``), and a ``Destination`` under the prefix is
-  rewritten to the tree path;
+  of responses (``resources.HREF_PREFIX_KEY``); a ``Destination`` under any prefix is mapped
+  to the tree path by ``davserver.dav.destination``;
 - answers the uploads namespace itself (it is not a tree): ``MKCOL <id>`` starts an upload,
   ``PUT <id>/<chunk>`` stores one chunk (encrypted as it streams in), ``MOVE <id>/.file``
   with a ``Destination`` assembles the chunks, in name order, into one new version of the
@@ -24,7 +25,8 @@ Both chunking versions are accepted: v1 names chunks ``<start>-<end>`` (what rcl
 v2 numbers them 1…10000 and adds ``Destination`` to MKCOL/PUT and ``OC-Total-Length``.
 Abandoned uploads expire (``gc.upload_expiry``, run by the server's maintenance loop).
 
-Only the paths ``/remote.php/dav/files/…`` and ``/remote.php/dav/uploads/…`` are taken: a
+Only the paths ``/remote.php/dav/files/…``, ``/remote.php/webdav/…`` and
+``/remote.php/dav/uploads/…`` are taken: a
 user's own top-level ``remote.php`` folder stays reachable everywhere else.
 """
 
@@ -33,11 +35,10 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, unquote, urlparse
+from urllib.parse import quote
 
 from wsgidav import util, xml_tools
 from wsgidav.dav_error import (
-    HTTP_BAD_GATEWAY,
     HTTP_BAD_REQUEST,
     HTTP_CONFLICT,
     HTTP_FORBIDDEN,
@@ -50,6 +51,14 @@ from wsgidav.mw.base_mw import BaseMiddleware
 from wsgidav.util import etree
 
 from davserver.dav import handlers
+from davserver.dav.destination import (
+    FILES_PREFIX,
+    UPLOADS_PREFIX,
+    WEBDAV_PREFIX,
+    destination_tree_path,
+)
+from davserver.dav.destination import check_user as _check_user
+from davserver.dav.destination import under as _under
 from davserver.dav.errors import vault_call
 from davserver.dav.resources import (
     HREF_PREFIX_KEY,
@@ -63,9 +72,6 @@ if TYPE_CHECKING:
     from davserver.dav.provider import VaultProvider
     from davserver.vault.tree import Session
 
-DAV_ROOT = "/remote.php/dav"
-FILES_PREFIX = DAV_ROOT + "/files"
-UPLOADS_PREFIX = DAV_ROOT + "/uploads"
 ASSEMBLE_NAME = ".file"
 _HREF_SAFE = "/!*'(),$-_|.~"
 _UPLOAD_ALLOW = "OPTIONS, PROPFIND, MKCOL, PUT, MOVE, DELETE"
@@ -75,61 +81,6 @@ _PROPFIND_LIVE = (
     "{DAV:}getcontentlength",
     "{DAV:}getlastmodified",
 )
-
-
-def _under(path: str, prefix: str) -> str | None:
-    """The rest of ``path`` below ``prefix`` ("" for the prefix itself), or None."""
-    if path == prefix or path == prefix + "/":
-        return ""
-    if path.startswith(prefix + "/"):
-        return path[len(prefix) + 1 :]
-    return None
-
-
-def _check_user(session: Session, name: str) -> None:
-    # 404, not 403: whether another user of that name exists is nobody's business.
-    if not name or unicodedata.normalize("NFC", name) != session.user_name:
-        raise DAVError(HTTP_NOT_FOUND)
-
-
-def destination_tree_path(environ: dict[str, Any], session: Session) -> str:
-    """The tree path a ``Destination`` header names: under the files alias of this user, or a
-    plain tree path. 403 for the uploads space, 502 for another host (as WsgiDAV)."""
-    raw = environ.get("HTTP_DESTINATION")
-    if not raw:
-        raise DAVError(HTTP_BAD_REQUEST, "missing Destination header")
-    # Parsed as WsgiDAV parses it (request_server.do_MOVE), so both agree on the path.
-    netloc, path = urlparse(unquote(raw), allow_fragments=False)[1:3]
-    hosts = (
-        str(environ.get("HTTP_HOST", "")).lower(),
-        str(environ.get("HTTP_X_FORWARDED_HOST", "")).lower(),
-    )
-    if netloc and netloc.lower() not in hosts:
-        raise DAVError(HTTP_BAD_GATEWAY, "source and destination must have the same host")
-    path = str(util.normalize_path(path or "/"))
-    rest = _under(path, FILES_PREFIX)
-    if rest is not None:
-        user, _, tree = rest.partition("/")
-        _check_user(session, user)
-        return "/" + tree
-    if _under(path, UPLOADS_PREFIX) is not None:
-        raise DAVError(HTTP_FORBIDDEN, "destination is not in the files tree")
-    return path
-
-
-def _rewrite_destination(environ: dict[str, Any], session: Session) -> None:
-    """Point a Destination under the files alias at the tree path WsgiDAV understands."""
-    raw = environ.get("HTTP_DESTINATION")
-    if not raw:
-        return
-    scheme, netloc, path = urlparse(unquote(raw), allow_fragments=False)[:3]
-    path = str(util.normalize_path(path or "/"))
-    if _under(path, FILES_PREFIX) is None and _under(path, UPLOADS_PREFIX) is None:
-        return
-    tree = destination_tree_path(environ, session)
-    if path.endswith("/") and not tree.endswith("/"):
-        tree += "/"
-    environ["HTTP_DESTINATION"] = (f"{scheme}://{netloc}" if netloc else "") + quote(tree)
 
 
 class NextcloudRouter(BaseMiddleware):  # type: ignore[misc]
@@ -149,19 +100,24 @@ class NextcloudRouter(BaseMiddleware):  # type: ignore[misc]
         if rest is not None:
             user, _, tree = rest.partition("/")
             _check_user(session, user)
-            prefix = FILES_PREFIX + "/" + user
-            environ["SCRIPT_NAME"] = str(environ.get("SCRIPT_NAME", "")).rstrip("/") + prefix
-            environ[HREF_PREFIX_KEY] = prefix
-            environ["PATH_INFO"] = "/" + tree
+            self._alias(environ, FILES_PREFIX + "/" + user, tree)
+        elif (rest := _under(path, WEBDAV_PREFIX)) is not None:
+            self._alias(environ, WEBDAV_PREFIX, rest)
         else:
             rest = _under(path, UPLOADS_PREFIX)
             if rest is not None:
                 return self._uploads(environ, start_response, session, rest)
-        if "HTTP_DESTINATION" in environ:
-            _rewrite_destination(environ, session)
+        # A Destination (COPY, MOVE) is parsed by handlers.copy_move, under any prefix.
         if method == "PATCH":
             return self._patch(environ, start_response, session)
         return self.next_app(environ, start_response)
+
+    @staticmethod
+    def _alias(environ: dict[str, Any], prefix: str, tree: str) -> None:
+        """Serve the tree path ``/<tree>`` with ``prefix`` in SCRIPT_NAME and in hrefs."""
+        environ["SCRIPT_NAME"] = str(environ.get("SCRIPT_NAME", "")).rstrip("/") + prefix
+        environ[HREF_PREFIX_KEY] = prefix
+        environ["PATH_INFO"] = "/" + tree
 
     # -- PATCH X-Recalculate-Hash ------------------------------------------------------------
     def _patch(self, environ: dict[str, Any], start_response: Any, session: Session) -> Any:

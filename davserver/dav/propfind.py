@@ -8,6 +8,11 @@ answer (a few MiB for 10,000 members) and time is dominated by the one listing q
 WsgiDAV's: the resource's properties decide what each property is; this module only parses
 the request and writes the XML (RFC 4918 §9.1, §14.16-14.22), 200 propstat first (rclone
 reads only the first one).
+
+A member that fails an integrity check is answered for alone and the rest lists: one whose
+name or metadata is damaged gets a response whose only propstat is a 500 (clients skip it),
+one whose dead properties are damaged lists its live properties and adds an empty 500
+propstat; a damaged checksum is a 500 propstat for ``oc:checksums``. The vault logs each.
 """
 
 from __future__ import annotations
@@ -26,6 +31,11 @@ if TYPE_CHECKING:
 _XML_HEAD = b'<?xml version="1.0" encoding="utf-8"?>\n<D:multistatus xmlns:D="DAV:">'
 _XML_TAIL = b"</D:multistatus>"
 _OK = "HTTP/1.1 200 OK"
+_FAILED = "HTTP/1.1 500 Internal Server Error"
+_DAMAGED = "stored data of this member failed an integrity check"
+_PROPS_FAILED = "dead properties failed an integrity check"
+# What a damaged member answers for when all properties (or their names) were asked for.
+_DAMAGED_PROPS = ["{DAV:}resourcetype", "{DAV:}displayname"]
 _PIECE = 256 * 1024
 
 
@@ -108,7 +118,7 @@ class _Writer:
             return str(raw)
         return f"{start}>{_escape(str(value))}{end}"
 
-    def response(self, href: str, props: list[tuple[str, Any]]) -> str:
+    def response(self, href: str, props: list[tuple[str, Any]], failed: str | None = None) -> str:
         by_status: dict[str, list[str]] = {}
         for name, value in props:
             if isinstance(value, DAVError):
@@ -122,8 +132,25 @@ class _Writer:
             out.append("<D:propstat><D:prop>")
             out += by_status[status]
             out.append(f"</D:prop><D:status>{status}</D:status></D:propstat>")
+        if failed is not None:
+            # One part of this member failed an integrity check (the dead properties): say
+            # so in a propstat of its own, after the 200 one that clients read.
+            out.append(
+                f"<D:propstat><D:prop/><D:status>{_FAILED}</D:status>"
+                f"<D:responsedescription>{_escape(failed)}</D:responsedescription></D:propstat>"
+            )
         out.append("</D:response>")
         return "".join(out)
+
+    def damaged(self, href: str, names: list[str]) -> str:
+        """The response of a member that failed an integrity check as a whole (its name or
+        metadata): every property asked for, and the member itself, are a 500."""
+        tags = "".join(self.tags(n)[0] + "/>" for n in names)
+        return (
+            f"<D:response><D:href>{_escape(href)}</D:href>"
+            f"<D:propstat><D:prop>{tags}</D:prop><D:status>{_FAILED}</D:status></D:propstat>"
+            f"<D:responsedescription>{_DAMAGED}</D:responsedescription></D:response>"
+        )
 
 
 class _Raw(str):
@@ -254,7 +281,16 @@ def _pieces(res: Any, members: Iterator[Any], mode: str, names: list[str]) -> It
     parts = [_XML_HEAD.decode()]
     size = 0
     for r in itertools.chain([res], members):
-        text = writer.response(r.get_href(), collect(r, mode, names))
+        entry = getattr(r, "entry", None)
+        if entry is not None and entry.damaged:
+            text = writer.damaged(r.get_href(), names if mode == "named" else _DAMAGED_PROPS)
+        else:
+            props = collect(r, mode, names)
+            # Named properties that failed carry their own 500; allprop and propname cannot
+            # name what they could not read, so an empty 500 propstat says it.
+            damaged_props = mode != "named" and getattr(r, "props_failed", False)
+            failed = _PROPS_FAILED if damaged_props else None
+            text = writer.response(r.get_href(), props, failed)
         parts.append(text)
         size += len(text)
         if size >= _PIECE:

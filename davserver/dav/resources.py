@@ -12,13 +12,14 @@ WsgiDAV would otherwise do per member are therefore done here.
 
 from __future__ import annotations
 
+import logging
 import unicodedata
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from wsgidav import util, xml_tools
-from wsgidav.dav_error import HTTP_NOT_FOUND, DAVError
+from wsgidav.dav_error import HTTP_INTERNAL_ERROR, HTTP_NOT_FOUND, DAVError
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, _DAVResource
 from wsgidav.util import etree
 
@@ -28,6 +29,8 @@ from davserver.vault.tree import Entry, Session
 if TYPE_CHECKING:
     from davserver.dav.locks import DavLockManager
     from davserver.dav.provider import VaultProvider
+
+log = logging.getLogger(__name__)
 
 SESSION_KEY = "davserver.session"
 CACHE_KEY = "davserver.resources"
@@ -95,6 +98,9 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
     def _init_vault(self, entry: Entry) -> None:
         self.entry = entry
         self._props: dict[str, str] | None = None
+        # Set when the dead properties failed an integrity check (logged): a PROPFIND then
+        # answers them with one 500 propstat and lists the live properties as usual.
+        self.props_failed = False
         # Roots of the locks below the parent collection, fetched once for all members.
         self.known_lock_roots: set[str] | None = None
         # The listing this resource came from: lets per-member properties be fetched for
@@ -139,10 +145,20 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
 
     # -- dead properties -------------------------------------------------------------------
     def dead_props(self) -> dict[str, str]:
+        if self.props_failed:
+            raise _integrity_failure("dead properties of a listed member")
         if self._props is None:
             with vault_call():
                 self._props = session_of(self.environ).get_props(self.path)
         return self._props
+
+    def _set_listed_props(self, props: dict[str, str] | None) -> None:
+        """Dead properties from a batched member query; None: they failed an integrity check."""
+        if props is None:
+            self.props_failed = True
+            self._props = {}
+        else:
+            self._props = dict(props)
 
     def get_property_names(self, *, is_allprop: bool) -> list[str]:
         names = ["{DAV:}resourcetype", "{DAV:}creationdate", "{DAV:}getlastmodified"]
@@ -153,7 +169,12 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
                 names.append(ME_SHA1)
         if self.provider.lock_manager is not None:
             names += LOCK_PROPS
-        names += list(self.dead_props())
+        try:
+            names += list(self.dead_props())
+        except DAVError as exc:
+            if exc.value != HTTP_INTERNAL_ERROR:
+                raise
+            self.props_failed = True  # the live properties still list (see propfind)
         return names
 
     def _wants_me_sha1(self) -> bool:
@@ -164,7 +185,10 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
 
     def _hashes(self) -> dict[str, str]:
         if self.listed_by is not None:
-            return self.listed_by.member_hashes().get(self.entry.name, {})
+            found = self.listed_by.member_hashes().get(self.entry.name, {})
+            if found is None:
+                raise _integrity_failure("checksums of a listed member")
+            return found
         with vault_call():
             return session_of(self.environ).hashes(self.path)
 
@@ -338,7 +362,7 @@ class DirResource(_VaultResource, DAVCollection):  # type: ignore[misc]
         DAVCollection.__init__(self, path, environ)
         self._init_vault(entry)
         self._members: list[_VaultResource] | None = None
-        self._member_hashes: dict[str, dict[str, str]] | None = None
+        self._member_hashes: dict[str, dict[str, str] | None] | None = None
 
     def get_etag(self) -> None:
         return None
@@ -353,7 +377,10 @@ class DirResource(_VaultResource, DAVCollection):  # type: ignore[misc]
     def get_member_list(self) -> list[_VaultResource]:
         if self._members is None:
             with vault_call():
-                entries = session_of(self.environ).list_dir(self.path)
+                listed = session_of(self.environ).list_dir(self.path, with_damaged=True)
+            # Damaged members (logged by the vault) are left out of the HTML listing and of
+            # WsgiDAV's tree walks; PROPFIND (``iter_members``) answers them with a 500.
+            entries = [e for e in listed if not e.damaged]
             self._members = [
                 self.provider.resource_from_entry(util.join_uri(self.path, e.name), e, self.environ)
                 for e in entries
@@ -365,7 +392,7 @@ class DirResource(_VaultResource, DAVCollection):  # type: ignore[misc]
                 with vault_call():
                     by_name = session_of(self.environ).list_dir_props(self.path)
                 for member in self._members:
-                    member._props = dict(by_name.get(member.entry.name, {}))
+                    member._set_listed_props(by_name.get(member.entry.name, {}))
             lm = self._lock_manager()
             if lm is not None and self._members:
                 below = lm.storage.get_lock_list(
@@ -385,7 +412,7 @@ class DirResource(_VaultResource, DAVCollection):  # type: ignore[misc]
             return
         session = session_of(self.environ)
         with vault_call():
-            entries = session.list_dir(self.path)
+            entries = session.list_dir(self.path, with_damaged=True)
             by_name = session.list_dir_props(self.path) if entries else {}
         roots: set[str] | None = None
         lm = self._lock_manager()
@@ -399,12 +426,14 @@ class DirResource(_VaultResource, DAVCollection):  # type: ignore[misc]
             cls = DirResource if e.is_dir else FileResource
             member = cls(util.join_uri(self.path, e.name), self.environ, e)
             member.listed_by = self
-            member._props = dict(by_name.get(e.name, {}))
+            if not e.damaged:
+                member._set_listed_props(by_name.get(e.name, {}))
             member.known_lock_roots = roots
             yield member
 
-    def member_hashes(self) -> dict[str, dict[str, str]]:
-        """SHA-1/MD5 of every member file, fetched with one query on first use."""
+    def member_hashes(self) -> dict[str, dict[str, str] | None]:
+        """SHA-1/MD5 of every member file, fetched with one query on first use (None for a
+        member whose checksums failed an integrity check)."""
         if self._member_hashes is None:
             with vault_call():
                 self._member_hashes = session_of(self.environ).list_dir_hashes(self.path)
@@ -429,6 +458,12 @@ class DirResource(_VaultResource, DAVCollection):  # type: ignore[misc]
         with vault_call():
             session_of(self.environ).mkdir(util.join_uri(self.path, name))
         forget_resources(self.environ)
+
+
+def _integrity_failure(what: str) -> DAVError:
+    """The 500 for one damaged part of a listed member (the vault logged the node id)."""
+    log.error("integrity failure answered with 500: %s", what)
+    return DAVError(HTTP_INTERNAL_ERROR, "stored data failed an integrity check")
 
 
 def parse_mtime(value: Any) -> float | None:

@@ -31,6 +31,8 @@ _META_PURPOSE, _META_LABEL = b"wdv-meta-enc-v1", b"wdv/meta/v1"
 # (``subtrees``), opened by ``props``.
 _VMETA_PURPOSE, _VMETA_LABEL = b"wdv-vmeta-v1", b"wdv/vmeta/v1"
 MAX_NAME_BYTES = 1024
+# The stand-in name of a listed member whose sealed name failed authentication.
+DAMAGED_PREFIX = ".damaged-"
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,9 @@ class Entry:
     mtime: float
     ctime: float
     version_id: str | None
+    # A member of a listing whose name or metadata failed authentication (logged): ``name``
+    # is then a placeholder made of the node id, and nothing else about it is to be trusted.
+    damaged: bool = False
 
     @property
     def is_dir(self) -> bool:
@@ -231,6 +236,25 @@ class _SessionCore:
             ctime=float(meta.get("c", row.created)),
             version_id=row.current_version,
         )
+
+    def _member_entry(self, row: NodeLike, parent_key: bytes) -> Entry:
+        """``_entry`` for a member of a listing: a member whose name or metadata fails
+        authentication (logged as an integrity failure) becomes a ``damaged`` entry, so one
+        damaged row does not take its whole directory's listing down."""
+        try:
+            return self._entry(row, parent_key)
+        except IntegrityError:
+            return Entry(
+                id=row.id,
+                parent_id=row.parent_id,
+                name=DAMAGED_PREFIX + row.id,
+                kind=row.kind,
+                size=0,
+                mtime=float(row.created),
+                ctime=float(row.created),
+                version_id=row.current_version,
+                damaged=True,
+            )
 
     def _entry_name(self, row: NodeLike, parent_key: bytes) -> str:
         try:

@@ -59,19 +59,28 @@ class _PropOps(_SessionCore):
                     props[k] = v
             self._store_props(ref, props)
 
-    def list_dir_props(self, path: str) -> dict[str, dict[str, str]]:
+    def list_dir_props(self, path: str) -> dict[str, dict[str, str] | None]:
         """Dead properties of every member of a directory that has any, from one query:
-        {member name: {property: value}} (a Depth 1 allprop PROPFIND needs them all)."""
+        {member name: {property: value}} (a Depth 1 allprop PROPFIND needs them all).
+
+        A member whose key or properties fail authentication (logged) maps to None; one
+        whose name fails is left out (``list_dir`` reports it as damaged)."""
         with self._db():
             ref, rows = self._members_with(
                 path, DeadProps, DeadProps.node == Node.id, DeadProps.props_ct
             )
-            out: dict[str, dict[str, str]] = {}
+            out: dict[str, dict[str, str] | None] = {}
             r: Any
             for r in rows:
-                name = self._entry_name(r, ref.key)
-                child = _Ref(r, self._node_key(r, ref.key), ref.key, name)
-                out[name] = self._open_props(child, bytes(r.props_ct))
+                try:
+                    name = self._entry_name(r, ref.key)
+                except IntegrityError:
+                    continue
+                try:
+                    child = _Ref(r, self._node_key(r, ref.key), ref.key, name)
+                    out[name] = self._open_props(child, bytes(r.props_ct))
+                except IntegrityError:
+                    out[name] = None
             return out
 
     def _members_with(self, path: str, model: Any, on: Any, *columns: Any) -> tuple[_Ref, Any]:
@@ -136,9 +145,10 @@ class _PropOps(_SessionCore):
                 return {}
             return self._open_hashes(ref.key, ref.row.id, v.version_no, v.blob_id, bytes(v.meta_ct))
 
-    def list_dir_hashes(self, path: str) -> dict[str, dict[str, str]]:
+    def list_dir_hashes(self, path: str) -> dict[str, dict[str, str] | None]:
         """SHA-1 and MD5 of every file in a directory, from one query:
-        {member name: {"sha1": hex, "md5": hex}}."""
+        {member name: {"sha1": hex, "md5": hex}}; None (logged) for a member whose key or
+        checksums fail authentication, nothing for one whose name fails."""
         with self._db():
             ref, rows = self._members_with(
                 path,
@@ -148,14 +158,21 @@ class _PropOps(_SessionCore):
                 Version.blob_id,
                 Version.meta_ct.alias("vmeta"),
             )
-            out: dict[str, dict[str, str]] = {}
+            out: dict[str, dict[str, str] | None] = {}
             r: Any
             for r in rows:
                 if r.vmeta is None:
                     continue
-                name = self._entry_name(r, ref.key)
-                key = self._node_key(r, ref.key)
-                out[name] = self._open_hashes(key, r.id, r.version_no, r.blob_id, bytes(r.vmeta))
+                try:
+                    name = self._entry_name(r, ref.key)
+                except IntegrityError:
+                    continue
+                try:
+                    key = self._node_key(r, ref.key)
+                    sealed = bytes(r.vmeta)
+                    out[name] = self._open_hashes(key, r.id, r.version_no, r.blob_id, sealed)
+                except IntegrityError:
+                    out[name] = None
             return out
 
     def _open_hashes(

@@ -103,8 +103,18 @@ class Session(_WriteOps, _SubtreeOps, _PropOps):
                 return parent_entry, None
             return parent_entry, self._entry(child.row, child.parent_key, child.name)
 
-    def list_dir(self, path: str) -> list[Entry]:
-        """The children of a directory, names decrypted, from one query."""
+    def list_dir(self, path: str, *, with_damaged: bool = False) -> list[Entry]:
+        """The children of a directory, names decrypted, from one query.
+
+        A member whose name or metadata fails authentication is logged; it is an
+        ``IntegrityError`` for the whole listing unless ``with_damaged``, which returns it as
+        an entry with ``damaged`` set (a listing answers for the others)."""
+        out = self._list_dir(path)
+        if not with_damaged and any(e.damaged for e in out):
+            raise IntegrityError("a member of the directory failed authentication")
+        return out
+
+    def _list_dir(self, path: str) -> list[Entry]:
         with self._db():
             ref = self._dir(path)
             # Revalidate a cached listing with one lookup of the directory's version
@@ -118,7 +128,8 @@ class Session(_WriteOps, _SubtreeOps, _PropOps):
                 return list(cached[1])
             # Plain tuples from hand-written SQL: building a model object per child costs
             # more than decrypting its name.
-            out = [self._entry(r, ref.key) for r in fast.children(ref.row.id, self.user_id)]
+            children = fast.children(ref.row.id, self.user_id)
+            out = [self._member_entry(r, ref.key) for r in children]
         out.sort(key=lambda e: e.name)
         self._cache_listing(ref.row.id, version, out)
         return out

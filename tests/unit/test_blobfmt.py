@@ -576,3 +576,58 @@ def test_decryptor_rejects_bad_key_or_header24() -> None:
         SegmentDecryptor(CK, header24[:23], 10)
     with pytest.raises(AuthenticationFailed):
         SegmentDecryptor(CK, b"XXXX" + header24[4:], 10)
+
+
+# -- ranges that fetch the header (reads verify it, davserver.vault.reader) ------------------
+
+
+def test_plan_range_with_header_starts_at_zero_only_in_segment_zero() -> None:
+    # 1000 bytes in 256-byte segments: the header comes along from byte 0 in segment 0 only.
+    assert plan_range(0, 999, 1000, 8, header=True) == RangePlan(0, 3, 0, 1119, 0, 1000, True)
+    assert plan_range(255, 256, 1000, 8, header=True) == RangePlan(0, 1, 0, 599, 255, 2, True)
+    assert plan_range(256, 511, 1000, 8, header=True) == plan_range(256, 511, 1000, 8)
+    assert not plan_range(999, 999, 1000, 8, header=True).with_header
+
+
+@pytest.mark.parametrize("seg_log2, size", [(8, 1), (8, 300), (8, 4099), (16, 200_001)])
+def test_ranges_with_header_decrypt_and_check_it(seg_log2: int, size: int) -> None:
+    rng = random.Random(size)
+    plain = rng.randbytes(size)
+    blob = encrypt(plain, seg_log2)
+    for a, b in [(0, size - 1), (0, 0), (min(5, size - 1), size - 1), (size - 1, size - 1)]:
+        plan = plan_range(a, b, size, seg_log2, header=True)
+        wire = blob[plan.byte_start : plan.byte_end + 1]
+        got = b"".join(decrypt_range(CK, blob[:24], size, plan, split(wire, fixed(77))))
+        assert got == plain[a : b + 1]
+
+
+@pytest.mark.parametrize("offset", [0, 3, 4, 5, 6, 7, 8, 23, 24, 40, 55])
+def test_range_with_header_rejects_any_damaged_header_byte(offset: int) -> None:
+    plain = pattern(1000)
+    blob = encrypt(plain)
+    header24 = blob[:24]  # as the version row holds it
+    damaged = bytearray(blob)
+    damaged[offset] ^= 0x40
+    plan = plan_range(0, 99, len(plain), SMALL, header=True)
+    wire = bytes(damaged[plan.byte_start : plan.byte_end + 1])
+    dec = SegmentDecryptor(CK, header24, len(plain), 0, plan.last_segment, with_header=True)
+    # Nothing is released: the header is checked before the first segment is opened.
+    with pytest.raises(AuthenticationFailed):
+        dec.feed(wire)
+    with pytest.raises(AuthenticationFailed):
+        b"".join(decrypt_range(CK, header24, len(plain), plan, [wire]))
+
+
+def test_range_with_header_rejects_the_header_of_another_key_or_version() -> None:
+    plain = pattern(700)
+    blob = encrypt(plain)
+    other_key = encrypt(plain, ck=random_key())
+    other_nonce = encrypt(plain, nonce=bytes(16))
+    plan = plan_range(0, 10, len(plain), SMALL, header=True)
+    for header in (other_key[:HEADER_LEN], other_nonce[:HEADER_LEN]):
+        wire = header + blob[HEADER_LEN : plan.byte_end + 1]
+        with pytest.raises(AuthenticationFailed):
+            b"".join(decrypt_range(CK, blob[:24], len(plain), plan, [wire]))
+    # A zeroed magic in the indexed prefix is refused before anything is read.
+    with pytest.raises(AuthenticationFailed):
+        SegmentDecryptor(CK, bytes(4) + blob[4:24], len(plain), with_header=True)
