@@ -13,8 +13,9 @@ from pathlib import Path
 from davserver.blobs import BlobStore
 from davserver.config import Config
 from davserver.errors import ConfigError
-from davserver.index import open_index
+from davserver.index import Index, open_index
 from davserver.vault import Vault, VaultSettings
+from davserver.vault.reserve import SpaceReserve
 
 PEPPER_BYTES = 32
 
@@ -79,6 +80,7 @@ def vault_settings(config: Config) -> VaultSettings:
         login_cache_size=sec.login_cache_size,
         default_quota=config.quota.default_bytes,
         upload_expiry=config.gc.upload_expiry,
+        upload_grace=config.gc.upload_grace,
         inline_max=config.storage.inline_max,
         checksums=config.storage.checksums,
     )
@@ -89,4 +91,18 @@ def open_vault(config: Config) -> Vault:
     pepper = read_pepper(config.resolve_path(config.security.pepper_file))
     index = open_index(config.index.url, config.data_dir)
     blobs = make_blob_store(config)
-    return Vault(index, blobs, pepper, vault_settings(config))
+    return Vault(index, blobs, pepper, vault_settings(config), space_reserve(config, index))
+
+
+def space_reserve(config: Config, index: Index) -> SpaceReserve | None:
+    """The reserve files (``storage.reserve_bytes``): one on each file system holding the
+    SQLite index or the local blobs; none when the size is 0 or neither is local."""
+    size = config.storage.reserve_bytes
+    dirs: list[Path] = []
+    if index.is_sqlite and isinstance(index.db.database, str) and index.db.database != ":memory:":
+        dirs.append(Path(index.db.database).parent)
+    if config.storage.backend == "local":
+        dirs.append(config.resolve_path(config.storage.local.path))
+    if size <= 0 or not dirs:
+        return None
+    return SpaceReserve(dirs, size)

@@ -44,6 +44,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -58,11 +59,12 @@ from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 from urllib3.util.timeout import Timeout
 
-from davserver.blobs import BlobReader, BlobStat, BlobStore, check_blob_id
+from davserver.blobs import BlobReader, BlobStat, BlobStore, PartialUpload, check_blob_id
 from davserver.errors import (
     BlobNotFound,
     ConfigError,
     DavServerError,
+    DiskFull,
     InsufficientStorage,
     StorageError,
 )
@@ -87,6 +89,8 @@ GROW_EVERY = 1_000
 _FULL_CODES = frozenset(
     {"XMinioStorageFull", "XMinioAdminBucketQuotaExceeded", "QuotaExceeded", "StorageFull"}
 )
+# Of those, the ones that mean a full disk rather than a quota (DiskFull).
+_DISK_FULL_CODES = frozenset({"XMinioStorageFull", "StorageFull"})
 # Errors the SDK lets through: its own, urllib3's (MaxRetryError, timeouts, protocol errors
 # while streaming) and raw socket/TLS errors.
 _SDK_ERRORS = (MinioException, urllib3.exceptions.HTTPError, OSError)
@@ -238,6 +242,8 @@ class S3BlobStore(BlobStore):
                 return StorageError(f"S3 bucket {self.bucket!r} does not exist")
             if code == "InvalidRange":
                 return StorageError("range starts past the end of the blob")
+            if code in _DISK_FULL_CODES:
+                return DiskFull(f"S3 storage full ({code})")
             if code in _FULL_CODES:
                 return InsufficientStorage(f"S3 storage full ({code})")
             return StorageError(f"S3 {op} failed: {code}")
@@ -449,7 +455,8 @@ class S3BlobStore(BlobStore):
             if not bucket_exists:
                 raise StorageError(f"S3 bucket {self.bucket!r} does not exist") from None
             raise
-        return BlobStat(blob_id, int(obj.size or 0))
+        mtime = obj.last_modified.timestamp() if obj.last_modified is not None else None
+        return BlobStat(blob_id, int(obj.size or 0), mtime)
 
     def delete(self, blob_id: str) -> None:
         key = self._key(blob_id)
@@ -468,6 +475,75 @@ class S3BlobStore(BlobStore):
                 name = obj.object_name or ""
                 if _BLOB_ID.match(name[n:]):
                     yield name[n:]
+
+    def partial_uploads(self) -> Iterator[PartialUpload]:
+        """Incomplete multipart uploads under the prefix (ListMultipartUploads, then
+        ListParts for each): what a killed ``put`` leaves behind, invisible but billed.
+        Ages come from the service's clock (part and upload times)."""
+        n = len(self.prefix)
+        key_marker: str | None = None
+        id_marker: str | None = None
+        while True:
+            with self._errors("list uploads"):
+                page = self._client._list_multipart_uploads(
+                    self.bucket,
+                    prefix=self.prefix or None,
+                    key_marker=key_marker,
+                    upload_id_marker=id_marker,
+                    max_uploads=1000,
+                )
+            for upload in page.uploads:
+                name = upload.object_name
+                if not name.startswith(self.prefix) or upload.upload_id is None:
+                    continue
+                size, newest = self._parts_of(name, upload.upload_id)
+                if newest is None:
+                    newest = upload.initiated_time.timestamp() if upload.initiated_time else 0.0
+                blob_id = name[n:]
+                yield PartialUpload(
+                    blob_id=blob_id if _BLOB_ID.match(blob_id) else None,
+                    handle=f"{upload.upload_id} {name}",
+                    size=size,
+                    idle=max(0.0, time.time() - newest),
+                )
+            if not page.is_truncated or not page.uploads:
+                return
+            # The SDK drops NextUploadIdMarker (minio 7.2.20): the last upload is the marker.
+            key_marker = page.uploads[-1].object_name
+            id_marker = page.uploads[-1].upload_id
+
+    def _parts_of(self, key: str, upload_id: str) -> tuple[int, float | None]:
+        """(bytes held, time of the newest part or None) of one multipart upload."""
+        size, newest, marker = 0, None, None
+        while True:
+            with self._errors("list parts"):
+                try:
+                    page = self._client._list_parts(
+                        self.bucket, key, upload_id, max_parts=1000, part_number_marker=marker
+                    )
+                except S3Error as exc:
+                    if exc.code == "NoSuchUpload":  # completed or aborted meanwhile
+                        return size, newest
+                    raise
+            for part in page.parts:
+                size += part.size or 0
+                if part.last_modified is not None:
+                    t = part.last_modified.timestamp()
+                    newest = t if newest is None else max(newest, t)
+            if not page.is_truncated or not page.parts:
+                return size, newest
+            marker = str(page.parts[-1].part_number)
+
+    def discard_partial(self, partial: PartialUpload) -> None:
+        upload_id, _, key = partial.handle.partition(" ")
+        if not upload_id or not key.startswith(self.prefix):
+            raise ValueError("invalid partial upload handle")
+        with self._errors("abort upload"):
+            try:
+                self._client._abort_multipart_upload(self.bucket, key, upload_id)
+            except S3Error as exc:
+                if exc.code != "NoSuchUpload":  # gone already: fine
+                    raise
 
     def close(self) -> None:
         if self._executor is not None:
