@@ -485,9 +485,10 @@ class S3BlobStore(BlobStore):
         id_marker: str | None = None
         while True:
             with self._errors("list uploads"):
+                # No prefix in the request: MinIO (2026-02) takes it as an exact key and
+                # lists nothing for "dav/" while AWS S3 filters by it; ours is applied below.
                 page = self._client._list_multipart_uploads(
                     self.bucket,
-                    prefix=self.prefix or None,
                     key_marker=key_marker,
                     upload_id_marker=id_marker,
                     max_uploads=1000,
@@ -509,8 +510,10 @@ class S3BlobStore(BlobStore):
             if not page.is_truncated or not page.uploads:
                 return
             # The SDK drops NextUploadIdMarker (minio 7.2.20): the last upload is the marker.
-            key_marker = page.uploads[-1].object_name
-            id_marker = page.uploads[-1].upload_id
+            last = (page.uploads[-1].object_name, page.uploads[-1].upload_id)
+            if last == (key_marker, id_marker):
+                return  # a service that ignores the markers: no endless loop
+            key_marker, id_marker = last
 
     def _parts_of(self, key: str, upload_id: str) -> tuple[int, float | None]:
         """(bytes held, time of the newest part or None) of one multipart upload."""

@@ -1,0 +1,233 @@
+"""Crash leftovers are reclaimed while the server runs (issue 9, point 10).
+
+A real ``davserver serve`` is killed with SIGKILL five times while a large PUT streams into
+it, on the local backend (temp files in ``blobs/tmp``) and on MinIO (incomplete multipart
+uploads, invisible in listings but holding their parts). The server is started again on the
+same data; within one ``gc.interval`` past ``gc.upload_grace`` the bytes in the store — every
+file under the blob directory, or every object and every multipart part under the bucket
+prefix, as MinIO itself lists them — equal the ciphertext bytes the index references, and no
+tracking row of an unfinished upload is left. An upload still sending data when the grace
+period has passed is not touched.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from minio import Minio
+
+from davserver.crypto import blobfmt
+from tests.harness.davserver import basic, s3_env
+from tests.harness.minio import make_minio_client
+from tests.harness.serve import PASSWORD, ServeProcess, init_with_user
+
+MiB = 1 << 20
+GRACE = 4  # gc.upload_grace in seconds
+INTERVAL = 2  # gc.interval
+# Scheduling slack on a loaded machine for the bounded wait: a maintenance round itself
+# (listing, deletes, one SQLite transaction per row) plus process start-up.
+SLACK = 10
+KILLS = 5
+ENV = {
+    "DAVSERVER_GC_UPLOAD_GRACE": str(GRACE),
+    "DAVSERVER_GC_INTERVAL": str(INTERVAL),
+    "DAVSERVER_SERVER_WORKERS": "1",
+}
+
+
+class Backend:
+    """Where the blobs of one test live, and how to count the bytes there."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str], minio: Any = None) -> None:
+        self.data_dir = data_dir
+        self.env = env
+        self.client: Minio | None = make_minio_client(minio) if minio is not None else None
+        self.bucket = env.get("DAVSERVER_STORAGE_S3_BUCKET", "")
+        self.prefix = env.get("DAVSERVER_STORAGE_S3_PREFIX", "")
+
+    def stored_bytes(self) -> int:
+        """Every byte the store holds, partial uploads included."""
+        if self.client is None:
+            return sum(
+                f.stat().st_size for f in (self.data_dir / "blobs").rglob("*") if f.is_file()
+            )
+        return sum(
+            o.size or 0
+            for o in self.client.list_objects(self.bucket, prefix=self.prefix, recursive=True)
+        ) + sum(size for _, size in self.multipart_uploads())
+
+    def partial_bytes(self) -> int:
+        if self.client is None:
+            return sum(f.stat().st_size for f in (self.data_dir / "blobs" / "tmp").iterdir())
+        return sum(size for _, size in self.multipart_uploads())
+
+    def multipart_uploads(self) -> list[tuple[str, int]]:
+        """(upload id, bytes in its parts) of every incomplete upload under the prefix.
+        The whole bucket is listed: MinIO takes a prefix here as an exact object key."""
+        assert self.client is not None
+        out = []
+        page = self.client._list_multipart_uploads(self.bucket)
+        assert not page.is_truncated
+        for u in page.uploads:
+            if not u.object_name.startswith(self.prefix):
+                continue
+            assert u.upload_id is not None
+            parts = self.client._list_parts(self.bucket, u.object_name, u.upload_id)
+            out.append((u.upload_id, sum(p.size or 0 for p in parts.parts)))
+        return out
+
+
+def referenced_bytes(data_dir: Path) -> int:
+    """The ciphertext bytes (DESIGN §5: L = 56 + P + 16·N) of every blob a version points at
+    that lives in the store (not inline in the index), read from the SQLite index."""
+    with sqlite3.connect(f"file:{data_dir / 'index.db'}?mode=ro", uri=True) as db:
+        rows = db.execute(
+            "SELECT DISTINCT blob_id, plain_size FROM version "
+            "WHERE blob_id NOT IN (SELECT blob_id FROM inline_blob)"
+        ).fetchall()
+    return sum(blobfmt.ciphertext_size(size, blobfmt.DEFAULT_SEG_LOG2) for _, size in rows)
+
+
+def unfinished_rows(data_dir: Path) -> int:
+    with sqlite3.connect(f"file:{data_dir / 'index.db'}?mode=ro", uri=True) as db:
+        (n,) = db.execute("SELECT COUNT(*) FROM blob_gc WHERE state = 'uploading'").fetchone()
+    return int(n)
+
+
+def start_put(p: ServeProcess, path: str, length: int) -> socket.socket:
+    head = (
+        f"PUT {path} HTTP/1.1\r\nHost: {p.host}:{p.port}\r\n"
+        f"Authorization: {basic('alice', PASSWORD)}\r\nContent-Length: {length}\r\n\r\n"
+    )
+    s = socket.create_connection((p.host, p.port), timeout=60)
+    s.sendall(head.encode("latin-1"))
+    return s
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
+        time.sleep(0.2)
+
+
+def kill_mid_put(backend: Backend, round_no: int) -> None:
+    """Start the server, stream part of a 64 MiB PUT, and SIGKILL the server once the store
+    holds at least 16 MiB of that upload."""
+    p = ServeProcess(backend.data_dir, backend.env)
+    sock = None
+    try:
+        before = backend.partial_bytes()
+        sock = start_put(p, f"/big-{round_no}.bin", 64 * MiB)
+        sent = 0
+        while backend.partial_bytes() - before < 16 * MiB:
+            assert sent < 48 * MiB, "the upload does not reach the store"
+            sock.sendall(os.urandom(MiB))
+            sent += MiB
+            time.sleep(0.01)
+    finally:
+        p.kill()
+        if sock is not None:
+            sock.close()
+
+
+def kills_leave_bytes_and_they_are_reclaimed(backend: Backend) -> None:
+    data = backend.data_dir
+    init_with_user(data, backend.env)
+    p = ServeProcess(data, backend.env)
+    c = p.client()
+    keep = {f"/keep-{i}.bin": os.urandom((i + 1) * MiB + 123) for i in range(3)}
+    for path, body in keep.items():
+        assert c.put(path, body).status == 201
+    assert c.put("/inline.txt", b"lives in the index").status == 201
+    p.kill()
+
+    for i in range(KILLS):
+        kill_mid_put(backend, i)
+    killed_at = time.monotonic()
+    referenced = referenced_bytes(data)
+    leftover = backend.stored_bytes() - referenced
+    assert leftover >= KILLS * 16 * MiB, leftover  # what the crashes left behind
+    assert unfinished_rows(data) == KILLS
+
+    p = ServeProcess(data, backend.env)
+    try:
+        # Bounded wait: one maintenance round after the grace period (plus slack).
+        wait_for(
+            "reclaiming the crash leftovers",
+            lambda: backend.stored_bytes() == referenced and unfinished_rows(data) == 0,
+            GRACE + INTERVAL + SLACK - (time.monotonic() - killed_at),
+        )
+        print(
+            f"{KILLS} kills left {leftover} bytes beyond the {referenced} referenced; "
+            f"reclaimed {time.monotonic() - killed_at:.1f} s after the last kill"
+        )
+        assert backend.partial_bytes() == 0
+        c = p.client()
+        for path, body in keep.items():  # nothing referenced was touched
+            assert c.get(path).body == body
+        assert c.get("/inline.txt").body == b"lives in the index"
+        for i in range(KILLS):
+            assert c.get(f"/big-{i}.bin").status == 404
+    finally:
+        code = p.stop()
+    assert code == 0
+    log = p.log()
+    assert "Traceback" not in log
+    assert "partial uploads" in log and "left by crashes" in log
+
+
+def test_local_kill9_leftovers_reclaimed(tmp_path: Path) -> None:
+    kills_leave_bytes_and_they_are_reclaimed(Backend(tmp_path / "data", dict(ENV)))
+
+
+@pytest.mark.s3
+def test_s3_kill9_incomplete_multipart_uploads_aborted(
+    tmp_path: Path, minio_server: Any, s3_bucket: str
+) -> None:
+    env = {**ENV, **s3_env(minio_server, s3_bucket)}
+    kills_leave_bytes_and_they_are_reclaimed(Backend(tmp_path / "data", env, minio_server))
+
+
+@pytest.fixture
+def local_served(tmp_path: Path) -> Iterator[ServeProcess]:
+    data = tmp_path / "data"
+    init_with_user(data, ENV)
+    p = ServeProcess(data, ENV)
+    try:
+        yield p
+    finally:
+        p.kill()
+
+
+def test_upload_in_flight_past_the_grace_period_is_left_alone(local_served: ServeProcess) -> None:
+    """A PUT still sending data after several grace periods and GC rounds completes intact:
+    only idle partial uploads are leftovers."""
+    p = local_served
+    total = 24 * MiB
+    body = os.urandom(total)
+    sock = start_put(p, "/slow.bin", total)
+    started = time.monotonic()
+    sent = 0
+    step = total // 40
+    # 40 steps over about 2 grace periods plus 2 GC rounds: every step well inside the grace.
+    pause = (2 * GRACE + 2 * INTERVAL) / 40
+    with sock:
+        while sent < total:
+            sock.sendall(body[sent : sent + step])
+            sent += step
+            time.sleep(pause)
+        assert time.monotonic() - started > GRACE + INTERVAL
+        sock.settimeout(60)
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 201"), answer[:200]
+    r = p.client().get("/slow.bin")
+    assert (r.status, r.body == body) == (200, True)
+    assert unfinished_rows(p.data_dir) == 0
