@@ -430,8 +430,9 @@ class GcConfig:
         86400,
         _integer(1),
         "Seconds a partial upload left by a crash (a temporary blob file, an incomplete S3 "
-        "multipart upload) may sit idle before the maintenance loop removes it; uploads "
-        "still sending data are never touched.",
+        "multipart upload) may sit idle before the maintenance loop removes it. Idle means "
+        "no byte written (local) or no part stored (S3, 8 MiB or more each) for that long, "
+        "so keep it well above server.timeout and the time a slow client takes per part.",
     )
 
 

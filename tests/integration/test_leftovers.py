@@ -13,8 +13,10 @@ period has passed is not touched.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,9 +25,12 @@ from typing import Any
 import pytest
 from minio import Minio
 
+from davserver.blobs import BlobStore, PartialUpload
+from davserver.blobs.local import LocalBlobStore
 from davserver.crypto import blobfmt
+from davserver.errors import BlobNotFound, StorageError
 from tests.harness.davserver import basic, s3_env
-from tests.harness.minio import make_minio_client
+from tests.harness.minio import make_minio_client, make_s3_store
 from tests.harness.serve import PASSWORD, ServeProcess, init_with_user
 
 MiB = 1 << 20
@@ -231,3 +236,95 @@ def test_upload_in_flight_past_the_grace_period_is_left_alone(local_served: Serv
     r = p.client().get("/slow.bin")
     assert (r.status, r.body == body) == (200, True)
     assert unfinished_rows(p.data_dir) == 0
+
+
+# -- the store's side: partial uploads listed with their age, and discarded ---------------------
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BlobStore]:
+    s: BlobStore
+    if request.param == "local":
+        s = LocalBlobStore(tmp_path / "blobs")
+    else:
+        server = request.getfixturevalue("minio_server")
+        bucket = request.getfixturevalue("s3_bucket")
+        s = make_s3_store(server, bucket, part_size=8 * MiB, prefix=f"t-{secrets.token_hex(6)}/")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+class PausedPut:
+    """A ``put`` in a thread whose body stops after ``first`` bytes until ``resume``."""
+
+    def __init__(self, store: BlobStore, first: int, rest: int) -> None:
+        self.blob_id = secrets.token_hex(16)
+        self.data = os.urandom(first + rest)
+        self.first = first
+        self._go = threading.Event()
+        self._sent = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(store,), daemon=True)
+        self._thread.start()
+
+    def _body(self) -> Iterator[bytes]:
+        for i in range(0, self.first, MiB):
+            yield self.data[i : min(i + MiB, self.first)]
+        self._sent.set()
+        self._go.wait(60)
+        for i in range(self.first, len(self.data), MiB):
+            yield self.data[i : i + MiB]
+
+    def _run(self, store: BlobStore) -> None:
+        try:
+            store.put(self.blob_id, self._body())
+        except BaseException as exc:  # handed to the test
+            self.error = exc
+
+    def mine(self, store: BlobStore, at_least: int) -> PartialUpload:
+        """This upload's partial, once it holds ``at_least`` bytes (bounded wait)."""
+        assert self._sent.wait(60)
+        deadline = time.monotonic() + 30
+        while True:
+            found = [p for p in store.partial_uploads() if p.blob_id == self.blob_id]
+            if found and found[0].size >= at_least:
+                assert len(found) == 1
+                return found[0]
+            assert time.monotonic() < deadline, found
+            time.sleep(0.1)
+
+    def finish(self) -> None:
+        self._go.set()
+        self._thread.join(60)
+        assert not self._thread.is_alive()
+
+
+def test_partial_upload_listed_with_its_idle_time(store: BlobStore) -> None:
+    # 17 MiB: on S3 two 8 MiB parts are stored while the body waits.
+    put = PausedPut(store, 17 * MiB, 3 * MiB)
+    stored = 16 * MiB
+    p1 = put.mine(store, stored)
+    assert p1.size >= stored and p1.idle >= 0
+    time.sleep(1.5)
+    p2 = put.mine(store, stored)
+    assert p2.handle == p1.handle and p2.idle >= p1.idle + 1.0  # no growth: idle goes up
+    put.finish()
+    assert put.error is None
+    assert store.stat(put.blob_id).size == len(put.data)
+    assert [p for p in store.partial_uploads() if p.blob_id == put.blob_id] == []
+    assert put.blob_id in set(store.iter_ids())
+
+
+def test_discarded_partial_fails_its_put_and_leaves_nothing(store: BlobStore) -> None:
+    put = PausedPut(store, 17 * MiB, 9 * MiB)
+    partial = put.mine(store, 16 * MiB)
+    store.discard_partial(partial)
+    assert [p for p in store.partial_uploads() if p.blob_id == put.blob_id] == []
+    store.discard_partial(partial)  # gone already: fine
+    put.finish()
+    assert isinstance(put.error, StorageError), put.error
+    with pytest.raises(BlobNotFound):
+        store.stat(put.blob_id)
+    assert [p for p in store.partial_uploads() if p.blob_id == put.blob_id] == []
