@@ -242,7 +242,11 @@ class S3BlobStore(BlobStore):
                 return StorageError(f"S3 bucket {self.bucket!r} does not exist")
             if code == "InvalidRange":
                 return StorageError("range starts past the end of the blob")
-            if code in _DISK_FULL_CODES:
+            if code in _DISK_FULL_CODES or (
+                # MinIO (2026-02) answers a drive that filled mid-write with a bare 500
+                # InternalError whose message carries the ENOSPC text.
+                code == "InternalError" and "no space left on device" in (exc.message or "")
+            ):
                 return DiskFull(f"S3 storage full ({code})")
             if code in _FULL_CODES:
                 return InsufficientStorage(f"S3 storage full ({code})")

@@ -21,7 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.davserver import DavClient, basic
+from tests.harness.davserver import DavClient, DavServer, basic, s3_env, start_dav_server
+from tests.harness.minio import (
+    MinioUnavailableError,
+    ensure_minio_binary,
+    make_minio_client,
+    start_minio,
+)
 from tests.harness.serve import PASSWORD, ServeProcess, init_with_user
 
 MiB = 1 << 20
@@ -37,21 +43,25 @@ DISK_FULL = b"sufficient-disk-space"
 QUOTA = b"quota-not-exceeded"
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 32 MiB tmpfs, unmounted afterwards whatever happens."""
+@contextlib.contextmanager
+def tmpfs(mnt: Path, size: int) -> Iterator[Path]:
+    """A tmpfs of ``size`` bytes at ``mnt``, unmounted afterwards whatever happens."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "mnt"
     mnt.mkdir()
     subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={FS_SIZE},mode=0700", "tmpfs", str(mnt)],
-        check=True,
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mnt)], check=True
     )
     try:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    with tmpfs(tmp_path / "mnt", FS_SIZE) as mnt:
+        yield mnt
 
 
 @pytest.fixture
@@ -95,13 +105,15 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.2)
 
 
-def raw_put(p: ServeProcess, path: str, size: int) -> tuple[int, bytes]:
+def raw_put(
+    p: ServeProcess | DavServer, path: str, size: int, password: str = PASSWORD
+) -> tuple[int, bytes]:
     """PUT ``size`` random bytes over a raw socket; return the status and body of the answer
     even if the server hangs up before the body was sent (as it does when it refuses a body
     it has not read, or when the disk fills mid-body)."""
     head = (
         f"PUT {path} HTTP/1.1\r\nHost: {p.host}:{p.port}\r\n"
-        f"Authorization: {basic('alice', PASSWORD)}\r\nContent-Length: {size}\r\n\r\n"
+        f"Authorization: {basic('alice', password)}\r\nContent-Length: {size}\r\n\r\n"
     )
     answer = b""
     with socket.create_connection((p.host, p.port), timeout=60) as s:
@@ -233,3 +245,34 @@ _LOCK_BODY = (
     "<D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype>"
     "<D:owner>t</D:owner></D:lockinfo>"
 )
+
+
+@pytest.mark.s3
+def test_full_minio_drive_is_507_disk_space(tmp_path: Path) -> None:
+    """MinIO's own drive fills: the PUT is a 507 with the disk-space condition, not a 503."""
+    with tmpfs(tmp_path / "mnt", 64 * MiB) as mnt:
+        try:
+            minio = start_minio(ensure_minio_binary(), mnt)
+        except MinioUnavailableError as exc:
+            pytest.skip(f"MinIO did not start on a tmpfs: {exc}")
+        dav = None
+        try:
+            make_minio_client(minio).make_bucket("davfull")
+            dav = start_dav_server(tmp_path / "data", s3_env(minio, "davfull"))
+            c = dav.client("alice")
+            keep = os.urandom(4 * MiB)
+            assert c.put("/keep.bin", keep).status == 201
+            fill(mnt / "filler")
+            assert_disk_full(*raw_put(dav, "/big.bin", 12 * MiB, dav.users["alice"]))
+            r = c.get("/keep.bin")
+            assert (r.status, r.body == keep) == (200, True)
+            assert c.get("/big.bin").status == 404
+            assert c.delete("/keep.bin").status == 204
+            (mnt / "filler").unlink()
+            big = os.urandom(12 * MiB)
+            assert c.put("/big.bin", big).status == 201
+            assert c.get("/big.bin").body == big
+        finally:
+            if dav is not None:
+                dav.stop()
+            minio.stop()
