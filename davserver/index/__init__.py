@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 4
 _SQLITE_FULL = 13  # "database or disk is full" (primary result code)
+# The -shm file could not grow: SQLite creates it (32 KiB) with the first connection after
+# the last one closed, so a server started on a full disk meets this on its first read.
+_SQLITE_IOERR_SHMSIZE = 4874
 _PG_DISK_FULL = "53100"  # SQLSTATE disk_full
 
 
@@ -45,7 +48,7 @@ def is_disk_full(exc: BaseException) -> bool:
             continue
         seen.add(id(e))
         code = getattr(e, "sqlite_errorcode", None)
-        if isinstance(code, int) and code & 0xFF == _SQLITE_FULL:
+        if isinstance(code, int) and (code & 0xFF == _SQLITE_FULL or code == _SQLITE_IOERR_SHMSIZE):
             return True
         if getattr(e, "pgcode", None) == _PG_DISK_FULL:
             return True
@@ -92,6 +95,9 @@ class Index:
     def __init__(self, db: pw.Database) -> None:
         self.db = db
         self.is_sqlite = isinstance(db, pw.SqliteDatabase)
+        #: Called when connecting meets a full disk; returns whether it freed some space
+        #: (the vault's space reserve), and the connection is then tried once more.
+        self.on_disk_full: Callable[[], bool] | None = None
 
     def atomic(self) -> pw._transaction | pw._atomic:  # type: ignore[name-defined]
         """A write transaction. SQLite takes the write lock up front (BEGIN IMMEDIATE) so two
@@ -109,8 +115,16 @@ class Index:
         more than the request. ``close`` releases the calling thread's connection.
         """
         try:
-            self.db.connect(reuse_if_open=True)
+            try:
+                self.db.connect(reuse_if_open=True)
+            except pw.OperationalError as exc:
+                if not (is_disk_full(exc) and self.on_disk_full and self.on_disk_full()):
+                    raise
+                self.db.connect(reuse_if_open=True)
         except pw.OperationalError as exc:
+            if is_disk_full(exc):
+                log.warning("index database: disk full")
+                raise DiskFull("no space left for the index database") from exc
             raise StorageError("cannot connect to the index database") from exc
         try:
             yield

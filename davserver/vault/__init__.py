@@ -134,8 +134,11 @@ class Vault:
         self.index = index
         self.blobs = blobs
         self.reserve = reserve
-        if reserve is not None and not reserve.ensure():
-            log.warning("the disk is too full for the space reserve; will retry")
+        if reserve is not None:
+            if not reserve.ensure():
+                log.warning("the disk is too full for the space reserve; will retry")
+            # A server started on a full disk needs a little room to open the index at all.
+            index.on_disk_full = reserve.release
         self._pepper = pepper
         self.settings = settings or VaultSettings()
         self._cache: LoginCache[Session] = LoginCache(

@@ -5,7 +5,9 @@ Deleting needs a little space before it frees any: SQLite writes the changed pag
 write-ahead log before the commit, and a full disk refuses that commit as it refuses a PUT.
 So the server keeps this much disk to itself (``ensure`` at start and after every garbage
 collection) and gives some of it up (``release``: one eighth at a time, so that one delete
-cannot use it all) only when a DELETE meets a full disk, which then runs once more. PUTs never
+cannot use it all) only when a DELETE meets a full disk, which then runs once more, or when
+the index cannot even be opened (SQLite's 32 KiB -shm file, re-created by the first
+connection after the last one closed, e.g. when the server starts on a full disk). PUTs never
 release it: on a full disk they are refused (507), and the reserve stays for the deletes that
 make room. Once there is room again (the missing part plus the whole size free), it is
 filled up again.
@@ -127,7 +129,7 @@ class SpaceReserve:
                     continue
                 freed = True
         if freed:
-            log.warning("disk full: released part of the space reserve so that a delete can run")
+            log.warning("disk full: released part of the space reserve")
         return freed
 
 
