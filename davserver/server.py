@@ -202,7 +202,9 @@ def _maintenance(
     window, drop chunked uploads abandoned for longer than ``gc.upload_expiry``, remove what
     crashed uploads left in the blob store once idle for ``gc.upload_grace`` (temp files,
     incomplete multipart uploads), collect dead blobs and the rows of uploads that never
-    committed, and put the space reserve back if a DELETE on a full disk used it."""
+    committed, and put the space reserve back if a DELETE on a full disk used it (created
+    here, before the first round)."""
+    vault.keep_reserve()
     store = LockStore(vault)
     steps: list[Callable[[], object]] = [
         store.purge_expired,

@@ -133,10 +133,8 @@ class Vault:
             raise ValueError("pepper must be 32 bytes")
         self.index = index
         self.blobs = blobs
-        self.reserve = reserve
+        self.reserve = reserve  # created by the server's maintenance loop (keep_reserve)
         if reserve is not None:
-            if not reserve.ensure():
-                log.warning("the disk is too full for the space reserve; will retry")
             # A server started on a full disk needs a little room to open the index at all.
             index.on_disk_full = reserve.release
         self._pepper = pepper
@@ -486,9 +484,15 @@ class Vault:
                 if self.reserve is None or not self.reserve.release():
                     raise
 
+    def keep_reserve(self) -> None:
+        """Create the space reserve (``davserver serve`` does, once at start); from then
+        on every garbage collection fills it up again after a DELETE used some of it."""
+        if self.reserve is not None and not self.reserve.ensure():
+            log.warning("the disk is too full for the space reserve; will retry")
+
     def _restore_reserve(self) -> None:
-        if self.reserve is not None and not self.reserve.held:
-            self.reserve.ensure()
+        if self.reserve is not None:
+            self.reserve.refill()
 
     def expire_uploads(self, max_age: float | None = None) -> int:
         """Drop chunked uploads untouched for ``max_age`` seconds (default: the configured

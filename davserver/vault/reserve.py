@@ -3,8 +3,9 @@ the index or the blobs, so that a full disk cannot stop users from deleting.
 
 Deleting needs a little space before it frees any: SQLite writes the changed pages to its
 write-ahead log before the commit, and a full disk refuses that commit as it refuses a PUT.
-So the server keeps this much disk to itself (``ensure`` at start and after every garbage
-collection) and gives some of it up (``release``: one eighth at a time, so that one delete
+So the server keeps this much disk to itself (``ensure`` when ``davserver serve`` starts its
+maintenance loop, then ``refill`` after every garbage collection; the CLI and embedded uses
+never create it) and gives some of it up (``release``: one eighth at a time, so that one delete
 cannot use it all) only when a DELETE meets a full disk, which then runs once more, or when
 the index cannot even be opened (SQLite's 32 KiB -shm file, re-created by the first
 connection after the last one closed, e.g. when the server starts on a full disk). PUTs never
@@ -45,6 +46,7 @@ class SpaceReserve:
 
     def __init__(self, directories: Iterable[str | os.PathLike[str]], size: int) -> None:
         self.size = size
+        self.kept = False  # set by the first ensure(): refill() does nothing before
         self._lock = threading.Lock()
         self.paths: list[Path] = []
         devices: set[int] = set()
@@ -66,6 +68,7 @@ class SpaceReserve:
         """Create or fill up the reserve files where the missing part plus the whole size is
         free; return whether every one is now complete. Never raises (a full or failing disk
         is logged)."""
+        self.kept = True
         if self.size <= 0:
             return True
         with self._lock:
@@ -84,6 +87,11 @@ class SpaceReserve:
                     ok = False
                     log.warning("cannot create the space reserve: %s", _code(exc))
             return ok
+
+    def refill(self) -> None:
+        """``ensure`` once more if the reserve is kept (``ensure`` ran) and not complete."""
+        if self.kept and not self.held:
+            self.ensure()
 
     def _fill(self, path: Path, have: int) -> None:
         """Append random bytes up to ``size``; a new file is written aside and renamed."""
@@ -118,9 +126,11 @@ class SpaceReserve:
                 if have <= 0:
                     continue
                 try:
-                    if have > step:
+                    try:
+                        if have <= step:
+                            raise PermissionError  # the last step: remove the file
                         os.truncate(path, have - step)
-                    else:
+                    except PermissionError:  # or another user's file (e.g. made by root)
                         os.unlink(path)
                         with contextlib.suppress(OSError):
                             _fsync_dir(path.parent)

@@ -70,9 +70,20 @@ def served(small_fs: Path) -> Iterator[ServeProcess]:
     init_with_user(data, ENV)
     p = ServeProcess(data, ENV, log_path=small_fs.parent / "serve.log")
     try:
+        wait_for_reserve(data)
         yield p
     finally:
         p.kill()
+
+
+def wait_for_reserve(data: Path) -> None:
+    """``serve`` creates its space reserve as its maintenance loop starts (bounded wait)."""
+    reserve = data / "space-reserve"
+    wait_for(
+        "creating the space reserve",
+        lambda: reserve.exists() and reserve.stat().st_size == RESERVE,
+        GC_INTERVAL + 10,
+    )
 
 
 def free(path: Path) -> int:
@@ -143,7 +154,7 @@ def test_full_disk_writes_507_reads_and_deletes_work_and_it_recovers(
     c = served.client()
     data = served.data_dir
     reserve = data / "space-reserve"
-    assert reserve.stat().st_size == RESERVE  # created at start
+    assert reserve.stat().st_size == RESERVE  # made at start (the served fixture waits)
     keep, old = os.urandom(3 * MiB), os.urandom(300_000)
     assert c.put("/keep.bin", keep).status == 201
     assert c.put("/old.bin", old).status == 201
@@ -245,11 +256,13 @@ def test_server_started_on_a_full_disk(small_fs: Path) -> None:
     file to open the index at all): logins, reads and deletes work, writes are 507."""
     data = small_fs / "data"
     init_with_user(data, ENV)
+    assert not (data / "space-reserve").exists()  # the CLI makes none, only serve does
     p = ServeProcess(data, ENV, log_path=small_fs.parent / "serve.log")
     c = p.client()
     keep = os.urandom(MiB)
     assert c.put("/keep.bin", keep).status == 201
     assert c.put("/gone.txt", b"small").status == 201
+    wait_for_reserve(data)
     assert p.stop() == 0
     fill(small_fs / "filler")
     p = ServeProcess(data, ENV, log_path=small_fs.parent / "serve.log")
