@@ -328,3 +328,87 @@ def test_discarded_partial_fails_its_put_and_leaves_nothing(store: BlobStore) ->
     with pytest.raises(BlobNotFound):
         store.stat(put.blob_id)
     assert [p for p in store.partial_uploads() if p.blob_id == put.blob_id] == []
+
+
+# -- the collector's side: a tracking row goes only after its bytes -----------------------------
+
+
+def crashed_upload(vault: Any, age: float) -> tuple[str, Path]:
+    """What a PUT killed mid-body leaves: its ``uploading`` row and a temp file, both
+    ``age`` seconds old."""
+    from davserver.index.models import BlobGC
+
+    blob_id = secrets.token_hex(16)
+    with vault.index.connection():
+        BlobGC.insert(blob_id=blob_id, state="uploading", since=time.time() - age).execute()
+    tmp = Path(vault.blobs.root) / "tmp" / f"{blob_id}.crashed"
+    tmp.write_bytes(os.urandom(100_000))
+    os.utime(tmp, (time.time() - age,) * 2)
+    return blob_id, tmp
+
+
+def row_kinds(vault: Any) -> list[tuple[str, str]]:
+    from davserver.index.models import BlobGC
+
+    with vault.index.connection():
+        return [(r.blob_id, r.state) for r in BlobGC.select()]
+
+
+def test_row_dropped_only_after_the_partial_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from davserver.vault import VaultSettings
+    from tests.harness.vaults import FAST, make_vault
+
+    settings = VaultSettings(**{**FAST.__dict__, "upload_grace": 10.0})
+    vault = make_vault(tmp_path, LocalBlobStore(tmp_path / "blobs"), settings=settings)
+    try:
+        blob_id, tmp = crashed_upload(vault, age=60)
+        real_unlink = os.unlink
+
+        def failing_unlink(path: Any, *a: Any, **kw: Any) -> None:
+            if str(path).endswith(".crashed"):
+                raise OSError(5, "Input/output error")
+            real_unlink(path, *a, **kw)
+
+        # The temp file cannot be removed: the row stays, so the next run tries again.
+        monkeypatch.setattr(os, "unlink", failing_unlink)
+        vault.collect_garbage()
+        assert (blob_id, "uploading") in row_kinds(vault) and tmp.exists()
+        assert vault.reclaim_partial_uploads() == (0, 0)
+        monkeypatch.undo()
+        # Now it can: the bytes go, then the row.
+        assert vault.collect_garbage() == 1
+        assert not tmp.exists() and row_kinds(vault) == []
+    finally:
+        vault.close()
+
+
+def test_young_partial_or_fresh_object_keeps_an_old_row(tmp_path: Path) -> None:
+    from davserver.vault import VaultSettings
+    from tests.harness.vaults import FAST, make_vault
+
+    settings = VaultSettings(**{**FAST.__dict__, "upload_grace": 10.0})
+    vault = make_vault(tmp_path, LocalBlobStore(tmp_path / "blobs"), settings=settings)
+    try:
+        # An old row whose temp file is still growing (written just now): in flight.
+        growing, tmp = crashed_upload(vault, age=60)
+        os.utime(tmp, None)
+        # An old row whose object was stored just now: its commit may be running.
+        stored, tmp2 = crashed_upload(vault, age=60)
+        tmp2.unlink()
+        vault.blobs.put(stored, [b"ciphertext"])
+        assert vault.collect_garbage() == 0
+        assert vault.reclaim_partial_uploads() == (0, 0)
+        assert tmp.exists() and vault.blobs.stat(stored).size == 10
+        assert sorted(row_kinds(vault)) == sorted([(growing, "uploading"), (stored, "uploading")])
+        # Once both are idle past the grace period they go, bytes first.
+        old = time.time() - 60
+        os.utime(tmp, (old, old))
+        os.utime(Path(vault.blobs.root) / stored[:2] / stored[2:4] / stored, (old, old))
+        assert vault.collect_garbage() == 2
+        assert not tmp.exists() and row_kinds(vault) == []
+        with pytest.raises(BlobNotFound):
+            vault.blobs.stat(stored)
+    finally:
+        vault.close()
