@@ -481,8 +481,8 @@ class S3BlobStore(BlobStore):
                     yield name[n:]
 
     def partial_uploads(self) -> Iterator[PartialUpload]:
-        """Incomplete multipart uploads under the prefix (ListMultipartUploads, then
-        ListParts for each): what a killed ``put`` leaves behind, invisible but billed.
+        """Incomplete multipart uploads of blob keys under the prefix (ListMultipartUploads,
+        then ListParts for each): what a killed ``put`` leaves behind, invisible but billed.
         Ages come from the service's clock (part and upload times)."""
         n = len(self.prefix)
         key_marker: str | None = None
@@ -499,14 +499,18 @@ class S3BlobStore(BlobStore):
                 )
             for upload in page.uploads:
                 name = upload.object_name
-                if not name.startswith(self.prefix) or upload.upload_id is None:
+                blob_id = name[n:]
+                # Only our own keys: a bucket shared with other software (an empty prefix)
+                # may hold their uploads too, and those are none of our business.
+                if not name.startswith(self.prefix) or not _BLOB_ID.match(blob_id):
+                    continue
+                if upload.upload_id is None:
                     continue
                 size, newest = self._parts_of(name, upload.upload_id)
                 if newest is None:
                     newest = upload.initiated_time.timestamp() if upload.initiated_time else 0.0
-                blob_id = name[n:]
                 yield PartialUpload(
-                    blob_id=blob_id if _BLOB_ID.match(blob_id) else None,
+                    blob_id=blob_id,
                     handle=f"{upload.upload_id} {name}",
                     size=size,
                     idle=max(0.0, time.time() - newest),
@@ -543,7 +547,11 @@ class S3BlobStore(BlobStore):
 
     def discard_partial(self, partial: PartialUpload) -> None:
         upload_id, _, key = partial.handle.partition(" ")
-        if not upload_id or not key.startswith(self.prefix):
+        if (
+            not upload_id
+            or not key.startswith(self.prefix)
+            or not _BLOB_ID.match(key[len(self.prefix) :])
+        ):
             raise ValueError("invalid partial upload handle")
         with self._errors("abort upload"):
             try:

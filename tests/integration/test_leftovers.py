@@ -412,3 +412,27 @@ def test_young_partial_or_fresh_object_keeps_an_old_row(tmp_path: Path) -> None:
             vault.blobs.stat(stored)
     finally:
         vault.close()
+
+
+@pytest.mark.s3
+def test_foreign_multipart_uploads_are_left_alone(minio_server: Any, s3_bucket: str) -> None:
+    """A bucket may be shared (an empty prefix): only uploads of our own blob keys count."""
+    store = make_s3_store(minio_server, s3_bucket, part_size=8 * MiB, prefix="")
+    client = make_minio_client(minio_server)
+    theirs = [
+        client._create_multipart_upload(s3_bucket, key, {})
+        for key in ("other-app/video.mp4", "not-a-blob-id")
+    ]
+    ours_id = secrets.token_hex(16)
+    ours = client._create_multipart_upload(s3_bucket, ours_id, {})
+    try:
+        found = list(store.partial_uploads())
+        assert [p.blob_id for p in found] == [ours_id]
+        assert found[0].size == 0 and found[0].idle >= 0
+        store.discard_partial(found[0])
+        left = {u.upload_id for u in client._list_multipart_uploads(s3_bucket).uploads}
+        assert ours not in left and set(theirs) <= left
+    finally:
+        for key, uid in zip(("other-app/video.mp4", "not-a-blob-id"), theirs, strict=True):
+            client._abort_multipart_upload(s3_bucket, key, uid)
+        store.close()
