@@ -361,6 +361,14 @@ class StorageConfig:
         "(OC-Checksum) is always verified.",
         show=lambda value: ",".join(value) or "none",
     )
+    reserve_bytes: int = _opt(
+        16777216,
+        _integer(0),
+        "Bytes of disk kept in reserve (a file named space-reserve on each file system that "
+        "holds the SQLite index or the local blobs), released when a DELETE meets a full "
+        "disk so that users can still free space; re-created once there is room again. "
+        "0 turns it off.",
+    )
     local: LocalStorageConfig = field(default_factory=LocalStorageConfig)
     s3: S3StorageConfig = field(default_factory=S3StorageConfig)
 
@@ -418,6 +426,14 @@ class GcConfig:
         86400, _integer(1), "Seconds before an abandoned upload is collected."
     )
     interval: int = _opt(300, _integer(1), "Seconds between garbage-collection runs.")
+    upload_grace: int = _opt(
+        86400,
+        _integer(1),
+        "Seconds a partial upload left by a crash (a temporary blob file, an incomplete S3 "
+        "multipart upload) may sit idle before the maintenance loop removes it. Idle means "
+        "no byte written (local) or no part stored (S3, 8 MiB or more each) for that long, "
+        "so keep it well above server.timeout and the time a slow client takes per part.",
+    )
 
 
 _DATA_DIR = Option(

@@ -12,9 +12,10 @@ from pathlib import Path
 
 from davserver.blobs import BlobStore
 from davserver.config import Config
-from davserver.errors import ConfigError
-from davserver.index import open_index
+from davserver.errors import ConfigError, StorageError
+from davserver.index import is_disk_full, open_index
 from davserver.vault import Vault, VaultSettings
+from davserver.vault.reserve import SpaceReserve
 
 PEPPER_BYTES = 32
 
@@ -79,6 +80,7 @@ def vault_settings(config: Config) -> VaultSettings:
         login_cache_size=sec.login_cache_size,
         default_quota=config.quota.default_bytes,
         upload_expiry=config.gc.upload_expiry,
+        upload_grace=config.gc.upload_grace,
         inline_max=config.storage.inline_max,
         checksums=config.storage.checksums,
     )
@@ -87,6 +89,31 @@ def vault_settings(config: Config) -> VaultSettings:
 def open_vault(config: Config) -> Vault:
     """Open the data directory described by ``config`` (the index is migrated if needed)."""
     pepper = read_pepper(config.resolve_path(config.security.pepper_file))
-    index = open_index(config.index.url, config.data_dir)
+    reserve = space_reserve(config)
+    try:
+        index = open_index(config.index.url, config.data_dir)
+    except StorageError as exc:
+        # Opening SQLite after its last connection closed needs room for its -shm file:
+        # a server started on a full disk takes it from the reserve.
+        if reserve is None or not is_disk_full(exc) or not reserve.release():
+            raise
+        index = open_index(config.index.url, config.data_dir)
     blobs = make_blob_store(config)
-    return Vault(index, blobs, pepper, vault_settings(config))
+    return Vault(index, blobs, pepper, vault_settings(config), reserve)
+
+
+def space_reserve(config: Config) -> SpaceReserve | None:
+    """The reserve files (``storage.reserve_bytes``): one on each file system holding the
+    SQLite index or the local blobs; none when the size is 0 or neither is local."""
+    size = config.storage.reserve_bytes
+    dirs: list[Path] = []
+    url = config.index.url  # made absolute by the config loader
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///").partition("?")[0]
+        if path != ":memory:":
+            dirs.append(Path(path).parent)
+    if config.storage.backend == "local":
+        dirs.append(config.resolve_path(config.storage.local.path))
+    if size <= 0 or not dirs:
+        return None
+    return SpaceReserve(dirs, size)

@@ -199,17 +199,26 @@ def _maintenance(
     vault: Vault, interval: float, stop: threading.Event, throttle: LoginThrottle
 ) -> None:
     """Every ``interval`` seconds: purge expired locks and failed logins older than their
-    window, drop chunked uploads abandoned for longer than ``gc.upload_expiry`` and collect
-    dead blobs."""
+    window, drop chunked uploads abandoned for longer than ``gc.upload_expiry``, remove what
+    crashed uploads left in the blob store once idle for ``gc.upload_grace`` (temp files,
+    incomplete multipart uploads), collect dead blobs and the rows of uploads that never
+    committed, and put the space reserve back if a DELETE on a full disk used it (created
+    here, before the first round)."""
+    vault.keep_reserve()
     store = LockStore(vault)
+    steps: list[Callable[[], object]] = [
+        store.purge_expired,
+        throttle.purge,
+        vault.expire_uploads,
+        vault.reclaim_partial_uploads,
+        vault.collect_garbage,  # after the reclaim: rows go once their bytes are gone
+    ]
     while not stop.wait(interval):
-        try:
-            store.purge_expired()
-            throttle.purge()
-            vault.expire_uploads()
-            vault.collect_garbage()
-        except Exception:  # keep serving; the next round retries
-            log.exception("maintenance round failed")
+        for step in steps:  # one failing step (e.g. the object store is down) skips no other
+            try:
+                step()
+            except Exception:  # keep serving; the next round retries
+                log.exception("maintenance step %s failed", getattr(step, "__name__", step))
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:

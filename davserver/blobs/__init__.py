@@ -8,8 +8,13 @@ objects. Implementations:
 - ``s3.S3BlobStore`` — any S3-compatible service through the ``minio`` SDK.
 
 Every backend error surfaces as a ``davserver.errors`` exception at the backend's edge:
-``BlobNotFound`` for a missing object, ``InsufficientStorage`` for a full disk,
-``StorageError`` for everything else (unreachable, refused, timed out).
+``BlobNotFound`` for a missing object, ``DiskFull`` for a full disk (``InsufficientStorage``
+for a provider's quota), ``StorageError`` for everything else (unreachable, refused, timed out).
+
+A crashed process can leave *partial uploads* behind — a local temporary file, an incomplete S3
+multipart upload — that hold bytes but are no object. ``partial_uploads`` lists them with the
+time since each last grew, so the maintenance loop can remove those idle for longer than
+``gc.upload_grace`` (``discard_partial``) while uploads still in flight are left alone.
 """
 
 from __future__ import annotations
@@ -34,6 +39,24 @@ def check_blob_id(blob_id: str) -> str:
 class BlobStat:
     blob_id: str
     size: int
+    #: When the object was stored (Unix time, the backend's clock), if the backend says.
+    mtime: float | None = None
+
+
+@dataclass(frozen=True)
+class PartialUpload:
+    """An upload that never completed: bytes in the store that are no object.
+
+    ``blob_id`` is the blob it was meant to become (``None`` if the store cannot tell),
+    ``handle`` what ``discard_partial`` needs to find it again (a file name, an upload id),
+    ``size`` the bytes it holds and ``idle`` the seconds since it last grew (a temp file's last
+    write, a multipart upload's newest part or, without parts, its start).
+    """
+
+    blob_id: str | None
+    handle: str
+    size: int
+    idle: float
 
 
 class BlobReader(abc.ABC):
@@ -100,6 +123,21 @@ class BlobStore(abc.ABC):
     @abc.abstractmethod
     def iter_ids(self) -> Iterator[str]:
         """Yield the id of every stored blob (order unspecified)."""
+
+    def partial_uploads(self) -> Iterator[PartialUpload]:
+        """Yield every partial upload the store holds (order unspecified).
+
+        A store whose ``put`` can leave nothing behind, even when its process is killed, MAY
+        keep this default (none). Raises only ``davserver.errors`` exceptions.
+        """
+        return iter(())
+
+    def discard_partial(self, partial: PartialUpload) -> None:  # noqa: B027 - optional
+        """Remove one partial upload returned by ``partial_uploads``; succeed if it is gone.
+
+        MUST NOT touch a completed object. Callers discard only partials idle for longer than
+        a grace period: one still growing would fail its ``put``.
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and pools."""

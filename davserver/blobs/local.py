@@ -8,8 +8,12 @@ only blob ids and ciphertext bytes.
 Durability: ``put`` writes to a temporary file in ``root/tmp``, fsyncs it, renames it into
 place (atomic on POSIX, and ``tmp`` is on the same file system) and fsyncs the directory, so
 after ``put`` returns the blob survives a power loss, and a crash at any point leaves either no
-blob or the complete one. Leftover temporary files of crashed processes are swept when a store
-is opened (only those older than a day: another process may be writing the younger ones).
+blob or the complete one. Leftover temporary files of crashed processes are partial uploads
+(``partial_uploads``, named ``<blob id>.<random>``): the server's maintenance loop removes those
+idle for longer than ``gc.upload_grace``, and opening a store sweeps those older than a day.
+
+A full disk (``ENOSPC``, ``EDQUOT``) is ``DiskFull``; the temporary file is removed at once, so
+a refused upload gives its space back.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
-from davserver.blobs import BlobReader, BlobStat, BlobStore, check_blob_id
-from davserver.errors import BlobNotFound, DavServerError, InsufficientStorage, StorageError
+from davserver.blobs import BlobReader, BlobStat, BlobStore, PartialUpload, check_blob_id
+from davserver.errors import BlobNotFound, DavServerError, DiskFull, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,8 @@ _TMP_MAX_AGE = 24 * 3600.0
 def _os_error(op: str, exc: OSError) -> DavServerError:
     """Map an ``OSError`` to our tree. The message names the operation and errno, no path."""
     if exc.errno in _FULL:
-        return InsufficientStorage(f"local blob store full ({op}: {errno.errorcode[exc.errno]})")
+        log.warning("local blob store: disk full (%s)", op)
+        return DiskFull(f"no space left for the blob store ({op}: {errno.errorcode[exc.errno]})")
     code = errno.errorcode.get(exc.errno or 0, type(exc).__name__)
     return StorageError(f"local blob store {op} failed: {code}")
 
@@ -225,12 +230,47 @@ class LocalBlobStore(BlobStore):
             raise BlobNotFound(f"blob {blob_id} not found") from None
         except OSError as exc:
             raise _os_error("stat", exc) from exc
-        return BlobStat(blob_id, st.st_size)
+        return BlobStat(blob_id, st.st_size, st.st_mtime)
 
     def delete(self, blob_id: str) -> None:
         path = self._path(blob_id)
         try:
             os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _os_error("delete", exc) from exc
+
+    def partial_uploads(self) -> Iterator[PartialUpload]:
+        now = time.time()
+        try:
+            with os.scandir(self._tmp) as it:
+                entries = list(it)
+        except OSError as exc:
+            raise _os_error("list", exc) from exc
+        for entry in entries:
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # its put finished (renamed) or failed (removed) meanwhile
+            except OSError as exc:
+                raise _os_error("list", exc) from exc
+            head = entry.name.split(".", 1)[0]
+            yield PartialUpload(
+                blob_id=head if _BLOB_NAME.match(head) else None,
+                handle=entry.name,
+                size=st.st_size,
+                idle=max(0.0, now - st.st_mtime),
+            )
+
+    def discard_partial(self, partial: PartialUpload) -> None:
+        name = partial.handle
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError("invalid partial upload handle")
+        try:
+            os.unlink(os.path.join(self._tmp, name))
         except FileNotFoundError:
             pass
         except OSError as exc:

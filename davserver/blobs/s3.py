@@ -44,6 +44,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
@@ -58,11 +59,12 @@ from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 from urllib3.util.timeout import Timeout
 
-from davserver.blobs import BlobReader, BlobStat, BlobStore, check_blob_id
+from davserver.blobs import BlobReader, BlobStat, BlobStore, PartialUpload, check_blob_id
 from davserver.errors import (
     BlobNotFound,
     ConfigError,
     DavServerError,
+    DiskFull,
     InsufficientStorage,
     StorageError,
 )
@@ -87,6 +89,8 @@ GROW_EVERY = 1_000
 _FULL_CODES = frozenset(
     {"XMinioStorageFull", "XMinioAdminBucketQuotaExceeded", "QuotaExceeded", "StorageFull"}
 )
+# Of those, the ones that mean a full disk rather than a quota (DiskFull).
+_DISK_FULL_CODES = frozenset({"XMinioStorageFull", "StorageFull"})
 # Errors the SDK lets through: its own, urllib3's (MaxRetryError, timeouts, protocol errors
 # while streaming) and raw socket/TLS errors.
 _SDK_ERRORS = (MinioException, urllib3.exceptions.HTTPError, OSError)
@@ -238,6 +242,12 @@ class S3BlobStore(BlobStore):
                 return StorageError(f"S3 bucket {self.bucket!r} does not exist")
             if code == "InvalidRange":
                 return StorageError("range starts past the end of the blob")
+            if code in _DISK_FULL_CODES or (
+                # MinIO (2026-02) answers a drive that filled mid-write with a bare 500
+                # InternalError whose message carries the ENOSPC text.
+                code == "InternalError" and "no space left on device" in (exc.message or "")
+            ):
+                return DiskFull(f"S3 storage full ({code})")
             if code in _FULL_CODES:
                 return InsufficientStorage(f"S3 storage full ({code})")
             return StorageError(f"S3 {op} failed: {code}")
@@ -449,7 +459,8 @@ class S3BlobStore(BlobStore):
             if not bucket_exists:
                 raise StorageError(f"S3 bucket {self.bucket!r} does not exist") from None
             raise
-        return BlobStat(blob_id, int(obj.size or 0))
+        mtime = obj.last_modified.timestamp() if obj.last_modified is not None else None
+        return BlobStat(blob_id, int(obj.size or 0), mtime)
 
     def delete(self, blob_id: str) -> None:
         key = self._key(blob_id)
@@ -468,6 +479,86 @@ class S3BlobStore(BlobStore):
                 name = obj.object_name or ""
                 if _BLOB_ID.match(name[n:]):
                     yield name[n:]
+
+    def partial_uploads(self) -> Iterator[PartialUpload]:
+        """Incomplete multipart uploads of blob keys under the prefix (ListMultipartUploads,
+        then ListParts for each): what a killed ``put`` leaves behind, invisible but billed.
+        Ages come from the service's clock (part and upload times)."""
+        n = len(self.prefix)
+        key_marker: str | None = None
+        id_marker: str | None = None
+        while True:
+            with self._errors("list uploads"):
+                # No prefix in the request: MinIO (2026-02) takes it as an exact key and
+                # lists nothing for "dav/" while AWS S3 filters by it; ours is applied below.
+                page = self._client._list_multipart_uploads(
+                    self.bucket,
+                    key_marker=key_marker,
+                    upload_id_marker=id_marker,
+                    max_uploads=1000,
+                )
+            for upload in page.uploads:
+                name = upload.object_name
+                blob_id = name[n:]
+                # Only our own keys: a bucket shared with other software (an empty prefix)
+                # may hold their uploads too, and those are none of our business.
+                if not name.startswith(self.prefix) or not _BLOB_ID.match(blob_id):
+                    continue
+                if upload.upload_id is None:
+                    continue
+                size, newest = self._parts_of(name, upload.upload_id)
+                if newest is None:
+                    newest = upload.initiated_time.timestamp() if upload.initiated_time else 0.0
+                yield PartialUpload(
+                    blob_id=blob_id,
+                    handle=f"{upload.upload_id} {name}",
+                    size=size,
+                    idle=max(0.0, time.time() - newest),
+                )
+            if not page.is_truncated or not page.uploads:
+                return
+            # The SDK drops NextUploadIdMarker (minio 7.2.20): the last upload is the marker.
+            last = (page.uploads[-1].object_name, page.uploads[-1].upload_id)
+            if last == (key_marker, id_marker):
+                return  # a service that ignores the markers: no endless loop
+            key_marker, id_marker = last
+
+    def _parts_of(self, key: str, upload_id: str) -> tuple[int, float | None]:
+        """(bytes held, time of the newest part or None) of one multipart upload."""
+        size, newest, marker = 0, None, None
+        while True:
+            with self._errors("list parts"):
+                try:
+                    page = self._client._list_parts(
+                        self.bucket, key, upload_id, max_parts=1000, part_number_marker=marker
+                    )
+                except S3Error as exc:
+                    if exc.code == "NoSuchUpload":  # completed or aborted meanwhile
+                        return size, newest
+                    raise
+            for part in page.parts:
+                size += part.size or 0
+                if part.last_modified is not None:
+                    t = part.last_modified.timestamp()
+                    newest = t if newest is None else max(newest, t)
+            if not page.is_truncated or not page.parts:
+                return size, newest
+            marker = str(page.parts[-1].part_number)
+
+    def discard_partial(self, partial: PartialUpload) -> None:
+        upload_id, _, key = partial.handle.partition(" ")
+        if (
+            not upload_id
+            or not key.startswith(self.prefix)
+            or not _BLOB_ID.match(key[len(self.prefix) :])
+        ):
+            raise ValueError("invalid partial upload handle")
+        with self._errors("abort upload"):
+            try:
+                self._client._abort_multipart_upload(self.bucket, key, upload_id)
+            except S3Error as exc:
+                if exc.code != "NoSuchUpload":  # gone already: fine
+                    raise
 
     def close(self) -> None:
         if self._executor is not None:

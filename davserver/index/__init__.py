@@ -10,6 +10,8 @@ This package knows nothing of keys or HTTP: it stores what ``davserver.vault`` g
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,11 +19,44 @@ from urllib.parse import urlsplit
 
 import peewee as pw
 
-from davserver.errors import ConfigError, StorageError
+from davserver.errors import ConfigError, DiskFull, StorageError
 from davserver.index import models
 from davserver.index.models import SchemaInfo, database_proxy
 
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 4
+_SQLITE_FULL = 13  # "database or disk is full" (primary result code)
+# The -shm file could not grow: SQLite creates it (32 KiB) with the first connection after
+# the last one closed, so a server started on a full disk meets this on its first read.
+_SQLITE_IOERR_SHMSIZE = 4874
+_PG_DISK_FULL = "53100"  # SQLSTATE disk_full
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether a database error, or one it arose from, says the disk is full.
+
+    SQLite rolls a transaction back by itself when its commit meets a full disk, so peewee's
+    own rollback then fails ("no transaction is active") and the full disk is only in that
+    error's context: the whole chain is searched.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        code = getattr(e, "sqlite_errorcode", None)
+        if isinstance(code, int) and (code & 0xFF == _SQLITE_FULL or code == _SQLITE_IOERR_SHMSIZE):
+            return True
+        if getattr(e, "pgcode", None) == _PG_DISK_FULL:
+            return True
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        todo += [e.__cause__, e.__context__]
+        todo += [a for a in e.args if isinstance(a, BaseException)]  # peewee wraps as args[0]
+    return False
 
 
 def _migrate_v1(db: pw.Database) -> None:
@@ -60,6 +95,9 @@ class Index:
     def __init__(self, db: pw.Database) -> None:
         self.db = db
         self.is_sqlite = isinstance(db, pw.SqliteDatabase)
+        #: Called when connecting meets a full disk; returns whether it freed some space
+        #: (the vault's space reserve), and the connection is then tried once more.
+        self.on_disk_full: Callable[[], bool] | None = None
 
     def atomic(self) -> pw._transaction | pw._atomic:  # type: ignore[name-defined]
         """A write transaction. SQLite takes the write lock up front (BEGIN IMMEDIATE) so two
@@ -77,10 +115,24 @@ class Index:
         more than the request. ``close`` releases the calling thread's connection.
         """
         try:
-            self.db.connect(reuse_if_open=True)
+            try:
+                self.db.connect(reuse_if_open=True)
+            except pw.OperationalError as exc:
+                if not (is_disk_full(exc) and self.on_disk_full and self.on_disk_full()):
+                    raise
+                self.db.connect(reuse_if_open=True)
         except pw.OperationalError as exc:
+            if is_disk_full(exc):
+                log.warning("index database: disk full")
+                raise DiskFull("no space left for the index database") from exc
             raise StorageError("cannot connect to the index database") from exc
-        yield
+        try:
+            yield
+        except pw.DatabaseError as exc:
+            if is_disk_full(exc):  # nothing was committed: the transaction rolled back
+                log.warning("index database: disk full")
+                raise DiskFull("no space left for the index database") from exc
+            raise
 
     def schema_version(self) -> int:
         if not self.db.table_exists(SchemaInfo._meta.table_name):  # type: ignore[attr-defined]

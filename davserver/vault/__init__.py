@@ -8,7 +8,12 @@ It knows nothing of HTTP. The DAV layer and the CLI call it; it calls ``index`` 
 - ``Vault.login(name, password) -> Session``: password → master key (Argon2id behind a
   semaphore, then cached per process, DESIGN §4); ``Session`` (``vault.tree``) holds the keys of
   one logged-in user and offers every tree operation.
-- ``Vault.collect_garbage``: deletes blobs that no version references any more.
+- ``Vault.collect_garbage``: deletes blobs that no version references any more, and those of
+  uploads that never committed; ``Vault.reclaim_partial_uploads`` removes what crashed uploads
+  left in the store (temp files, incomplete multipart uploads) once idle past
+  ``settings.upload_grace``.
+- ``Vault.freeing_space``: runs an operation that frees space (DELETE) so that a full disk
+  cannot stop it (``vault.reserve``).
 """
 
 from __future__ import annotations
@@ -19,19 +24,22 @@ import os
 import threading
 import time
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import peewee as pw
 
 from davserver import crypto
-from davserver.blobs import BlobStore
+from davserver.blobs import BlobStore, PartialUpload
 from davserver.crypto import envelopes, kdf
 from davserver.errors import (
     AlreadyExists,
     AuthError,
     BadRequest,
+    BlobNotFound,
     DavServerError,
+    DiskFull,
     NotFound,
     StorageError,
 )
@@ -47,6 +55,7 @@ from davserver.index.models import (
     Version,
 )
 from davserver.vault.auth import KdfGate, LoginCache
+from davserver.vault.reserve import SpaceReserve
 
 if TYPE_CHECKING:
     from davserver.vault.tree import Session
@@ -55,6 +64,8 @@ log = logging.getLogger(__name__)
 
 KIND_PASSWORD = "password"  # noqa: S105 - an envelope kind, not a password
 KIND_TOKEN = "token"  # noqa: S105
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,7 @@ class VaultSettings:
     default_quota: int = 0  # 0 = unlimited
     seg_log2: int = crypto.blobfmt.DEFAULT_SEG_LOG2
     upload_expiry: float = 86400.0
+    upload_grace: float = 86400.0  # partial uploads idle this long are crash leftovers
     inline_max: int = 16384  # files up to this size (known length) live in the index
     checksums: tuple[str, ...] = ("sha1", "md5")  # computed on upload, offered to clients
 
@@ -115,11 +127,16 @@ class Vault:
         blobs: BlobStore,
         pepper: bytes,
         settings: VaultSettings | None = None,
+        reserve: SpaceReserve | None = None,
     ) -> None:
         if len(pepper) != 32:
             raise ValueError("pepper must be 32 bytes")
         self.index = index
         self.blobs = blobs
+        self.reserve = reserve  # created by the server's maintenance loop (keep_reserve)
+        if reserve is not None:
+            # A server started on a full disk needs a little room to open the index at all.
+            index.on_disk_full = reserve.release
         self._pepper = pepper
         self.settings = settings or VaultSettings()
         self._cache: LoginCache[Session] = LoginCache(
@@ -354,41 +371,128 @@ class Vault:
     def collect_garbage(self, grace: float = 0.0) -> int:
         """Delete queued blobs that no version references; return how many were deleted.
 
-        Dead blobs are collected once older than ``grace`` seconds; uploads that never
-        committed (their process died) once older than ``settings.upload_expiry``.
+        Dead blobs are collected once queued for ``grace`` seconds. A blob whose upload never
+        committed (its process died mid-PUT) is collected once its row is older than
+        ``settings.upload_grace`` and nothing of it moved for that long: no partial upload of
+        it grew, and no object of it was stored, within the grace period (a slow upload still
+        in flight is left alone). A row is dropped only after its object and any partial
+        upload of it are gone. Best effort: a failure is logged and retried by the next run,
+        never raised, since callers run this after their own commit.
         """
         deleted = 0
-        with self._gc_lock, self.index.connection():
-            now = time.time()
-            rows = list(
-                BlobGC.select().where(
-                    ((BlobGC.state == "dead") & (BlobGC.since <= now - grace))
-                    | (
-                        (BlobGC.state == "uploading")
-                        & (BlobGC.since <= now - self.settings.upload_expiry)
+        try:
+            with self._gc_lock, self.index.connection():
+                now = time.time()
+                upload_grace = self.settings.upload_grace
+                rows = list(
+                    BlobGC.select().where(
+                        ((BlobGC.state == "dead") & (BlobGC.since <= now - grace))
+                        | ((BlobGC.state == "uploading") & (BlobGC.since <= now - upload_grace))
                     )
                 )
-            )
-            for row in rows:
-                with self.index.atomic():
-                    if (
-                        Version.select().where(Version.blob_id == row.blob_id).exists()
-                        or UploadChunk.select().where(UploadChunk.blob_id == row.blob_id).exists()
-                    ):
-                        BlobGC.delete().where(BlobGC.blob_id == row.blob_id).execute()
+                partials: dict[str, list[PartialUpload]] | None = None
+                for row in rows:
+                    with self.index.atomic():
+                        if (
+                            Version.select().where(Version.blob_id == row.blob_id).exists()
+                            or UploadChunk.select()
+                            .where(UploadChunk.blob_id == row.blob_id)
+                            .exists()
+                        ):
+                            BlobGC.delete().where(BlobGC.blob_id == row.blob_id).execute()
+                            continue
+                        if InlineBlob.delete().where(InlineBlob.blob_id == row.blob_id).execute():
+                            BlobGC.delete().where(BlobGC.blob_id == row.blob_id).execute()
+                            deleted += 1  # it lived in the index: no object to delete
+                            continue
+                    if row.state == "uploading":
+                        try:
+                            if partials is None:
+                                partials = self._partials_by_blob()
+                            if not self._discard_stale_upload(row.blob_id, partials, upload_grace):
+                                continue
+                        except DavServerError as exc:
+                            log.warning("upload of blob %s not cleaned yet: %s", row.blob_id, exc)
+                            continue
+                    try:
+                        self.blobs.delete(row.blob_id)
+                    except DavServerError:
+                        log.warning("could not delete blob %s; will retry", row.blob_id)
                         continue
-                    if InlineBlob.delete().where(InlineBlob.blob_id == row.blob_id).execute():
-                        BlobGC.delete().where(BlobGC.blob_id == row.blob_id).execute()
-                        deleted += 1  # it lived in the index: no object to delete
-                        continue
-                try:
-                    self.blobs.delete(row.blob_id)
-                except DavServerError:
-                    log.warning("could not delete blob %s; will retry", row.blob_id)
-                    continue
-                BlobGC.delete().where(BlobGC.blob_id == row.blob_id).execute()
-                deleted += 1
+                    BlobGC.delete().where(BlobGC.blob_id == row.blob_id).execute()
+                    deleted += 1
+        except (DavServerError, pw.DatabaseError) as exc:
+            log.warning("garbage collection stopped early (%s); the next run retries", exc)
+        self._restore_reserve()
         return deleted
+
+    def _partials_by_blob(self) -> dict[str, list[PartialUpload]]:
+        out: dict[str, list[PartialUpload]] = {}
+        for p in self.blobs.partial_uploads():
+            if p.blob_id is not None:
+                out.setdefault(p.blob_id, []).append(p)
+        return out
+
+    def _discard_stale_upload(
+        self, blob_id: str, partials: dict[str, list[PartialUpload]], grace: float
+    ) -> bool:
+        """For an upload that never committed: whether it is idle past ``grace`` (then its
+        partial uploads are discarded here), or still moving (False: leave it)."""
+        mine = partials.get(blob_id, [])
+        if any(p.idle < grace for p in mine):
+            return False  # still receiving data
+        try:
+            stored = self.blobs.stat(blob_id)
+        except BlobNotFound:
+            stored = None
+        if stored is not None and stored.mtime is not None and time.time() - stored.mtime < grace:
+            return False  # stored just now: its commit may be running
+        for p in mine:
+            self.blobs.discard_partial(p)
+        return True
+
+    def reclaim_partial_uploads(self, grace: float | None = None) -> tuple[int, int]:
+        """Remove every partial upload in the store idle for ``grace`` seconds (default
+        ``settings.upload_grace``): the temp files and incomplete multipart uploads of
+        uploads whose process died. Returns (how many, bytes). Their tracking rows go with
+        the next ``collect_garbage``, after the bytes are gone."""
+        limit = self.settings.upload_grace if grace is None else grace
+        count = size = 0
+        for p in self.blobs.partial_uploads():
+            if p.idle < limit:
+                continue
+            try:
+                self.blobs.discard_partial(p)
+            except DavServerError as exc:
+                log.warning("could not remove a partial upload (%s); will retry", exc)
+                continue
+            count += 1
+            size += p.size
+        if count:
+            log.info("removed %d partial uploads (%d bytes) left by crashes", count, size)
+        return count, size
+
+    # -- full disks ------------------------------------------------------------------------
+    def freeing_space(self, op: Callable[[], T]) -> T:
+        """Run ``op``, an operation that frees space (DELETE). Each time it meets a full disk
+        (``DiskFull``: nothing was committed), release part of the space reserve and run it
+        again, until it succeeds or the reserve is used up: users can always make room."""
+        while True:
+            try:
+                return op()
+            except DiskFull:
+                if self.reserve is None or not self.reserve.release():
+                    raise
+
+    def keep_reserve(self) -> None:
+        """Create the space reserve (``davserver serve`` does, once at start); from then
+        on every garbage collection fills it up again after a DELETE used some of it."""
+        if self.reserve is not None and not self.reserve.ensure():
+            log.warning("the disk is too full for the space reserve; will retry")
+
+    def _restore_reserve(self) -> None:
+        if self.reserve is not None:
+            self.reserve.refill()
 
     def expire_uploads(self, max_age: float | None = None) -> int:
         """Drop chunked uploads untouched for ``max_age`` seconds (default: the configured

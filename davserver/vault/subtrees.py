@@ -193,9 +193,13 @@ class _SubtreeOps(_PropOps):
         parts = split_path(path)
         if not parts:
             raise Forbidden("the root cannot be deleted")
-        with self._db(), self._txn():
-            ref = self._walk(parts)
-            self._delete_subtree(ref.row)
+
+        def drop() -> None:
+            with self._db(), self._txn():
+                ref = self._walk(parts)
+                self._delete_subtree(ref.row)
+
+        self.vault.freeing_space(drop)  # works on a full disk too (the space reserve)
         self.vault.collect_garbage(grace=0)
 
     def _delete_subtree(self, row: NodeLike) -> None:

@@ -29,7 +29,7 @@ from minio import Minio
 from davserver.blobs import BlobStore, check_blob_id, read_all
 from davserver.blobs.local import LocalBlobStore
 from davserver.blobs.s3 import S3BlobStore
-from davserver.errors import BlobNotFound, ConfigError, InsufficientStorage, StorageError
+from davserver.errors import BlobNotFound, ConfigError, DiskFull, StorageError
 from tests.harness.minio import MinioServer, make_minio_client, make_s3_store
 
 MiB = 1 << 20
@@ -487,8 +487,8 @@ def test_local_sweeps_old_temp_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("err", "expected"),
     [
-        (errno.ENOSPC, InsufficientStorage),
-        (errno.EDQUOT, InsufficientStorage),
+        (errno.ENOSPC, DiskFull),  # a full disk, not a quota: 507 sufficient-disk-space
+        (errno.EDQUOT, DiskFull),
         (errno.EIO, StorageError),
     ],
 )
