@@ -706,7 +706,7 @@ def start_servers(
     """Init a data dir for ``name``, add the user, start its ``davserver serve`` process(es):
     (procs, ports, password)."""
     spec = CONFIGS[name]
-    data, password = run.work / name, secrets.token_urlsafe(16)
+    data, password = run.work / f"data-{name}", secrets.token_urlsafe(16)
     env = br.base_env() | {"DAVSERVER_SERVER_HOST": "127.0.0.1"}
     if spec.workers != 1:
         env["DAVSERVER_SERVER_WORKERS"] = str(spec.workers)
@@ -782,14 +782,20 @@ _EXC = re.compile(r"\b([A-Z]\w*(?:Error|Exception|Detected|Violation|Timeout))\b
 
 
 def log_summary(procs: list[Any]) -> dict[str, Any]:
-    """ERROR lines and tracebacks in the servers' logs, and the exception names they mention."""
+    """ERROR lines and tracebacks in the servers' logs, the exception names they mention, and
+    the last lines of the first traceback of each exception class."""
     errors = tracebacks = 0
     names: collections.Counter[str] = collections.Counter()
+    samples: dict[str, list[str]] = {}
     for proc in procs:
         with contextlib.suppress(OSError):
-            for line in proc.log.read_text(errors="replace").splitlines():
+            lines = proc.log.read_text(errors="replace").splitlines()
+            for i, line in enumerate(lines):
                 if "Traceback (most recent call last)" in line:
                     tracebacks += 1
+                    frames = list(itertools.takewhile(lambda x: x.startswith(" "), lines[i + 1 :]))
+                    last = lines[i + 1 + len(frames)] if i + 1 + len(frames) < len(lines) else ""
+                    samples.setdefault(last.split(":", 1)[0], [*frames[-6:], last])
                 if " ERROR " in line or "ERROR:" in line or line.startswith("ERROR"):
                     errors += 1
                 names.update(set(_EXC.findall(line)))
@@ -797,6 +803,7 @@ def log_summary(procs: list[Any]) -> dict[str, Any]:
         "error_lines": errors,
         "tracebacks": tracebacks,
         "exceptions": dict(names.most_common(6)),
+        "traceback_samples": samples,
     }
 
 
@@ -907,6 +914,10 @@ def run_config(
         "loadavg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)],
         "server_log": log_summary(procs),
         "failure_report": report_failures(checker, failures),
+        "failure_list": [
+            {"t": round(f.op.start, 3), "path": f.path, "what": f.what, "client": f.op.client}
+            for f in failures
+        ],
     }
     return out
 
@@ -928,7 +939,7 @@ def build_rows(results: dict[str, dict[str, Any]]) -> list[list[str]]:
         cells = []
         for n in names:
             r = results[n]
-            cells.append(r["error"][:20] if "error" in r else get(r))
+            cells.append("not run" if "error" in r else get(r))
         rows.append([label, *cells])
 
     row("all kinds, ops/s", lambda r: _fmt(r["ops_s"]))
@@ -1047,6 +1058,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         "latencies include the client's own time (same machine)."
     )
     for name, r in results.items():
+        if "error" in r:
+            print(f"{name}: not run: {r['error']}")
         if r.get("no_answer"):
             print(f"{name}: requests without an answer: {r['no_answer_reasons']}")
         if "server_log" in r and (r["server_log"]["error_lines"] or r["server_log"]["tracebacks"]):
