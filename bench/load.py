@@ -387,12 +387,15 @@ class Checker:
         }[o.expect]
         return f"{o.op.kind} {o.op.status} saw {seen}; the model allows: {want}"
 
-    def history(self, path: str, around: float, span: float = 5.0) -> list[str]:
-        """The requests that touched ``path`` within ``span`` seconds before ``around``."""
+    def history(self, path: str, around: float, count: int = 14) -> list[str]:
+        """The last ``count`` requests that touched ``path`` up to a second after ``around``."""
+        touching = [
+            op
+            for op in sorted(self.ops, key=lambda o: o.start)
+            if path in (op.path, op.dst) and op.start <= around + 1
+        ]
         lines = []
-        for op in sorted(self.ops, key=lambda o: o.start):
-            if path not in (op.path, op.dst) or not around - span <= op.start <= around + 1:
-                continue
+        for op in touching[-count:]:
             what = f"{op.kind} {op.path}" + (f" -> {op.dst}" if op.dst else "")
             if op.body_id is not None:
                 what += f" body {op.body_id}"
@@ -874,13 +877,18 @@ def lost_locks(ops: list[Op]) -> int:
     return lost
 
 
-def report_failures(checker: Checker, failures: list[Failure], limit: int = 5) -> list[str]:
-    lines = []
-    for f in failures[:limit]:
+def report_failures(checker: Checker, failures: list[Failure], limit: int = 6) -> list[str]:
+    """The first failure of each kind (up to ``limit`` kinds), each with its path's history."""
+    lines, kinds = [], set()
+    for f in failures:
+        kind = f.what.split(";")[0].split(":")[0]
+        if kind in kinds or len(kinds) >= limit:
+            continue
+        kinds.add(kind)
         lines.append(f"verification failure at t={f.op.start:.3f}s on {f.path}: {f.what}")
         lines.extend(checker.history(f.path, f.op.start))
-    if len(failures) > limit:
-        lines.append(f"… and {len(failures) - limit} more verification failures")
+    if len(failures) > len(kinds):
+        lines.append(f"… {len(failures)} verification failures in all (every one in the JSON)")
     return lines
 
 
