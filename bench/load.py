@@ -109,8 +109,8 @@ MIX: tuple[tuple[str, int], ...] = (
     ("MKCOL", 4),
     ("LOCK", 4),
 )
-KINDS = ("GET", "PUT-small", "PUT-medium", "PROPFIND", "MOVE", "COPY", "DELETE", "MKCOL")
-KINDS += ("LOCK", "UNLOCK")
+KINDS: tuple[str, ...] = ("GET", "PUT-small", "PUT-medium", "PROPFIND", "MOVE", "COPY")
+KINDS += ("DELETE", "MKCOL", "LOCK", "UNLOCK")
 SMALL = (200, 8 * KIB)
 MEDIUM = (32 * KIB, 512 * KIB)
 LOCK_BODY = (
@@ -798,7 +798,7 @@ def log_summary(procs: list[Any]) -> dict[str, Any]:
                     tracebacks += 1
                     frames = list(itertools.takewhile(lambda x: x.startswith(" "), lines[i + 1 :]))
                     last = lines[i + 1 + len(frames)] if i + 1 + len(frames) < len(lines) else ""
-                    samples.setdefault(last.split(":", 1)[0], [*frames[-6:], last])
+                    samples.setdefault(last.split(":", 1)[0], [*frames[-40:], last])
                 if " ERROR " in line or "ERROR:" in line or line.startswith("ERROR"):
                     errors += 1
                 names.update(set(_EXC.findall(line)))
@@ -879,7 +879,8 @@ def lost_locks(ops: list[Op]) -> int:
 
 def report_failures(checker: Checker, failures: list[Failure], limit: int = 6) -> list[str]:
     """The first failure of each kind (up to ``limit`` kinds), each with its path's history."""
-    lines, kinds = [], set()
+    lines: list[str] = []
+    kinds: set[str] = set()
     for f in failures:
         kind = f.what.split(";")[0].split(":")[0]
         if kind in kinds or len(kinds) >= limit:
@@ -1076,6 +1077,11 @@ def main(argv: Iterable[str] | None = None) -> int:
                 f"{name}: server log has {log['error_lines']} ERROR lines, {log['tracebacks']} "
                 f"tracebacks; exceptions named: {log['exceptions']}"
             )
+            for sample in log["traceback_samples"].values():
+                files = [x.strip() for x in sample if x.strip().startswith("File")]
+                ours = [x for x in files if "/davserver/" in x and "site-packages" not in x]
+                where = (ours or files or [""])[-1]
+                print(f"{name}:   {sample[-1][:160]}  ({where[:160]})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
