@@ -291,7 +291,9 @@ class Checker:
                 self._observe(op, op.path, "exists")
         elif k == "PROPFIND" and st == 207 and op.listing is not None:
             for name, size in op.listing.items():
-                if name.startswith("?"):
+                if name.endswith("/(unreadable)"):
+                    self._failures.append(Failure(op, name[1:], f"torn listing: {op.note}"))
+                elif name.startswith("?"):
                     self._failures.append(Failure(op, name[1:], "listed a name nobody created"))
                 elif size == ABSENT:
                     self._observe(op, name, "absent")
@@ -434,10 +436,24 @@ class Conn:
         try:
             self.conn.request(method, path, body=body, headers=hdrs)
             resp = self.conn.getresponse()
-            data = resp.read()
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             return None, None, b"", type(exc).__name__
+        # Read in blocks, so that a body cut short (the connection closed, or the server
+        # stopped sending before its Content-Length) is reported as what it is: an answer
+        # whose body is torn, not a request without an answer.
+        parts: list[bytes] = []
+        try:
+            while block := resp.read(64 * KIB):
+                parts.append(block)
+        except (OSError, http.client.HTTPException) as exc:
+            partial = getattr(exc, "partial", b"")
+            got = sum(map(len, parts)) + len(partial)
+            self.close()
+            note = f"response cut short ({type(exc).__name__}) after {got} of "
+            note += f"{resp.getheader('Content-Length', '?')} bytes"
+            return resp.status, resp.headers, b"".join(parts) + partial, note
+        data = b"".join(parts)
         if resp.will_close:
             self.close()
         return resp.status, resp.headers, data, ""
@@ -572,7 +588,7 @@ class Workload:
 
     def _get(self, conn: Conn, k: int, path: str, out: list[Op]) -> None:
         op, _, data = self._send(conn, k, "GET", "GET", path, out)
-        if op.status == 200:
+        if op.status == 200 and not op.note:  # a note: the body was cut short (torn)
             try:
                 op.body_id = parse_body(data)
             except ValueError as exc:
@@ -601,6 +617,8 @@ class Workload:
         )  # fmt: skip
         if op.status == 207:
             try:
+                if op.note:
+                    raise ValueError(op.note)
                 op.listing = parse_listing(self.tree, directory, data)
             except (ET.ParseError, ValueError) as exc:
                 op.note = f"unreadable multistatus: {exc}"
