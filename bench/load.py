@@ -454,6 +454,12 @@ class Conn:
             note += f"{resp.getheader('Content-Length', '?')} bytes"
             return resp.status, resp.headers, b"".join(parts) + partial, note
         data = b"".join(parts)
+        declared = resp.getheader("Content-Length")
+        if method != "HEAD" and declared and declared.isdigit() and int(declared) != len(data):
+            # http.client's read(amt) ends quietly at an early EOF.
+            self.close()
+            note = f"response cut short (closed) after {len(data)} of {declared} bytes"
+            return resp.status, resp.headers, data, note
         if resp.will_close:
             self.close()
         return resp.status, resp.headers, data, ""

@@ -12,8 +12,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from types import ModuleType
 
@@ -137,6 +139,34 @@ def test_listings_are_checked_against_the_model(load: ModuleType) -> None:
     assert h.failures() == []
     h.op("PROPFIND", "/d/", 6, 7, 207, listing={"/d/f0": 5, "/d/f1": 1002, "?/d/zz": 0})
     assert len(h.failures()) == 3  # wrong size, a deleted file listed, a stranger
+
+
+def test_a_body_cut_short_is_a_torn_answer(load: ModuleType) -> None:
+    """A raw socket that declares 4000 bytes and sends a complete 2000-byte body, then closes:
+    the client keeps the status and calls the body cut short, so the checker reports it."""
+    body = load.make_body(7, 2000)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 4000\r\n\r\n" + body)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        status, _, data, note = load.Conn(port, "Basic x", 10).request("GET", "/f")
+    finally:
+        thread.join(10)
+        listener.close()
+    assert status == 200 and data == body
+    assert "cut short" in note and "2000 of 4000" in note
+    h = History(load)
+    h.put("/f", 0, 1, 201, body=7)
+    h.op("GET", "/f", 2, 3, 200, body_id=None, note=note)
+    assert any("cut short" in f for f in h.failures())
 
 
 @pytest.mark.slow
