@@ -1076,7 +1076,13 @@ def main(argv: Iterable[str] | None = None) -> int:
                   file=sys.stderr, flush=True)  # fmt: skip
             try:
                 results[name] = run_config(br, run, pg, name, args)
-            except (RuntimeError, OSError, ImportError, br.BenchError) as exc:
+            except (
+                RuntimeError,
+                OSError,
+                ImportError,
+                subprocess.SubprocessError,
+                br.BenchError,
+            ) as exc:
                 results[name] = {"error": str(exc)}
                 print(f"{name}: could not run: {exc}", file=sys.stderr)
                 continue
