@@ -1,7 +1,7 @@
 """davserver: a WebDAV server that keeps what it stores encrypted in an untrusted object store.
 
 Layers (imports point down only): ``dav`` -> ``vault`` -> ``index`` / ``crypto`` / ``blobs``.
-See ``DESIGN.md`` in the shared folder for the normative formats.
+See ``docs/design.md`` for the architecture and the normative formats.
 """
 
 __version__ = "0.1.0"

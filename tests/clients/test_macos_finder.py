@@ -1,6 +1,6 @@
 """macOS Finder (WebDAVFS) replayed with raw HTTP, on both backends.
 
-Finder cannot run here, so its requests are sent as it sends them (shared CLIENTS.md): its
+Finder cannot run here, so its requests are sent as it sends them: its
 User-Agent; at mount it reads OPTIONS (without class 2 in ``DAV:`` the volume is read-only) and
 probes ``._.``, ``.DS_Store``, ``mach_kernel`` and friends, which must be 404 when absent; a
 copy is LOCK Depth 0 ``Timeout: Second-600`` on the new URL, then PUT with

@@ -6,7 +6,7 @@ file and a tree. The mount is then undone and what the server serves is checked 
 (``check_served``). A second mount reads back what the first one uploaded and deletes it.
 Both backends (local blob dir and MinIO) run through ``dav_any``.
 
-Client behaviour these tests account for (see also shared CLIENTS.md):
+Client behaviour these tests account for (see also docs/clients.md):
 
 - davfs2 uploads a file when it is closed (after ``delay_upload``) or when unmounted, so the
   server is checked after ``umount`` returns; kernels >= 6.16 need ``buf_size 64``.

@@ -1,7 +1,7 @@
 """Python WebDAV clients against a live davserver, on both backends: webdav4 (httpx, with its
 fsspec filesystem) and webdavclient3. What they wrote is checked with raw HTTP.
 
-Their quirks (shared CLIENTS.md): webdav4 sends PROPFIND *without* a Depth header for
+Their quirks: webdav4 sends PROPFIND *without* a Depth header for
 ``exists``/``isdir``/``open`` (answered as Depth 1, as sabre/dav does; an explicit infinity is
 still refused); webdavclient3 sends HEAD before nearly every call, PROPPATCH with
 ``Depth: 1``, COPY without ``Overwrite`` (so T: RFC 4918 §10.6) and, for a collection, COPY

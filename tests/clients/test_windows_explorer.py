@@ -1,7 +1,7 @@
 """Windows Explorer (the WebDAV mini-redirector) replayed with raw HTTP, on both backends.
 
-Explorer cannot run here, so its request sequences are sent as it sends them (shared
-CLIENTS.md): its User-Agent and ``translate: f``; PROPFIND with an empty body; a new file is a
+Explorer cannot run here, so its request sequences are sent as it sends them: its
+User-Agent and ``translate: f``; PROPFIND with an empty body; a new file is a
 0-byte PUT, then LOCK without a Depth header, PROPPATCH of the Win32 times and attributes with
 ``If: (<token>)`` (no tagged URL), HEAD, PUT of the content, PROPPATCH again, UNLOCK; rename
 is MOVE with ``Overwrite: F``. The PROPPATCH must be answered 207 with a 200 propstat (a 403

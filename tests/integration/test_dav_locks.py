@@ -149,7 +149,7 @@ def test_lock_refresh_and_timeout_header(alice: DavClient) -> None:
 
 
 def test_windows_explorer_sequence(alice: DavClient) -> None:
-    """Replayed from CLIENTS.md: LOCK without Depth, PROPPATCH of Win32 times with If."""
+    """Windows Explorer's sequence: LOCK without Depth, PROPPATCH of Win32 times with If."""
     assert alice.request("PROPFIND", "/", None, {"Depth": "0"}).status == 207  # empty body
     assert alice.put("/doc.txt", b"").status == 201
     r = alice.request("LOCK", "/doc.txt", lockinfo(), {"Timeout": "Second-3600"})

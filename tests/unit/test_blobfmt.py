@@ -54,8 +54,8 @@ SMALL = 8  # 256-byte segments keep the exhaustive tests fast
 def load_vector() -> dict[str, Any]:
     if not VECTOR_PATH.is_file():
         pytest.fail(
-            f"conformance vector not found at {VECTOR_PATH}; the shared/ folder must be "
-            "checked out beside the repository (DESIGN.md section 5)"
+            f"conformance vector not found at {VECTOR_PATH}; it belongs to the repository "
+            "(docs/design.md section 5)"
         )
     data: dict[str, Any] = json.loads(VECTOR_PATH.read_text())
     return data

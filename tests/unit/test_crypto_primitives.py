@@ -187,7 +187,7 @@ def test_wrap_rejects_bad_kek() -> None:
 
 def test_keyed_hash_equals_libsodium_salt_personal() -> None:
     """keyed_hash runs on hashlib; libsodium's generichash with salt and personalisation is
-    the reference (DESIGN's name MACs and subkeys are defined on it)."""
+    the reference (docs/design.md's name MACs and subkeys are defined on it)."""
     import random
 
     import nacl.encoding
