@@ -116,6 +116,8 @@ def build_app(config: Config, vault: Vault) -> Callable[..., Any]:
             "realm": server.realm,
             "login_fail_limit": config.security.login_fail_limit,
             "login_fail_window": config.security.login_fail_window,
+            "login_fail_pair_limit": config.security.login_fail_pair_limit,
+            "login_fail_user_limit": config.security.login_fail_user_limit,
             "trusted_proxies": server.trusted_proxies,
         },
     }
