@@ -423,6 +423,17 @@ class QuotaConfig:
     """Storage quotas."""
 
     default_bytes: int = _opt(0, _integer(0), "Quota of new users (0 = unlimited).")
+    max_dead_props: int = _opt(
+        256, _integer(1), "Most dead (client-set) properties per file or directory (else 507)."
+    )
+    max_dead_props_bytes: int = _opt(
+        65536,
+        _integer(1024),
+        "Most bytes of dead properties (names and XML values) per file or directory (else 507).",
+    )
+    max_shared_locks: int = _opt(
+        64, _integer(1), "Most locks on one file or directory at once (else 423)."
+    )
 
 
 @dataclass(frozen=True)
