@@ -23,6 +23,7 @@ import base64
 import binascii
 import ipaddress
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from wsgidav.dc.base_dc import BaseDomainController
@@ -163,6 +164,15 @@ class DavAuthenticator(HTTPAuthenticator):  # type: ignore[misc]
         )
         return [body]
 
+    @staticmethod
+    def _record(what: Callable[[str, str], None], addr: str, user_name: str) -> None:
+        """Update the counters; if the index cannot take the write (a full disk), the login
+        is still answered as what it was (logged: the count is missing)."""
+        try:
+            what(addr, user_name)
+        except DavServerError as exc:
+            log.warning("could not update the failed-login counters: %s", exc.reason)
+
     def handle_basic_auth_request(self, environ: dict[str, Any], start_response: Any) -> Any:
         realm = self.domain_controller.get_domain_realm(environ["PATH_INFO"], environ)
         creds = parse_basic(str(environ.get("HTTP_AUTHORIZATION", "")))
@@ -192,9 +202,9 @@ class DavAuthenticator(HTTPAuthenticator):  # type: ignore[misc]
         if session is not None:  # logged in a moment ago: no Argon2id
             dc._accept(session, environ)
         elif dc.basic_auth_user(realm, user_name, password, environ):
-            self.throttle.login_succeeded(addr, user_name)
+            self._record(self.throttle.login_succeeded, addr, user_name)
         else:
-            self.throttle.login_failed(addr, user_name)
+            self._record(self.throttle.login_failed, addr, user_name)
             log.info("login failed from %s (user tag %s)", addr, self.throttle.log_tag(user_name))
             return self.send_basic_auth_response(environ, start_response)
         environ["wsgidav.auth.realm"] = realm

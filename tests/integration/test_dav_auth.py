@@ -293,3 +293,20 @@ def test_access_log_has_no_names_or_credentials(
         "Basic ",
     ):
         assert secret not in text, secret
+
+
+def test_counter_write_failure_still_answers_the_login(
+    dav_server: DavServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """If the index refuses the counter write (a full disk; here a trigger that aborts every
+    insert into login_failure), a wrong password is still a 401 and a right one a 207."""
+    db = dav_server.vault.index.db
+    with dav_server.vault.index.connection():
+        db.execute_sql(
+            "CREATE TRIGGER refuse_failures BEFORE INSERT ON login_failure "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+    with caplog.at_level("WARNING"):
+        assert attempt(dav_server, "alice", "wrong").status == 401
+    assert "could not update the failed-login counters" in caplog.text
+    assert attempt(dav_server, "alice", dav_server.users["alice"]).status == 207
