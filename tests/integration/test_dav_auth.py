@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -130,8 +131,13 @@ def limited(tmp_path: Path) -> DavServer:
     dav.stop()
 
 
+class Listening(Protocol):
+    host: str
+    port: int
+
+
 def attempt(
-    dav: DavServer,
+    dav: Listening,
     user: str,
     password: str,
     *,
@@ -310,3 +316,20 @@ def test_counter_write_failure_still_answers_the_login(
         assert attempt(dav_server, "alice", "wrong").status == 401
     assert "could not update the failed-login counters" in caplog.text
     assert attempt(dav_server, "alice", dav_server.users["alice"]).status == 207
+
+
+def test_no_lockout_across_forked_workers(tmp_path: Path) -> None:
+    """Two `davserver serve` worker processes on one index: eleven wrong passwords from
+    127.0.0.2, spread over both by the kernel, refuse that address whichever worker answers,
+    and the right password from 127.0.0.1 still gets in."""
+    from tests.integration.test_dav_server import ServeProcess
+
+    served = ServeProcess(tmp_path, {"DAVSERVER_SERVER_WORKERS": "2"})
+    try:
+        statuses = [attempt(served, "alice", f"g{i}", source="127.0.0.2").status for i in range(11)]
+        assert statuses == [401] * 5 + [429] * 6
+        assert attempt(served, "alice", served.password, source="127.0.0.1").status == 207
+        assert attempt(served, "alice", served.password, source="127.0.0.2").status == 429
+    finally:
+        code, _out, err = served.stop()
+    assert code == 0, err
