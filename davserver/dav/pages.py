@@ -21,7 +21,7 @@ from html import escape
 from typing import Any
 
 from jinja2 import Environment
-from wsgidav.dav_error import DAVError, get_http_status_string
+from wsgidav.dav_error import ERROR_RESPONSES, DAVError, get_http_status_string
 from wsgidav.dir_browser import WsgiDavDirBrowser
 from wsgidav.error_printer import ErrorPrinter
 
@@ -33,11 +33,14 @@ def error_page(error: DAVError) -> tuple[str, bytes]:
     HTML page with the status and the reason (never a product, version or time)."""
     if error.err_condition:
         return "application/xml; charset=utf-8", error.err_condition.as_string().encode()
-    status = escape(get_http_status_string(error))
+    status = get_http_status_string(error)
+    # The reason the code gave, or the standard one; never the source exception WsgiDAV's
+    # get_user_info() would append.
+    reason = str(error.context_info or ERROR_RESPONSES.get(error.value, ""))
     page = (
         "<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
-        f"<title>{status}</title></head>\n<body><h1>{status}</h1>\n"
-        f"<p>{escape(error.get_user_info())}</p></body></html>\n"
+        f"<title>{escape(status)}</title></head>\n<body><h1>{escape(status)}</h1>\n"
+        f"<p>{escape(reason)}</p></body></html>\n"
     )
     return "text/html; charset=utf-8", page.encode("utf-8")
 

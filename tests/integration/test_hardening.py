@@ -50,6 +50,9 @@ def test_error_pages_name_no_product_version_or_time(dav_server: DavServer) -> N
         "405": alice.request("MKCOL", "/"),
         "409": alice.put("/missing/parent", b"x"),
     }
+    bad_xml = alice.request("PROPPATCH", "/", "<not xml", {"Content-Type": "application/xml"})
+    assert bad_xml.status == 400 and b"Invalid XML" in bad_xml.body
+    assert b"Source exception" not in bad_xml.body  # WsgiDAV appends the parser's error
     for what, r in pages.items():
         assert str(r.status) == what, (what, r.status)
         assert r.body, what  # a page that says what went wrong
