@@ -333,3 +333,13 @@ def test_no_lockout_across_forked_workers(tmp_path: Path) -> None:
     finally:
         code, _out, err = served.stop()
     assert code == 0, err
+
+
+def test_an_ipv6_slash64_counts_as_one_address(proxied: DavServer) -> None:
+    """One host commonly holds a whole /64: hopping through it does not reset the count."""
+    statuses = [
+        attempt(proxied, "alice", "wrong", forwarded_for=f"2001:db8:1:2::{i:x}").status
+        for i in range(1, 7)
+    ]
+    assert statuses == [401] * 5 + [429]  # the pair limit, across six addresses of one /64
+    assert attempt(proxied, "alice", "wrong", forwarded_for="2001:db8:1:3::1").status == 401
