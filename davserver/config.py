@@ -406,9 +406,24 @@ class SecurityConfig:
     )
     login_cache_ttl: int = _opt(600, _integer(1), "Seconds an idle login stays cached in memory.")
     login_cache_size: int = _opt(1024, _integer(1), "Most logins kept in the cache.")
-    login_fail_limit: int = _opt(10, _integer(1), "Failed logins per window before answering 429.")
+    login_fail_limit: int = _opt(
+        10, _integer(1), "Failed logins from one address per window before answering it 429."
+    )
     login_fail_window: int = _opt(300, _integer(1), "Window in seconds for counting failed logins.")
     argon2_concurrency: int = _opt(0, _integer(0), "Argon2id computations at once (0 = CPU count).")
+    login_fail_pair_limit: int = _opt(
+        5,
+        _integer(1),
+        "Failed logins of one user from one address per window before that pair gets 429 "
+        "(login_fail_limit is per address, for all users).",
+    )
+    login_fail_user_limit: int = _opt(
+        10,
+        _integer(1),
+        "Failed logins of one user per window, from anywhere, after which only addresses with "
+        "fewer than 2 failures against that user may still try it; addresses without "
+        "failures of their own are never refused, so nobody can lock a user out.",
+    )
 
 
 @dataclass(frozen=True)
@@ -416,6 +431,17 @@ class QuotaConfig:
     """Storage quotas."""
 
     default_bytes: int = _opt(0, _integer(0), "Quota of new users (0 = unlimited).")
+    max_dead_props: int = _opt(
+        256, _integer(1), "Most dead (client-set) properties per file or directory (else 507)."
+    )
+    max_dead_props_bytes: int = _opt(
+        65536,
+        _integer(1024),
+        "Most bytes of dead properties (names and XML values) per file or directory (else 507).",
+    )
+    max_shared_locks: int = _opt(
+        64, _integer(1), "Most locks on one file or directory at once (else 423)."
+    )
 
 
 @dataclass(frozen=True)

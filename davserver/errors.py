@@ -15,6 +15,8 @@
     ├── ChecksumMismatch (400)          body does not match the checksum the client sent
     ├── InsufficientStorage (507)       quota exceeded; nothing committed
     │   └── DiskFull (507)              the disk under the blobs or the index is full
+    ├── PropertyLimit (507)             too many or too large dead properties on one node
+    ├── LockLimit (423)                 one path already holds the most locks allowed
     ├── IntegrityError (500)            ciphertext, envelope or index row failed authentication
     └── StorageError (503)              the blob store or database is unreachable or failing;
         │                               carries retry_after seconds (Retry-After header)
@@ -114,6 +116,22 @@ class DiskFull(InsufficientStorage):
     """No space left on the disk under the blob store or the index; nothing committed."""
 
     status = 507
+
+
+class PropertyLimit(DavServerError):
+    """Too many dead properties, or too many bytes of them, on one node; nothing changed.
+    507 as RFC 4918 §9.2.1 has it for a property the server has no room to record (not an
+    InsufficientStorage: no quota or disk is involved)."""
+
+    status = 507
+
+
+class LockLimit(DavServerError):
+    """The path already holds the most locks allowed (``quota.max_shared_locks``). 423: to
+    the new locker the resource is locked, as with a conflicting lock, until one of the
+    existing locks is released or expires."""
+
+    status = 423
 
 
 class IntegrityError(DavServerError):

@@ -83,6 +83,9 @@ def vault_settings(config: Config) -> VaultSettings:
         upload_grace=config.gc.upload_grace,
         inline_max=config.storage.inline_max,
         checksums=config.storage.checksums,
+        max_dead_props=config.quota.max_dead_props,
+        max_dead_props_bytes=config.quota.max_dead_props_bytes,
+        max_shared_locks=config.quota.max_shared_locks,
     )
 
 

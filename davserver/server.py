@@ -20,6 +20,7 @@ import os
 import select
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,8 +28,6 @@ from typing import Any
 
 from cheroot import wsgi
 from wsgidav import util as wsgidav_util
-from wsgidav.dir_browser import WsgiDavDirBrowser
-from wsgidav.error_printer import ErrorPrinter
 from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
@@ -38,6 +37,7 @@ from davserver.dav.errors import ErrorMapper
 from davserver.dav.locks import DavLockManager, VaultLockStorage
 from davserver.dav.middleware import RequestGuard
 from davserver.dav.nextcloud import NextcloudRouter
+from davserver.dav.pages import DirBrowser, ErrorPages
 from davserver.dav.provider import VaultProvider
 from davserver.errors import ConfigError
 from davserver.httpio import DavConnection
@@ -89,11 +89,11 @@ def build_app(config: Config, vault: Vault) -> Callable[..., Any]:
         "honor_mtime_header": True,  # X-OC-Mtime on MKCOL (PUT handles it itself)
         "add_header_MS_Author_Via": True,
         "middleware_stack": [
-            ErrorPrinter,
+            ErrorPages,  # WsgiDAV's ErrorPrinter without product, version or time
             ErrorMapper,
             DavAuthenticator,
             NextcloudRouter,  # /remote.php/dav/files|uploads/USER/…, PATCH (after auth)
-            WsgiDavDirBrowser,
+            DirBrowser,  # WsgiDAV's, with a template that names no product and runs no script
             RequestResolver,
         ],
         "http_authenticator": {
@@ -116,6 +116,8 @@ def build_app(config: Config, vault: Vault) -> Callable[..., Any]:
             "realm": server.realm,
             "login_fail_limit": config.security.login_fail_limit,
             "login_fail_window": config.security.login_fail_window,
+            "login_fail_pair_limit": config.security.login_fail_pair_limit,
+            "login_fail_user_limit": config.security.login_fail_user_limit,
             "trusted_proxies": server.trusted_proxies,
         },
     }
@@ -239,6 +241,30 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
     mallopt(m_arena_max, arenas)
 
 
+def disable_core_dumps() -> None:
+    """No core dumps of a process that holds users' keys: RLIMIT_CORE 0 (soft and hard, so
+    the process cannot raise it again) and, on Linux, ``prctl(PR_SET_DUMPABLE, 0)``, which
+    also covers dumps through a ``core_pattern`` pipe and keeps other processes of the same
+    user from ptrace-attaching or reading /proc/PID/mem. Inherited by forked workers. A
+    platform without either gets what it has; nothing here fails the server."""
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except (ImportError, ValueError, OSError):  # pragma: no cover - platform dependent
+        log.warning("could not disable core dumps (RLIMIT_CORE)")
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_dumpable = 4  # from linux/prctl.h
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        failed = libc.prctl(pr_set_dumpable, 0, 0, 0, 0) != 0
+    except (OSError, AttributeError):  # pragma: no cover - libc without prctl
+        failed = True
+    if failed:
+        log.warning("could not mark the process undumpable (prctl PR_SET_DUMPABLE)")
+
+
 def serve(
     config: Config,
     *,
@@ -252,6 +278,7 @@ def serve(
     port (SO_REUSEPORT: the kernel spreads connections) with its own vault connection; this
     process supervises them, restarts one that dies, and stops them all on SIGTERM/SIGINT.
     """
+    disable_core_dumps()
     workers = config.server.workers or os.cpu_count() or 1
     if workers > 1:
         _serve_forked(config, workers, host=host, port=port, ready=ready)

@@ -6,22 +6,24 @@
   a digest never carries it.
 - ``DavAuthenticator``: WsgiDAV's authenticator with a strict Basic parser (malformed headers
   get 400, never a 500), a rate limit, and no user names in logs.
-- Failed logins are counted per user name and per client address in a sliding window, in the
-  index (``davserver.vault.throttle``: every server process and host sees the same counts);
-  over the limit, a request gets 429 with ``Retry-After`` *without* running Argon2id. A
-  request whose name and password logged in successfully a moment ago is served from the
-  login cache before any counter is consulted (one keyed hash, no database), so correct
-  logins are never slowed by someone else's guessing.
+- Failed logins are throttled per client address, per user name and per (address, user)
+  pair in the index (``davserver.vault.throttle``, whose docstring has the policy): guessing
+  stays slow, but nobody can lock a user out by name, since an address with no failures of
+  its own is always let through to the password check. Refusals are 429 with
+  ``Retry-After``, decided *before* the login cache and Argon2id, so an address over its
+  limit cannot test passwords at all. Malformed credentials get 400 and count against
+  nobody. A request whose name and password logged in a moment ago is served from the
+  login cache (one keyed hash, no Argon2id).
+- Logs name users only by ``LoginThrottle.log_tag``, a keyed MAC under a server secret.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import ipaddress
 import logging
-import unicodedata
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from wsgidav.dc.base_dc import BaseDomainController
@@ -40,14 +42,6 @@ log = logging.getLogger(__name__)
 
 USER_KEY = "davserver.user_id"
 ADDR_KEY = "davserver.client_addr"
-
-
-def user_key(name: str) -> str:
-    """Rate-limit key of a user name (hashed: the table is never a list of names)."""
-    digest = hashlib.blake2b(
-        unicodedata.normalize("NFC", name).encode("utf-8", "surrogatepass"), digest_size=16
-    )
-    return "u:" + digest.hexdigest()
 
 
 def client_address(environ: dict[str, Any], trusted_proxies: frozenset[str]) -> str:
@@ -145,7 +139,11 @@ class DavAuthenticator(HTTPAuthenticator):  # type: ignore[misc]
         super().__init__(wsgidav_app, next_app, config)
         opts = config["davserver"]
         self.throttle = LoginThrottle(
-            opts["vault"], opts["login_fail_limit"], opts["login_fail_window"]
+            opts["vault"],
+            opts["login_fail_limit"],
+            opts["login_fail_window"],
+            pair_limit=opts.get("login_fail_pair_limit"),
+            user_limit=opts.get("login_fail_user_limit"),
         )
         self.trusted_proxies = frozenset(opts.get("trusted_proxies", ()))
 
@@ -166,36 +164,49 @@ class DavAuthenticator(HTTPAuthenticator):  # type: ignore[misc]
         )
         return [body]
 
+    @staticmethod
+    def _record(what: Callable[[str, str], None], addr: str, user_name: str) -> None:
+        """Update the counters; if the index cannot take the write (a full disk), the login
+        is still answered as what it was (logged: the count is missing)."""
+        try:
+            what(addr, user_name)
+        except DavServerError as exc:
+            log.warning("could not update the failed-login counters: %s", exc.reason)
+
     def handle_basic_auth_request(self, environ: dict[str, Any], start_response: Any) -> Any:
         realm = self.domain_controller.get_domain_realm(environ["PATH_INFO"], environ)
         creds = parse_basic(str(environ.get("HTTP_AUTHORIZATION", "")))
         addr = client_address(environ, self.trusted_proxies)
         environ[ADDR_KEY] = addr
-        addr_key = "a:" + addr
-        if creds is None:
-            self.throttle.failed([addr_key])
+        if creds is None:  # no password was tried: counted against nobody
             return self._respond(start_response, "400 Bad Request", body=b"malformed credentials\n")
         user_name, password = creds
         dc: VaultDomainController = self.domain_controller
+        refusal = self.throttle.check(addr, user_name)  # before the cache: see the docstring
+        if refusal is not None:
+            log.warning(
+                "login refused from %s: too many failed attempts (%s limit, user tag %s, "
+                "retry in %d s)",
+                addr,
+                refusal.reason,
+                self.throttle.log_tag(user_name),
+                refusal.retry_after,
+            )
+            return self._respond(
+                start_response,
+                "429 Too Many Requests",
+                [("Retry-After", str(refusal.retry_after))],
+                b"too many failed logins; retry later\n",
+            )
         session = dc.cached_login(user_name, password)
-        if session is not None:  # logged in a moment ago: no counter, no Argon2id
+        if session is not None:  # logged in a moment ago: no Argon2id
             dc._accept(session, environ)
+        elif dc.basic_auth_user(realm, user_name, password, environ):
+            self._record(self.throttle.login_succeeded, addr, user_name)
         else:
-            ukey = user_key(user_name)
-            wait = self.throttle.retry_after([ukey, addr_key])
-            if wait is not None:
-                log.warning("login refused: too many failed attempts (retry in %d s)", wait)
-                return self._respond(
-                    start_response,
-                    "429 Too Many Requests",
-                    [("Retry-After", str(wait))],
-                    b"too many failed logins; retry later\n",
-                )
-            if not dc.basic_auth_user(realm, user_name, password, environ):
-                self.throttle.failed([ukey, addr_key])
-                log.info("login failed (user key %s)", ukey[2:10])
-                return self.send_basic_auth_response(environ, start_response)
-            self.throttle.reset(ukey)
+            self._record(self.throttle.login_failed, addr, user_name)
+            log.info("login failed from %s (user tag %s)", addr, self.throttle.log_tag(user_name))
+            return self.send_basic_auth_response(environ, start_response)
         environ["wsgidav.auth.realm"] = realm
         environ["wsgidav.auth.user_name"] = user_name
         return self.next_app(environ, start_response)

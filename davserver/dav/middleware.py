@@ -6,6 +6,16 @@
   the body — cheroot would read it *into memory* (DESIGN §10).
 - WsgiDAV parses XML bodies (PROPFIND, PROPPATCH, LOCK) in memory: bodies of other methods
   than PUT larger than ``max_xml_body`` are refused with 413 before anything reads them.
+- Every response gets ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: no-referrer``
+  and a ``Content-Security-Policy`` with ``frame-ancestors 'none'`` (no framing, so no
+  clickjacking). Directory listings (marked ``LISTING_KEY`` by ``davserver.dav.pages``) may
+  load their stylesheet and icon from the server and nothing else (``LISTING_POLICY``).
+  Every other response of a type a browser runs script in (HTML, XHTML, SVG, XML, or no
+  type) gets ``ACTIVE_POLICY``: nothing loads, no script runs, and the document is
+  sandboxed into an origin of its own — a user's files are served as what they are, and an
+  uploaded HTML or SVG file opened in a browser must not run with the server's origin and
+  the user's credentials. Other types (images, PDFs, media) get ``frame-ancestors`` only:
+  a sandbox would stop browsers' PDF viewers, and nosniff keeps them from being read as HTML.
 - One access-log line per request: client address, method, status, bytes in and out,
   duration and the user id — never credentials, user names or paths (paths only at debug).
 """
@@ -18,6 +28,54 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 access_log = logging.getLogger("davserver.access")
+
+#: Set in the environ by the directory browser: the response is a listing page.
+LISTING_KEY = "davserver.listing"
+ACTIVE_POLICY = (
+    "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'; sandbox"
+)
+LISTING_POLICY = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'; form-action 'none'"
+)
+PASSIVE_POLICY = "frame-ancestors 'none'"
+_ACTIVE_TYPES = (
+    "text/html",
+    "application/xhtml+xml",
+    "image/svg+xml",
+    "text/xml",
+    "application/xml",
+    "text/xsl",
+)
+
+
+def _policy(headers: list[tuple[str, str]], environ: dict[str, Any]) -> str:
+    if environ.get(LISTING_KEY):
+        return LISTING_POLICY
+    ctype = next((v for k, v in headers if k.lower() == "content-type"), "")
+    media = ctype.split(";", 1)[0].strip().lower()
+    if not media or media in _ACTIVE_TYPES or media.endswith("+xml"):
+        return ACTIVE_POLICY
+    return PASSIVE_POLICY
+
+
+def security_headers(
+    headers: list[tuple[str, str]], environ: dict[str, Any]
+) -> list[tuple[str, str]]:
+    """``headers`` plus those of the module docstring (any the app set itself are kept)."""
+    have = {k.lower() for k, _ in headers}
+    policy = _policy(headers, environ)
+    extra = [
+        (k, v)
+        for k, v in (
+            ("Content-Security-Policy", policy),
+            ("X-Content-Type-Options", "nosniff"),
+            ("Referrer-Policy", "no-referrer"),
+        )
+        if k.lower() not in have
+    ]
+    return [*headers, *extra]
+
 
 DEFAULT_MAX_XML_BODY = 8 << 20
 #: Rejected bodies up to this size are read and dropped, keeping the connection alive.
@@ -81,15 +139,13 @@ class BodyReader:
         return self.at_end
 
 
-def _plain(status: str, body: bytes, start_response: Any) -> list[bytes]:
-    start_response(
-        status,
-        [
-            ("Content-Type", "text/plain; charset=utf-8"),
-            ("Content-Length", str(len(body))),
-            ("Connection", "close"),
-        ],
-    )
+def _plain(status: str, body: bytes, start_response: Any, environ: dict[str, Any]) -> list[bytes]:
+    headers = [
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Length", str(len(body))),
+        ("Connection", "close"),
+    ]
+    start_response(status, security_headers(headers, environ))
     return [body]
 
 
@@ -110,13 +166,15 @@ class RequestGuard:
             environ["wsgi.input"] = body = BodyReader(environ["wsgi.input"], None)
             state["status"] = "400"
             self._log(environ, state, body, started)
-            return _plain("400 Bad Request", b"invalid Content-Length\n", start_response)
+            return _plain("400 Bad Request", b"invalid Content-Length\n", start_response, environ)
         body = BodyReader(environ["wsgi.input"], None if chunked else int(raw_length))
         environ["wsgi.input"] = body
         if method != "PUT" and not chunked and int(raw_length) > self.max_xml_body:
             state["status"] = "413"
             self._log(environ, state, body, started)
-            return _plain("413 Payload Too Large", b"request body too large\n", start_response)
+            return _plain(
+                "413 Payload Too Large", b"request body too large\n", start_response, environ
+            )
         return self._run(environ, start_response, body, state, started)
 
     def _run(
@@ -135,7 +193,7 @@ class RequestGuard:
                 headers = [(k, v) for k, v in headers if k.lower() != "connection"]
                 headers.append(("Connection", "close"))
             state["status"] = status.split(" ", 1)[0]
-            return start_response(status, headers, exc_info)
+            return start_response(status, security_headers(headers, environ), exc_info)
 
         try:
             app_iter = self.app(environ, guarded)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -170,13 +171,29 @@ def _sqlite_path(url: str, base_dir: Path) -> str:
     return str(p if p.is_absolute() else base_dir / p)
 
 
+def _private_sqlite_files(path: str) -> None:
+    """Create the SQLite file owner-only (0600) before SQLite does, and make an existing one
+    and its ``-wal``/``-shm`` owner-only: the index holds the wrapped keys. SQLite gives the
+    files it creates beside a database the database file's mode."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    with contextlib.suppress(OSError):  # a missing directory: SQLite reports it
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (path, path + "-wal", path + "-shm", path + "-journal"):
+        with contextlib.suppress(OSError):
+            if os.stat(name).st_mode & 0o077:
+                os.chmod(name, 0o600)
+
+
 def connect(url: str, base_dir: str | Path = ".") -> pw.Database:
     """Make a peewee database from an index URL (``sqlite:///rel/or/abs.db`` or
     ``postgresql://user:pass@host:port/db``); relative SQLite paths resolve against base_dir."""
     base = Path(base_dir)
     if url.startswith("sqlite:///"):
+        path = _sqlite_path(url, base)
+        _private_sqlite_files(path)
         return pw.SqliteDatabase(
-            _sqlite_path(url, base),
+            path,
             pragmas={
                 "journal_mode": "wal",
                 "synchronous": "normal",  # durable across process crashes in WAL mode

@@ -192,3 +192,15 @@ def version(version_id: str, node_id: str) -> VersionRow | None:
         return None
     inline = None if r[6] is None else bytes(r[6])
     return VersionRow(r[0], int(r[1]), r[2], int(r[3]), bytes(r[4]), bytes(r[5]), inline)
+
+
+# The failed-login check runs on every authenticated request (davserver.vault.throttle).
+_TEMPLATES["login_failures"] = (
+    'SELECT key_mac, at FROM "login_failure" WHERE key_mac IN (?, ?, ?) AND at > ?'
+)
+
+
+def login_failures(macs: tuple[bytes, bytes, bytes], since: float) -> list[tuple[bytes, float]]:
+    """(key MAC, time) of every failed login after ``since`` against one of three keys."""
+    rows = execute("login_failures", (*macs, since)).fetchall()
+    return [(bytes(r[0]), float(r[1])) for r in rows]

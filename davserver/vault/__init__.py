@@ -83,6 +83,9 @@ class VaultSettings:
     upload_grace: float = 86400.0  # partial uploads idle this long are crash leftovers
     inline_max: int = 16384  # files up to this size (known length) live in the index
     checksums: tuple[str, ...] = ("sha1", "md5")  # computed on upload, offered to clients
+    max_dead_props: int = 256  # dead properties per node (PropertyLimit beyond)
+    max_dead_props_bytes: int = 65536  # their names and values, UTF-8
+    max_shared_locks: int = 64  # locks rooted at one path (LockLimit beyond)
 
 
 @dataclass(frozen=True)

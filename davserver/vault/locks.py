@@ -21,6 +21,9 @@ trailing one (``/`` is a user's root).
 Conflict checks and creation run in one transaction (:meth:`LockStore.transaction`): on SQLite
 ``BEGIN IMMEDIATE`` serialises writers across processes; on PostgreSQL the user's row is locked
 ``FOR UPDATE``, which serialises lock changes of one user (locks never span two users).
+
+At most ``VaultSettings.max_shared_locks`` locks are rooted at one path (only shared locks can
+share a root); one more is ``LockLimit`` (423), counted in the same transaction.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import peewee as pw
 
 from davserver import crypto
 from davserver.crypto.primitives import keyed_hash
-from davserver.errors import IntegrityError, StorageError
+from davserver.errors import IntegrityError, LockLimit, StorageError
 from davserver.index import fast
 from davserver.index.models import Lock, LockScope, User
 from davserver.vault.tree import split_path
@@ -79,6 +82,7 @@ class LockStore:
         self._index = vault.index
         self._mac_key = vault.server_key(_MAC_PURPOSE)
         self._seal_key = vault.server_key(_SEAL_PURPOSE)
+        self.max_locks = vault.settings.max_shared_locks
 
     # -- keys ----------------------------------------------------------------------------
     def _mac(self, user_id: str, path: str) -> bytes:
@@ -143,6 +147,9 @@ class LockStore:
         expire = time.time() + timeout
         path_mac = self._mac(user_id, path)
         with self._db(write=True):
+            live = Lock.select().where(Lock.path_mac == path_mac, Lock.expire >= time.time())
+            if live.count() >= self.max_locks:  # inside the caller's transaction: no race
+                raise LockLimit(f"too many locks on this resource (at most {self.max_locks})")
             Lock.create(
                 token=token,
                 path_mac=path_mac,

@@ -2,7 +2,8 @@
 
 Both are sealed under the node's key. Each is read per node (``get_props``, ``hashes``) or for
 every member of a directory from one query (``list_dir_props``, ``list_dir_hashes``: a Depth 1
-allprop PROPFIND needs them all); ``set_props`` changes properties in one transaction.
+allprop PROPFIND needs them all); ``set_props`` changes properties in one transaction, within
+the caps ``VaultSettings.max_dead_props`` and ``max_dead_props_bytes`` (``PropertyLimit``, 507).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 from typing import Any
 
 from davserver import crypto
-from davserver.errors import IntegrityError
+from davserver.errors import IntegrityError, PropertyLimit
 from davserver.index.models import DeadProps, Node, Version
 from davserver.vault.nodes import (
     _VMETA_LABEL,
@@ -37,6 +38,14 @@ _MEMBER_KEY_COLUMNS = (
 )
 
 
+def _props_bytes(props: dict[str, str]) -> int:
+    """What the caps count: UTF-8 bytes of every property's name and value."""
+    return sum(
+        len(k.encode("utf-8", "surrogatepass")) + len(v.encode("utf-8", "surrogatepass"))
+        for k, v in props.items()
+    )
+
+
 class _PropOps(_SessionCore):
     """Dead properties and checksums of nodes (``Session`` inherits these)."""
 
@@ -52,12 +61,29 @@ class _PropOps(_SessionCore):
         with self._db(), self._txn():
             ref = self._walk(split_path(path))
             props = self._props(ref)
+            before = (len(props), _props_bytes(props))
             for k, v in changes.items():
                 if v is None:
                     props.pop(k, None)
                 else:
                     props[k] = v
+            self._check_props_limits(before, props)
             self._store_props(ref, props)
+
+    def _check_props_limits(self, before: tuple[int, int], props: dict[str, str]) -> None:
+        """``PropertyLimit`` if a change grows the properties past a cap (a change that
+        shrinks them is always allowed, even on a node above the caps)."""
+        settings = self.vault.settings
+        count, size = len(props), _props_bytes(props)
+        if count > settings.max_dead_props and count > before[0]:
+            raise PropertyLimit(
+                f"too many dead properties (at most {settings.max_dead_props} per resource)"
+            )
+        if size > settings.max_dead_props_bytes and size > before[1]:
+            raise PropertyLimit(
+                f"dead properties too large (at most {settings.max_dead_props_bytes} bytes "
+                "per resource)"
+            )
 
     def list_dir_props(self, path: str) -> dict[str, dict[str, str] | None]:
         """Dead properties of every member of a directory that has any, from one query:

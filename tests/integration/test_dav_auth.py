@@ -4,13 +4,18 @@ failed-login rate limit."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import http.client
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
-from tests.harness.davserver import DavServer, Response, start_dav_server
+from davserver.index.models import LoginFailure
+from tests.harness.davserver import DavServer, Response, basic, start_dav_server
 
 LOCK_BODY = (
     '<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:"><D:lockscope><D:exclusive/></D:lockscope>'
@@ -116,25 +121,55 @@ def test_existence_cannot_be_probed(dav_server: DavServer) -> None:
 def limited(tmp_path: Path) -> DavServer:
     dav = start_dav_server(
         tmp_path / "data",
-        {"DAVSERVER_SECURITY_LOGIN_FAIL_LIMIT": "3", "DAVSERVER_SECURITY_LOGIN_FAIL_WINDOW": "60"},
+        {
+            "DAVSERVER_SECURITY_LOGIN_FAIL_LIMIT": "3",
+            "DAVSERVER_SECURITY_LOGIN_FAIL_PAIR_LIMIT": "3",
+            "DAVSERVER_SECURITY_LOGIN_FAIL_WINDOW": "60",
+        },
     )
     yield dav  # type: ignore[misc]
     dav.stop()
 
 
+class Listening(Protocol):
+    host: str
+    port: int
+
+
+def attempt(
+    dav: Listening,
+    user: str,
+    password: str,
+    *,
+    source: str = "127.0.0.1",
+    forwarded_for: str | None = None,
+    authorization: str | None = None,
+) -> Response:
+    """One PROPFIND from a real source address (any 127/8 address is ours on Linux), or
+    through the trusted proxy 127.0.0.1 on behalf of ``forwarded_for``."""
+    conn = http.client.HTTPConnection(dav.host, dav.port, timeout=60, source_address=(source, 0))
+    headers = {"Depth": "0", "Authorization": authorization or basic(user, password)}
+    if forwarded_for is not None:
+        headers["X-Forwarded-For"] = forwarded_for
+    try:
+        conn.request("PROPFIND", "/", headers=headers)
+        resp = conn.getresponse()
+        return Response(resp.status, resp.reason, resp.headers, resp.read())
+    finally:
+        conn.close()
+
+
 def test_failed_logins_are_rate_limited(limited: DavServer) -> None:
-    good = limited.client("alice")
-    assert good.propfind("/", "0").status == 207  # logs in (and is cached)
-    bad = limited.client("alice", "wrong")
-    assert [bad.propfind("/", "0").status for _ in range(3)] == [401, 401, 401]
-    r = bad.propfind("/", "0")
+    password = limited.users["alice"]
+    assert attempt(limited, "alice", password).status == 207  # logs in (and is cached)
+    statuses = [attempt(limited, "alice", f"wrong{i}").status for i in range(3)]
+    assert statuses == [401, 401, 401]
+    r = attempt(limited, "alice", "wrong")
     assert r.status == 429
-    assert int(r.header("Retry-After") or 0) >= 1
-    # The right password still works at once (no Argon2id is run while limited, but a
-    # recent correct login is recognised).
-    started = time.monotonic()
-    assert good.propfind("/", "0").status == 207
-    assert time.monotonic() - started < 1.0
+    assert 1 <= int(r.header("Retry-After") or 0) <= 60
+    # The address is guessing: even the right password, cached or not, gets 429 there, or
+    # the login cache would answer its guesses (a hit logs in) at one hash each.
+    assert attempt(limited, "alice", password).status == 429
 
 
 def test_rate_limit_per_client_address(limited: DavServer) -> None:
@@ -142,6 +177,105 @@ def test_rate_limit_per_client_address(limited: DavServer) -> None:
     statuses = [limited.client(f"user{i}", "x").propfind("/", "0").status for i in range(5)]
     assert statuses[:3] == [401, 401, 401]
     assert statuses[3:] == [429, 429]
+
+
+@pytest.fixture
+def proxied(tmp_path: Path) -> Iterator[DavServer]:
+    """Defaults for every limit (10 per address, 5 per pair, 10 per user, 300 s); requests
+    from 127.0.0.1 come through a trusted proxy and name their client address."""
+    dav = start_dav_server(tmp_path / "data", {"DAVSERVER_SERVER_TRUSTED_PROXIES": "127.0.0.1"})
+    try:
+        yield dav
+    finally:
+        dav.stop()
+
+
+def test_wrong_passwords_from_one_address_do_not_lock_the_user_out(dav_server: DavServer) -> None:
+    """Eleven wrong passwords from 127.0.0.2 (a real, different source address), then the
+    user's correct password from 127.0.0.1: it gets in, at once, and 127.0.0.2 stays
+    refused."""
+    password = dav_server.users["alice"]
+    statuses = [
+        attempt(dav_server, "alice", f"guess{i}", source="127.0.0.2").status for i in range(11)
+    ]
+    assert statuses == [401] * 5 + [429] * 6  # the pair limit (5 by default)
+    started = time.monotonic()
+    assert attempt(dav_server, "alice", password, source="127.0.0.1").status == 207
+    assert time.monotonic() - started < 10  # verified at once, not after a lockout
+    r = attempt(dav_server, "alice", password, source="127.0.0.2")
+    assert r.status == 429 and int(r.header("Retry-After") or 0) >= 1
+
+
+def test_many_guessing_addresses_cannot_lock_the_user_out(proxied: DavServer) -> None:
+    """30 addresses guess alice (60 failures: far past the per-user limit). The guessers are
+    held to two tries each on the guarded user; a clean address, and one that mistyped
+    once, still get in with the right password."""
+    dav = proxied
+    password = dav.users["alice"]
+    statuses = [
+        attempt(dav, "alice", f"guess{i}-{j}", forwarded_for=f"203.0.113.{i}").status
+        for i in range(30)
+        for j in range(3)
+    ]
+    # The first three addresses try three times each (under the pair limit) until the 10th
+    # failure guards alice; from then on, two tries per address and no more.
+    assert statuses[:9] == [401] * 9
+    for i in range(4, 30):
+        assert statuses[3 * i : 3 * i + 3] == [401, 401, 429], i
+    assert statuses.count(401) == 9 + 2 + 26 * 2
+    assert attempt(dav, "alice", "typo", forwarded_for="198.51.100.7").status == 401
+    assert attempt(dav, "alice", password, forwarded_for="198.51.100.7").status == 207
+    assert attempt(dav, "alice", password, forwarded_for="198.51.100.8").status == 207
+    assert attempt(dav, "alice", password, forwarded_for="203.0.113.29").status == 429
+
+
+def test_malformed_headers_count_against_nobody(proxied: DavServer) -> None:
+    dav = proxied
+    password = dav.users["alice"]
+    malformed = [
+        "Basic %%%",
+        "Basic " + base64.b64encode(b"alice").decode(),  # no colon
+        "Basic " + base64.b64encode(b"\xff:\xfe").decode(),  # not UTF-8
+        "Basic " + base64.b64encode(b":pw").decode(),  # no name
+        "Basic",
+    ]
+    for _ in range(10):
+        for header in malformed:
+            r = attempt(dav, "alice", "", forwarded_for="192.0.2.1", authorization=header)
+            assert r.status == 400
+    # Fifty malformed headers later, neither the address nor alice is counted as guessing.
+    assert attempt(dav, "alice", "wrong", forwarded_for="192.0.2.1").status == 401
+    assert attempt(dav, "alice", password, forwarded_for="192.0.2.1").status == 207
+    with dav.vault.index.connection():
+        # Only the one wrong password counted (address, user, pair); the success then
+        # cleared the pair's row. The 50 malformed headers left none.
+        assert LoginFailure.select().count() == 2
+
+
+def test_login_log_names_no_user(proxied: DavServer, caplog: pytest.LogCaptureFixture) -> None:
+    """Failed and refused logins are logged with a keyed tag, never the name or an unkeyed
+    hash of it that a log reader could recompute for guessed names."""
+    name = "mallory-the-user"
+    with caplog.at_level("INFO"):
+        for _ in range(7):
+            attempt(proxied, name, "nope", forwarded_for="192.0.2.9")
+    text = caplog.text
+    assert "login failed" in text and "login refused" in text
+    raw = name.encode()
+    for leak in (
+        name,
+        hashlib.blake2b(raw, digest_size=16).hexdigest()[:8],
+        hashlib.blake2b(raw, digest_size=16).hexdigest()[8:16],
+        hashlib.blake2b(raw).hexdigest()[:8],
+        hashlib.sha256(raw).hexdigest()[:8],
+        hashlib.sha1(raw).hexdigest()[:8],
+        hashlib.md5(raw).hexdigest()[:8],
+    ):
+        assert leak not in text, leak
+    from davserver.vault.throttle import LoginThrottle
+
+    tag = LoginThrottle(proxied.vault, 10, 300).log_tag(name)
+    assert f"user tag {tag}" in text  # the keyed tag is there: lines can be correlated
 
 
 def test_access_log_has_no_names_or_credentials(
@@ -165,3 +299,47 @@ def test_access_log_has_no_names_or_credentials(
         "Basic ",
     ):
         assert secret not in text, secret
+
+
+def test_counter_write_failure_still_answers_the_login(
+    dav_server: DavServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """If the index refuses the counter write (a full disk; here a trigger that aborts every
+    insert into login_failure), a wrong password is still a 401 and a right one a 207."""
+    db = dav_server.vault.index.db
+    with dav_server.vault.index.connection():
+        db.execute_sql(
+            "CREATE TRIGGER refuse_failures BEFORE INSERT ON login_failure "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+    with caplog.at_level("WARNING"):
+        assert attempt(dav_server, "alice", "wrong").status == 401
+    assert "could not update the failed-login counters" in caplog.text
+    assert attempt(dav_server, "alice", dav_server.users["alice"]).status == 207
+
+
+def test_no_lockout_across_forked_workers(tmp_path: Path) -> None:
+    """Two `davserver serve` worker processes on one index: eleven wrong passwords from
+    127.0.0.2, spread over both by the kernel, refuse that address whichever worker answers,
+    and the right password from 127.0.0.1 still gets in."""
+    from tests.integration.test_dav_server import ServeProcess
+
+    served = ServeProcess(tmp_path, {"DAVSERVER_SERVER_WORKERS": "2"})
+    try:
+        statuses = [attempt(served, "alice", f"g{i}", source="127.0.0.2").status for i in range(11)]
+        assert statuses == [401] * 5 + [429] * 6
+        assert attempt(served, "alice", served.password, source="127.0.0.1").status == 207
+        assert attempt(served, "alice", served.password, source="127.0.0.2").status == 429
+    finally:
+        code, _out, err = served.stop()
+    assert code == 0, err
+
+
+def test_an_ipv6_slash64_counts_as_one_address(proxied: DavServer) -> None:
+    """One host commonly holds a whole /64: hopping through it does not reset the count."""
+    statuses = [
+        attempt(proxied, "alice", "wrong", forwarded_for=f"2001:db8:1:2::{i:x}").status
+        for i in range(1, 7)
+    ]
+    assert statuses == [401] * 5 + [429]  # the pair limit, across six addresses of one /64
+    assert attempt(proxied, "alice", "wrong", forwarded_for="2001:db8:1:3::1").status == 401

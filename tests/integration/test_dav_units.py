@@ -6,10 +6,11 @@ import base64
 
 import pytest
 
-from davserver.dav.auth import client_address, parse_basic, user_key
+from davserver.dav.auth import client_address, parse_basic
 from davserver.dav.handlers import parse_range
 from davserver.dav.locks import lock_href, split_lock_url
 from davserver.vault.locks import canonical_path
+from davserver.vault.throttle import address_key, pair_key, user_key
 
 UNSAT = (-1, -1)
 
@@ -50,9 +51,13 @@ def test_parse_basic() -> None:
         assert parse_basic(bad) is None
 
 
-def test_user_key_hides_the_name() -> None:
-    assert "alice" not in user_key("alice")
-    assert user_key("café") == user_key("cafe\u0301")  # NFC
+def test_throttle_keys_normalise_names_and_addresses() -> None:
+    assert user_key("café") == user_key("cafe\u0301")  # NFC, as the vault compares names
+    assert pair_key("192.0.2.1", "café") == pair_key("192.0.2.1", "cafe\u0301")
+    # One host commonly holds a whole IPv6 /64: it counts as one address.
+    assert address_key("2001:db8:1:2::1") == address_key("2001:db8:1:2:ffff::9")
+    assert address_key("2001:db8:1:2::1") != address_key("2001:db8:1:3::1")
+    assert address_key("::ffff:192.0.2.1") == address_key("192.0.2.1")
 
 
 def test_client_address_behind_trusted_proxy() -> None:
