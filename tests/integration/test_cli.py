@@ -85,7 +85,7 @@ def test_user_lifecycle(data_dir: Path, runner: CliRunner) -> None:
     r = runner.invoke(main, ["user", "del", "nobody", *dd])
     assert r.exit_code == 1 and "no user" in r.output
 
-    from davserver.cli import load_config
+    from davserver.cli.common import load_config
     from davserver.runtime import open_vault
 
     vault = open_vault(load_config(data_dir))

@@ -1,36 +1,25 @@
-"""The ``davserver`` command line: init, user management, serve.
-
-It parses arguments, reads passwords (from a prompt asked twice, or one line per password from
-standard input — never from argv), and calls ``runtime`` / ``vault``. It holds no SQL and no
-crypto. Errors are one line on stderr and a non-zero exit code, never a traceback:
-1 for an operational failure, 2 for bad usage or configuration.
-"""
+"""The first commands: ``init``, ``user add|passwd|list|del`` and ``serve``."""
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
-from davserver import __version__
-from davserver.config import Config, load, render_for_init
-from davserver.errors import (
-    AlreadyExists,
-    AuthError,
-    ConfigError,
-    DavServerError,
-    NotFound,
+from davserver.cli import main
+from davserver.cli.common import (
+    CONFIG_NAME,
+    ask_new_password,
+    data_dir_option,
+    fail,
+    handle_errors,
+    load_config,
+    read_stdin_password,
 )
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-DEFAULT_DATA_DIR = "./davserver-data"
-CONFIG_NAME = "davserver.yaml"
+from davserver.config import load, render_for_init
+from davserver.errors import AlreadyExists, AuthError, ConfigError, NotFound
 
 PEPPER_WARNING = """\
 IMPORTANT: {pepper} holds the server's pepper. Every user's keys depend on it.
@@ -39,84 +28,9 @@ index or of the blobs can bring it back. Back it up somewhere safe and separate 
 database backups (whoever holds both can attack the passwords offline)."""
 
 
-def _data_dir_option(f: F) -> F:
-    return click.option(
-        "--data-dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        envvar="DAVSERVER_DATA_DIR",
-        default=DEFAULT_DATA_DIR,
-        show_default=True,
-        help="Data directory (also $DAVSERVER_DATA_DIR).",
-    )(f)
-
-
-def _fail(message: str, code: int = 1) -> None:
-    click.echo(f"davserver: error: {message}", err=True)
-    sys.exit(code)
-
-
-def _handle_errors(f: F) -> F:
-    """Turn our exceptions into one line on stderr and an exit code."""
-
-    @functools.wraps(f)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return f(*args, **kwargs)
-        except ConfigError as exc:
-            _fail(exc.reason, 2)
-        except DavServerError as exc:
-            _fail(exc.reason, 1)
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def load_config(data_dir: Path) -> Config:
-    path = data_dir / CONFIG_NAME
-    if not path.exists():
-        raise ConfigError(
-            f"{path} does not exist: run 'davserver init --data-dir {data_dir}' first"
-        )
-    return load(path, os.environ)
-
-
-def _read_stdin_password(what: str) -> str:
-    line = sys.stdin.readline()
-    if not line:
-        raise ConfigError(f"expected the {what} on standard input")
-    pw = line.rstrip("\r\n")
-    if not pw:
-        raise ConfigError(f"the {what} must not be empty")
-    return pw
-
-
-def _ask_new_password(from_stdin: bool, what: str = "password") -> str:
-    if from_stdin:
-        return _read_stdin_password(what)
-    while True:
-        value: str = click.prompt(
-            what.capitalize(), hide_input=True, confirmation_prompt=True, err=True
-        )
-        if value:
-            return value
-        click.echo("The password must not be empty.", err=True)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="davserver")
-def main() -> None:
-    """davserver: a WebDAV server that stores everything encrypted.
-
-    Contents, file names and keys never reach the disk, the database or the object store in
-    clear. Start with 'davserver init', add a user with 'davserver user add NAME', then
-    'davserver serve'.
-    """
-
-
 @main.command()
-@_data_dir_option
-@_handle_errors
+@data_dir_option
+@handle_errors
 def init(data_dir: Path) -> None:
     """Create a data directory: config, pepper, index and blob store.
 
@@ -153,19 +67,19 @@ def user() -> None:
 @user.command("add")
 @click.argument("name")
 @click.option("--password-stdin", is_flag=True, help="Read the password from one line of stdin.")
-@_data_dir_option
-@_handle_errors
+@data_dir_option
+@handle_errors
 def user_add(name: str, password_stdin: bool, data_dir: Path) -> None:
     """Create user NAME with an empty tree."""
     from davserver.runtime import open_vault
 
     vault = open_vault(load_config(data_dir))
     try:
-        password = _ask_new_password(password_stdin)
+        password = ask_new_password(password_stdin)
         try:
             vault.create_user(name, password)
         except AlreadyExists:
-            _fail(f"user '{name}' already exists")
+            fail(f"user '{name}' already exists")
     finally:
         vault.close()
     click.echo(f"User '{name}' created.")
@@ -181,8 +95,8 @@ def user_add(name: str, password_stdin: bool, data_dir: Path) -> None:
     is_flag=True,
     help="Read the current password, then the new one, one line each from stdin.",
 )
-@_data_dir_option
-@_handle_errors
+@data_dir_option
+@handle_errors
 def user_passwd(name: str, password_stdin: bool, data_dir: Path) -> None:
     """Change the password of user NAME.
 
@@ -195,24 +109,24 @@ def user_passwd(name: str, password_stdin: bool, data_dir: Path) -> None:
     vault = open_vault(load_config(data_dir))
     try:
         if password_stdin:
-            old = _read_stdin_password("current password")
+            old = read_stdin_password("current password")
         else:
             old = click.prompt("Current password", hide_input=True, err=True)
-        new = _ask_new_password(password_stdin, "new password")
+        new = ask_new_password(password_stdin, "new password")
         try:
             vault.change_password(name, old, new)
         except NotFound:
-            _fail(f"no user named '{name}'")
+            fail(f"no user named '{name}'")
         except AuthError:
-            _fail("the current password is wrong")
+            fail("the current password is wrong")
     finally:
         vault.close()
     click.echo(f"Password of '{name}' changed.")
 
 
 @user.command("list")
-@_data_dir_option
-@_handle_errors
+@data_dir_option
+@handle_errors
 def user_list(data_dir: Path) -> None:
     """List users with their usage."""
     from davserver.runtime import open_vault
@@ -234,8 +148,8 @@ def user_list(data_dir: Path) -> None:
 @user.command("del")
 @click.argument("name")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@_data_dir_option
-@_handle_errors
+@data_dir_option
+@handle_errors
 def user_del(name: str, yes: bool, data_dir: Path) -> None:
     """Delete user NAME and all their files (cannot be undone)."""
     from davserver.runtime import open_vault
@@ -245,7 +159,7 @@ def user_del(name: str, yes: bool, data_dir: Path) -> None:
         try:
             vault.user_info(name)
         except NotFound:
-            _fail(f"no user named '{name}'")
+            fail(f"no user named '{name}'")
         if not yes and sys.stdin.isatty():
             click.confirm(f"Delete user '{name}' and all their files?", abort=True, err=True)
         vault.delete_user(name)
@@ -255,12 +169,12 @@ def user_del(name: str, yes: bool, data_dir: Path) -> None:
 
 
 @main.command()
-@_data_dir_option
+@data_dir_option
 @click.option("--host", default=None, help="Address to listen on (default: server.host).")
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=None, help="TCP port (default: server.port)."
 )
-@_handle_errors
+@handle_errors
 def serve(data_dir: Path, host: str | None, port: int | None) -> None:
     """Serve the data directory over WebDAV until SIGTERM or Ctrl-C.
 
@@ -284,7 +198,3 @@ def serve(data_dir: Path, host: str | None, port: int | None) -> None:
 
     run_server(config, host=host, port=port, ready=ready)
     click.echo("davserver stopped.")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -1,0 +1,5 @@
+"""``python -m davserver.cli``: the same as the ``davserver`` command."""
+
+from davserver.cli import main
+
+main()
