@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cheroot import wsgi
 from wsgidav import util as wsgidav_util
 from wsgidav.dir_browser import WsgiDavDirBrowser
 from wsgidav.error_printer import ErrorPrinter
@@ -40,6 +39,8 @@ from davserver.dav.middleware import RequestGuard
 from davserver.dav.nextcloud import NextcloudRouter
 from davserver.dav.provider import VaultProvider
 from davserver.errors import ConfigError
+from davserver.http.connections import Deadlines, SelectingServer, raise_open_file_limit
+from davserver.http.request import GuardedGateway
 from davserver.httpio import DavConnection
 from davserver.vault import Vault
 from davserver.vault.locks import LockStore
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "davserver"
 
 
-class ClosingGateway(wsgi.Gateway_10):  # type: ignore[misc]
+class ClosingGateway(GuardedGateway):  # type: ignore[misc]
     """Honours ``Connection: close`` set by the application.
 
     cheroot keeps a connection alive unless *it* decided to close it, and before answering it
@@ -68,8 +69,9 @@ class ClosingGateway(wsgi.Gateway_10):  # type: ignore[misc]
         return write
 
 
-class DavHTTPServer(wsgi.Server):  # type: ignore[misc]
-    """cheroot's WSGI server, remembering the vault it serves (closed by ``serve``)."""
+class DavHTTPServer(SelectingServer):  # type: ignore[misc]
+    """cheroot's WSGI server with davserver's connection handling (``davserver.http``),
+    remembering the vault it serves (closed by ``serve``)."""
 
     vault: Vault
 
@@ -158,6 +160,7 @@ def make_server(
     opts = config.server
     bind_host = opts.host if host is None else host
     bind_port = opts.port if port is None else port
+    raise_open_file_limit()  # every waiting connection holds a descriptor
     server = DavHTTPServer(
         (bind_host, bind_port),
         build_app(config, vault),
@@ -170,6 +173,12 @@ def make_server(
         reuse_port=reuse_port,
     )
     server.gateway = ClosingGateway
+    server.deadlines = Deadlines(
+        head_timeout=opts.head_timeout,
+        idle_timeout=opts.idle_timeout,
+        body_timeout=opts.body_timeout,
+        body_min_rate=opts.body_min_rate,
+    )
     server.ConnectionClass = DavConnection  # bulk reads/writes without _pyio's copies
     tls = opts.tls_cert is not None and opts.tls_key is not None
     if tls:
