@@ -168,7 +168,7 @@ def make_server(
         max=opts.threads,
         timeout=opts.timeout,
         shutdown_timeout=5,
-        request_queue_size=64,
+        request_queue_size=1024,  # a burst of connections waits in the kernel, not dropped
         server_name=SERVER_NAME,
         reuse_port=reuse_port,
     )

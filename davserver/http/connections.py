@@ -263,8 +263,8 @@ class SelectorConnections(cheroot_connections.ConnectionManager):  # type: ignor
                 return _WAIT
             except OSError:
                 return _EOF
-            if not chunk:
-                return _EOF
+            if not chunk:  # half-closed after a whole head: the worker answers that body
+                return _EOF if waiting.head is None else _DISPATCH
             now = time.monotonic()
             if waiting.idle:  # the next request starts: its head has head_timeout
                 waiting.idle = False

@@ -198,8 +198,10 @@ class DavRequest(cheroot_server.HTTPRequest):  # type: ignore[misc]
             log.warning("response aborted mid-body (%s); connection closed", type(exc).__name__)
             return
         else:
-            stack = "".join(traceback.format_tb(exc.__traceback__))
-            log.error("unhandled %s answered with 500:\n%s", type(exc).__name__, stack)
+            # Where, not what: frames without their source lines or the message.
+            frames = traceback.extract_tb(exc.__traceback__)
+            stack = " <- ".join(f"{f.name} ({f.filename}:{f.lineno})" for f in reversed(frames))
+            log.error("unhandled %s answered with 500 at %s", type(exc).__name__, stack)
             error = DavServerError("internal server error")
         if self.sent_headers:
             log.info("response cut off after its headers; connection closed")
