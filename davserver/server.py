@@ -8,6 +8,8 @@ Measured cheroot facts this module answers (DESIGN §10): ``numthreads`` caps co
 requests (set from ``server.threads``); the 10 s default socket timeout cuts off slow uploads
 (``server.timeout``, 300 s by default); and a request answered before its body was read must
 close the connection rather than let cheroot read the rest into memory (``ClosingGateway``).
+Connections wait in a selector, not in threads, until a request is there, under total
+deadlines and strict framing: ``davserver.http``.
 """
 
 from __future__ import annotations

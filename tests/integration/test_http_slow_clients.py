@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from davserver.http.connections import raise_open_file_limit
-from tests.harness.davserver import DavServer, basic, start_dav_server
+from tests.harness.davserver import DavClient, DavServer, basic, start_dav_server
 from tests.integration.test_dav_server import _self_signed
 
 IDLE, SLOW_HEADS, SLOW_BODIES = 1000, 200, 50
@@ -350,6 +350,25 @@ def test_tls_handshakes_do_not_block_the_selector(tmp_path: Path) -> None:
         conn.close()
         assert resp.status == 200
         assert took < 1.0, took
+        # Keep-alive and pipelining over TLS: three requests in one write, answered in order.
+        alice = DavClient(dav.url, "alice", dav.users["alice"], context=ctx)
+        for n in range(2):
+            assert alice.put(f"/tls-{n}.txt", f"tls file {n}".encode()).status == 201
+        auth = basic("alice", dav.users["alice"])
+        with ctx.wrap_socket(_connect(dav), server_hostname="127.0.0.1") as tls:
+            tls.sendall(
+                b"".join(
+                    b"GET /tls-%d.txt HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n\r\n"
+                    % (n, auth.encode())
+                    for n in range(2)
+                )
+                + f"GET /nothing HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
+            answer = _recv_all(tls, 15)
+        parts = answer.split(b"HTTP/1.1 ")[1:]
+        assert [p[:3] for p in parts] == [b"200", b"200", b"404"]
+        assert [p.split(b"\r\n\r\n", 1)[1] for p in parts[:2]] == [b"tls file 0", b"tls file 1"]
         plain = _connect(dav)  # plain HTTP on the HTTPS port: told so
         plain.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert _recv_all(plain, 15).startswith(b"HTTP/1.1 400 ")
