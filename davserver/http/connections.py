@@ -77,6 +77,7 @@ class _Waiting:
         "addr",
         "body_pos",
         "buf",
+        "closed",
         "conn",
         "deadline",
         "events",
@@ -105,8 +106,10 @@ class _Waiting:
         self.scanned = 0  # buffer length at the last incomplete head scan
         self.body_pos = 0  # where the chunked body scan resumes
         self.events = selectors.EVENT_READ
+        self.closed = False
 
     def close(self) -> None:
+        self.closed = True
         with contextlib.suppress(OSError):
             if self.conn is not None:
                 self.conn.close()
@@ -121,6 +124,7 @@ class SelectorConnections(cheroot_connections.ConnectionManager):  # type: ignor
     _selector: Any
     _stop_requested: bool
     _remove_invalid_sockets: Callable[[], None]
+    _num_connections: int
 
     def __init__(self, server: Any, deadlines: Deadlines) -> None:
         super().__init__(server)
@@ -128,6 +132,12 @@ class SelectorConnections(cheroot_connections.ConnectionManager):  # type: ignor
         self._tls = server.ssl_adapter
         self._warned = 0.0
         server.socket.settimeout(0)  # accept without blocking, several per wakeup
+        # Waiting connections must leave descriptors for the workers (index, blobs, S3):
+        # with none left, every request got 503 "cannot connect to the index database".
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        soft = 1 << 20 if soft == resource.RLIM_INFINITY else soft
+        threads = int(getattr(server, "numthreads", 32) or 32)
+        self.max_waiting = max(16, soft - min(soft // 2, 64 + 8 * threads))
 
     # -- the selector thread --------------------------------------------------------------
 
@@ -142,6 +152,8 @@ class SelectorConnections(cheroot_connections.ConnectionManager):  # type: ignor
             for fd, waiting in ready:
                 if waiting is self.server:
                     self._accept()
+                    continue
+                if waiting.closed:  # dropped earlier in this round (its fd may be reused)
                     continue
                 try:
                     self._on_ready(fd, waiting)
@@ -166,6 +178,9 @@ class SelectorConnections(cheroot_connections.ConnectionManager):  # type: ignor
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
                     continue
                 raise
+            if self._num_connections >= self.max_waiting and not self._shed_one():
+                sock.close()  # every waiting connection is mid-request: refuse the newest
+                continue
             sock.settimeout(0)
             deadline = time.monotonic() + self.deadlines.head_timeout
             if self._tls is not None:
@@ -347,8 +362,9 @@ class SelectorConnections(cheroot_connections.ConnectionManager):  # type: ignor
 
     def _drop(self, waiting: _Waiting) -> None:
         """Unregister (before the descriptor can be reused) and close."""
-        with contextlib.suppress(KeyError, ValueError, OSError):
-            self._selector.unregister(waiting.fd)
+        if not waiting.closed:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.unregister(waiting.fd)
         waiting.close()
 
     def _expire(self, now: float) -> None:  # type: ignore[override]
@@ -364,21 +380,26 @@ class SelectorConnections(cheroot_connections.ConnectionManager):  # type: ignor
                 self._drop(waiting)
 
     def _shed(self, exc: OSError) -> None:
-        """Out of descriptors: close the connection that has waited longest for a first
-        byte, so that the next client can be accepted."""
+        """Out of descriptors: make room for the next client."""
         now = time.monotonic()
         if now - self._warned > 10:
             self._warned = now
             log.warning("out of file descriptors (%s): closing idle connections", exc.strerror)
+        if not self._shed_one():
+            time.sleep(0.05)  # nothing to shed: do not spin on the listening socket
+
+    def _shed_one(self) -> bool:
+        """Close the connection that has waited longest without sending a byte (False if
+        there is none)."""
         idle = [
             w
             for _, w in self._selector.connections
             if w is not self.server and not w.buf and w.phase != _LINGER
         ]
-        if idle:
-            self._drop(min(idle, key=lambda w: w.deadline))
-        else:
-            time.sleep(0.05)  # nothing to shed: do not spin on the listening socket
+        if not idle:
+            return False
+        self._drop(min(idle, key=lambda w: w.deadline))
+        return True
 
     # -- worker threads -------------------------------------------------------------------
 

@@ -53,6 +53,11 @@ class ChunkedReader:
         self._started = False
         self._done = False
 
+    @property
+    def done(self) -> bool:
+        """True once the last chunk and the trailers were read."""
+        return self._done
+
     def _fail(self, message: str) -> BadFraming:
         exc = BadFraming(message)
         self.rfile.failure = exc
@@ -171,6 +176,8 @@ class DavRequest(cheroot_server.HTTPRequest):  # type: ignore[misc]
                 self.ensure_headers_sent()
             if self.chunked_write:
                 self.conn.wfile.write(b"0\r\n\r\n")
+            if isinstance(self.rfile, ChunkedReader) and not self.rfile.done:
+                self.close_connection = True  # the rest of the body is not a next request
         except Exception as exc:  # the outermost guard: every request gets an answer
             self._abort(exc)
 

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import resource
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +25,15 @@ from pathlib import Path
 import pytest
 
 from davserver.http.connections import raise_open_file_limit
-from tests.harness.davserver import DavClient, DavServer, basic, start_dav_server
+from tests.harness.davserver import (
+    FAST_ENV,
+    DavClient,
+    DavServer,
+    basic,
+    env_without_davserver,
+    init_data_dir,
+    start_dav_server,
+)
 from tests.integration.test_dav_server import _self_signed
 
 IDLE, SLOW_HEADS, SLOW_BODIES = 1000, 200, 50
@@ -377,3 +388,60 @@ def test_tls_handshakes_do_not_block_the_selector(tmp_path: Path) -> None:
             s.close()
     finally:
         dav.stop()
+
+
+def test_out_of_descriptors_idle_connections_make_room(tmp_path: Path) -> None:
+    """``davserver serve`` limited to 200 descriptors, 400 idle connections: the oldest
+    idle ones are closed (rather than the index losing its descriptors: every request got
+    503 "cannot connect to the index database"), and a client is served."""
+    data = tmp_path / "data"
+    init_data_dir(data)
+    env = {**env_without_davserver(), **FAST_ENV}
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "davserver.cli",
+            "user",
+            "add",
+            "alice",
+            "--password-stdin",
+            "--data-dir",
+            str(data),
+        ],
+        input="pw\n",
+        text=True,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+
+    def few_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "davserver.cli", "serve", "--data-dir", str(data)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        text=True,
+        preexec_fn=few_descriptors,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().rsplit(" at ", 1)[1].strip()
+        port = int(url.rstrip("/").rsplit(":", 1)[1])
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(400)]
+        client = DavClient(url, "alice", "pw")
+        for _ in range(3):
+            assert client.propfind("/", "0").status == 207
+        closed = 0
+        for s in idle:
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                closed += s.recv(1) == b""
+            s.close()
+        assert closed >= 200  # the server made room by closing idle ones
+    finally:
+        proc.terminate()
+        proc.wait(20)
