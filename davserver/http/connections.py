@@ -42,8 +42,9 @@ from typing import Any
 from cheroot import connections as cheroot_connections
 from cheroot import wsgi
 
-from davserver.errors import BadFraming, RequestTimeout
+from davserver.errors import BadFraming, DavServerError, RequestTimeout
 from davserver.http.head import Head, chunked_body_scan, error_response, scan_head
+from davserver.http.request import where
 from davserver.httpio import make_socket_file
 
 log = logging.getLogger(__name__)
@@ -157,9 +158,8 @@ class SelectorConnections(cheroot_connections.ConnectionManager):  # type: ignor
                     continue
                 try:
                     self._on_ready(fd, waiting)
-                except Exception:  # one connection's trouble must not stop the selector
-                    log.exception("dropping a connection after an error in the selector")
-                    self._drop(waiting)
+                except Exception as exc:  # one connection's trouble must not stop the loop
+                    self._failed(waiting, exc, registered=True)
             now = time.monotonic()
             if now >= next_check:
                 self._expire(now)
@@ -332,7 +332,24 @@ class SelectorConnections(cheroot_connections.ConnectionManager):  # type: ignor
         conn.last_used = time.time()
         self.server.process_conn(conn)
 
-    def _reject(self, waiting: _Waiting, exc: BadFraming, *, registered: bool) -> None:
+    def _failed(self, waiting: _Waiting, exc: Exception, *, registered: bool) -> None:
+        """A bug met on one connection: a 500 if a request had started, then close."""
+        log.error("selector error on a connection: %s", where(exc))
+        if waiting.closed:
+            return
+        try:
+            if waiting.phase == _HEAD and waiting.buf and not waiting.closed:
+                error = DavServerError("internal server error")
+                self._reject(waiting, error, registered=registered)
+                return
+        except Exception:  # noqa: S110 - the connection is closed below either way
+            pass
+        if registered:
+            self._drop(waiting)
+        else:
+            waiting.close()
+
+    def _reject(self, waiting: _Waiting, exc: DavServerError, *, registered: bool) -> None:
         """Answer ``exc`` without blocking, then linger."""
         log.info("request refused: %d %s", exc.status, exc.reason)
         sock = waiting.sock
@@ -405,7 +422,17 @@ class SelectorConnections(cheroot_connections.ConnectionManager):  # type: ignor
 
     def put(self, conn: Any) -> None:
         """A worker is done with a kept-alive connection: look at what it has buffered (a
-        pipelined request goes straight back to a worker), else wait for the next one."""
+        pipelined request goes straight back to a worker), else wait for the next one.
+        Never raises: it runs in the worker's ``finally``, where cheroot takes an exception
+        for a fatal one and stops the server."""
+        try:
+            self._put(conn)
+        except Exception as exc:
+            log.error("could not keep a connection alive: %s", where(exc))
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _put(self, conn: Any) -> None:
         conn.last_used = time.time()
         now = time.monotonic()
         sock = conn.socket

@@ -145,6 +145,14 @@ class ChunkedReader:
         """The socket stays open for the next request."""
 
 
+def where(exc: BaseException) -> str:
+    """An exception's class and frames, innermost first, without its message or source
+    lines (a message may hold a name or a header value; logs must not)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    stack = " <- ".join(f"{f.name} ({f.filename}:{f.lineno})" for f in reversed(frames))
+    return f"{type(exc).__name__} at {stack}"
+
+
 _CLIENT_GONE = (OSError, cheroot_errors.FatalSSLAlert, cheroot_errors.NoSSLError)
 
 
@@ -205,10 +213,7 @@ class DavRequest(cheroot_server.HTTPRequest):  # type: ignore[misc]
             log.warning("response aborted mid-body (%s); connection closed", type(exc).__name__)
             return
         else:
-            # Where, not what: frames without their source lines or the message.
-            frames = traceback.extract_tb(exc.__traceback__)
-            stack = " <- ".join(f"{f.name} ({f.filename}:{f.lineno})" for f in reversed(frames))
-            log.error("unhandled %s answered with 500 at %s", type(exc).__name__, stack)
+            log.error("unhandled %s answered with 500", where(exc))
             error = DavServerError("internal server error")
         if self.sent_headers:
             log.info("response cut off after its headers; connection closed")
