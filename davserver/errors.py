@@ -22,6 +22,7 @@
     ├── InsufficientStorage (507)       quota exceeded; nothing committed
     │   └── DiskFull (507)              the disk under the blobs or the index is full
     ├── IntegrityError (500)            ciphertext, envelope or index row failed authentication
+    ├── Overloaded (503)                too many partly received requests held; retry later
     └── StorageError (503)              the blob store or database is unreachable or failing;
         │                               carries retry_after seconds (Retry-After header)
         └── BlobNotFound (500)          an object the index points at is missing from the store
@@ -156,6 +157,13 @@ class IntegrityError(DavServerError):
     """Stored data failed authentication."""
 
     status = 500
+
+
+class Overloaded(DavServerError):
+    """The server holds too many partly received requests; retry later."""
+
+    status = 503
+    retry_after = 5
 
 
 class StorageError(DavServerError):

@@ -34,6 +34,7 @@ import resource
 import selectors
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ from typing import Any
 from cheroot import connections as cheroot_connections
 from cheroot import wsgi
 
-from davserver.errors import BadFraming, DavServerError, RequestTimeout
+from davserver.errors import BadFraming, DavServerError, Overloaded, RequestTimeout
 from davserver.http.head import Head, chunked_body_scan, error_response, scan_head
 from davserver.http.request import where
 from davserver.httpio import make_socket_file
@@ -55,6 +56,11 @@ RECV_SIZE = 64 << 10
 ACCEPT_BATCH = 64
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 256 << 10
+#: What all waiting connections together may hold in their buffers (each may hold a head of
+#: up to 72 KiB and 64 KiB of body); past it, a connection holding more than BIG_BUFFER is
+#: answered 503 (Retry-After) as it grows, while small heads still pass.
+BUFFER_BUDGET = 256 << 20
+BIG_BUFFER = 16 << 10
 
 _HANDSHAKE, _HEAD, _LINGER = 0, 1, 2
 _WAIT, _DISPATCH, _EOF = "wait", "dispatch", "eof"
@@ -75,6 +81,7 @@ class _Waiting:
     """A connection in the selector and what it has sent so far."""
 
     __slots__ = (
+        "accounted",
         "addr",
         "body_pos",
         "buf",
@@ -108,6 +115,7 @@ class _Waiting:
         self.body_pos = 0  # where the chunked body scan resumes
         self.events = selectors.EVENT_READ
         self.closed = False
+        self.accounted = 0  # bytes of buf counted in the manager's budget
 
     def close(self) -> None:
         self.closed = True
@@ -132,6 +140,8 @@ class SelectorConnections(cheroot_connections.ConnectionManager):  # type: ignor
         self.deadlines = deadlines
         self._tls = server.ssl_adapter
         self._warned = 0.0
+        self._budget_lock = threading.Lock()  # the budget changes in workers' put() too
+        self.buffered = 0
         server.socket.settimeout(0)  # accept without blocking, several per wakeup
         # Waiting connections must leave descriptors for the workers (index, blobs, S3):
         # with none left, every request got 503 "cannot connect to the index database".
@@ -222,10 +232,7 @@ class SelectorConnections(cheroot_connections.ConnectionManager):  # type: ignor
                 self._selector.unregister(waiting.fd)
             self._dispatch(waiting)
         elif state is _EOF:
-            if registered:
-                self._drop(waiting)
-            else:
-                waiting.close()
+            self._drop(waiting)
         else:
             self._reject(waiting, state, registered=registered)
 
@@ -286,7 +293,9 @@ class SelectorConnections(cheroot_connections.ConnectionManager):  # type: ignor
                 waiting.deadline = now + self.deadlines.head_timeout
             elif waiting.head is not None:
                 waiting.deadline += len(chunk) / self.deadlines.body_min_rate
-            waiting.buf += chunk
+            self._grow(waiting, chunk)
+            if self.buffered > BUFFER_BUDGET and len(waiting.buf) > BIG_BUFFER:
+                return Overloaded("too many partly received requests; retry later")
             # A short read drained the socket; TLS may hold decrypted bytes select misses.
             read = waiting.tls or len(chunk) == RECV_SIZE
 
@@ -324,6 +333,7 @@ class SelectorConnections(cheroot_connections.ConnectionManager):  # type: ignor
         waiting.sock.settimeout(self.server.timeout)
         rfile = conn.rfile
         rfile.preload(bytes(waiting.buf))
+        self._release(waiting)
         rfile.failure = None
         rfile.recv_timeout = float(self.server.timeout)
         rfile.min_rate = self.deadlines.body_min_rate
@@ -344,20 +354,18 @@ class SelectorConnections(cheroot_connections.ConnectionManager):  # type: ignor
                 return
         except Exception:  # noqa: S110 - the connection is closed below either way
             pass
-        if registered:
-            self._drop(waiting)
-        else:
-            waiting.close()
+        self._drop(waiting)
 
     def _reject(self, waiting: _Waiting, exc: DavServerError, *, registered: bool) -> None:
         """Answer ``exc`` without blocking, then linger."""
         log.info("request refused: %d %s", exc.status, exc.reason)
         sock = waiting.sock
         with contextlib.suppress(OSError):
-            sock.send(error_response(exc.status, exc.reason))
+            sock.send(error_response(exc.status, exc.reason, getattr(exc, "retry_after", None)))
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
         waiting.phase = _LINGER
+        self._release(waiting)
         waiting.buf = bytearray()
         waiting.scanned = 0  # counts the bytes dropped while lingering
         waiting.deadline = time.monotonic() + LINGER_SECONDS
@@ -378,11 +386,24 @@ class SelectorConnections(cheroot_connections.ConnectionManager):  # type: ignor
             self._drop(waiting)
 
     def _drop(self, waiting: _Waiting) -> None:
-        """Unregister (before the descriptor can be reused) and close."""
+        """Unregister if registered (before the descriptor can be reused) and close."""
         if not waiting.closed:
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._selector.unregister(waiting.fd)
+        self._release(waiting)
         waiting.close()
+
+    def _grow(self, waiting: _Waiting, data: bytes) -> None:
+        waiting.buf += data
+        waiting.accounted += len(data)
+        with self._budget_lock:
+            self.buffered += len(data)
+
+    def _release(self, waiting: _Waiting) -> None:
+        if waiting.accounted:
+            with self._budget_lock:
+                self.buffered -= waiting.accounted
+            waiting.accounted = 0
 
     def _expire(self, now: float) -> None:  # type: ignore[override]
         expired = [
@@ -444,7 +465,7 @@ class SelectorConnections(cheroot_connections.ConnectionManager):  # type: ignor
         pending = tls and sock.pending() > 0
         sock.settimeout(0)
         if leftover:
-            waiting.buf += leftover
+            self._grow(waiting, leftover)
             waiting.deadline = now + self.deadlines.head_timeout
         else:
             waiting.idle = True

@@ -182,15 +182,16 @@ def chunked_body_scan(buf: bytes | bytearray, pos: int) -> tuple[bool, int]:
         pos = after
 
 
-def error_response(status: int, message: str) -> bytes:
+def error_response(status: int, message: str, retry_after: int | None = None) -> bytes:
     """A complete short plain-text answer that closes the connection."""
     body = (message + "\n").encode("ascii", "replace")
     phrase = _phrase(status)
+    retry = "" if retry_after is None else f"Retry-After: {retry_after}\r\n"
     return (
         f"HTTP/1.1 {status} {phrase}\r\n"
         "Content-Type: text/plain; charset=utf-8\r\n"
         f"Content-Length: {len(body)}\r\n"
-        "Connection: close\r\n\r\n"
+        f"{retry}Connection: close\r\n\r\n"
     ).encode("ascii") + body
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from davserver.http import connections
 from davserver.http.connections import raise_open_file_limit
 from tests.harness.davserver import (
     FAST_ENV,
@@ -445,3 +446,30 @@ def test_out_of_descriptors_idle_connections_make_room(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_buffer_budget_refuses_big_partial_requests_not_small_ones(
+    short_server: DavServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the budget for all buffered bytes (1 MiB here, 256 MiB by default), connections
+    holding big partial heads get 503 with Retry-After; a small request still passes, and
+    the budget is given back when connections go."""
+    monkeypatch.setattr(connections, "BUFFER_BUDGET", 1 << 20)
+    dav = short_server
+    manager = dav.server._connections
+    hogs = []
+    for _ in range(24):  # 24 x 60 KiB of unfinished headers
+        s = _connect(dav)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * (60 << 10))
+        hogs.append(s)
+    answers = [_recv_all(s, 0.5) for s in hogs]
+    refused = [a for a in answers if a.startswith(b"HTTP/1.1 503 ")]
+    assert refused and all(b"Retry-After: 5\r\n" in a for a in refused)
+    assert len(refused) < len(hogs)  # the first ones fit in the budget and still wait
+    assert dav.client("alice").get("/").status == 200
+    for s in hogs:
+        s.close()
+    deadline = time.monotonic() + 15
+    while manager.buffered and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert manager.buffered == 0
