@@ -153,7 +153,14 @@ def where(exc: BaseException) -> str:
     return f"{type(exc).__name__} at {stack}"
 
 
-_CLIENT_GONE = (OSError, cheroot_errors.FatalSSLAlert, cheroot_errors.NoSSLError)
+#: The client went away or stopped reading: nobody to answer.
+_CLIENT_GONE = (
+    ConnectionError,
+    TimeoutError,
+    cheroot_errors.FatalSSLAlert,
+    cheroot_errors.NoSSLError,
+)
+_WRITE_FAILED = (OSError, cheroot_errors.FatalSSLAlert, cheroot_errors.NoSSLError)
 
 
 class DavRequest(cheroot_server.HTTPRequest):  # type: ignore[misc]
@@ -225,7 +232,7 @@ class DavRequest(cheroot_server.HTTPRequest):  # type: ignore[misc]
         self.close_connection = True
         try:
             self.conn.wfile.write(error_response(error.status, error.reason))
-        except _CLIENT_GONE:
+        except _WRITE_FAILED:
             pass
 
 

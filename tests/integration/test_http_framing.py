@@ -230,6 +230,8 @@ def faulty(dav: DavServer) -> Iterator[DavServer]:
         path = environ["PATH_INFO"]
         if path == "/boom/before":
             raise _Boom("secret-file-name.txt")
+        if path == "/boom/oserror":  # not the client's socket: still answered
+            raise FileNotFoundError("secret-file-name.txt")
         if path == "/boom/after-start":
             start_response("200 OK", [("Content-Type", "text/plain")])
             raise _Boom("secret-file-name.txt")
@@ -251,7 +253,7 @@ def faulty(dav: DavServer) -> Iterator[DavServer]:
         dav.server.wsgi_app = app
 
 
-@pytest.mark.parametrize("path", ["/boom/before", "/boom/after-start"])
+@pytest.mark.parametrize("path", ["/boom/before", "/boom/after-start", "/boom/oserror"])
 def test_exception_before_the_answer_is_a_500_logged_once(
     faulty: DavServer, caplog: pytest.LogCaptureFixture, path: str
 ) -> None:
@@ -259,10 +261,11 @@ def test_exception_before_the_answer_is_a_500_logged_once(
         raw = _exchange(faulty, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     assert raw.startswith(b"HTTP/1.1 500 "), raw[:80]
     assert len(_responses(raw)) == 1
-    assert b"Traceback" not in raw and b"_Boom" not in raw and b"secret" not in raw
+    assert b"Traceback" not in raw and b"secret" not in raw
+    assert b"_Boom" not in raw and b"FileNotFound" not in raw
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1, [r.getMessage() for r in errors]
-    assert "_Boom" in errors[0].getMessage()
+    assert ("FileNotFoundError" if "oserror" in path else "_Boom") in errors[0].getMessage()
     assert "secret-file-name" not in caplog.text  # the message may hold a name: not logged
     # the server still answers
     assert faulty.client("alice").get("/existing.txt").status == 200
