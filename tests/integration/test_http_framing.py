@@ -121,8 +121,13 @@ def test_identical_repeated_content_length_is_accepted(dav: DavServer) -> None:
         (b"3\r\nabcXY0\r\n\r\n", False),  # chunk data not followed by CRLF
         (b"3\nabc\r\n0\r\n\r\n", False),  # bare LF after the size
         (b"5\r\nabc", True),  # ends inside a chunk
+        # 100 KiB of good chunks first: the worker, not the selector, meets the bad size
+        (b"19000\r\n" + b"a" * 0x19000 + b"\r\n-3\r\nabc\r\n0\r\n\r\n", False),
     ],
-    ids=["negative", "non-hex", "junk", "too-long", "huge", "no-crlf", "bare-lf", "short"],
+    ids=[
+        *("negative", "non-hex", "junk", "too-long", "huge", "no-crlf", "bare-lf", "short"),
+        "negative-after-100KiB",
+    ],
 )
 def test_invalid_chunked_body_is_400_and_nothing_is_committed(
     dav: DavServer, chunks: bytes, half_close: bool
