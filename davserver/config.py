@@ -284,6 +284,29 @@ class ServerConfig:
         "IP addresses of reverse proxies whose X-Forwarded-For header is honoured "
         "(comma-separated in the environment).",
     )
+    head_timeout: int = _opt(
+        20,
+        _integer(1, 3600),
+        "Seconds a request head (request line and headers) may take in total, counted from "
+        "the accept (TLS handshake included) or from its first byte on a kept-alive "
+        "connection; then 408 and close. Waiting costs no thread.",
+    )
+    idle_timeout: int = _opt(
+        60,
+        _integer(1, 86400),
+        "Seconds a kept-alive connection may wait for its next request before it is closed.",
+    )
+    body_timeout: int = _opt(
+        300,
+        _integer(1),
+        "Seconds a request body may take, plus one second per body_min_rate bytes "
+        "received (a slow sender of a large file is not cut off); then 408 and close.",
+    )
+    body_min_rate: int = _opt(
+        1024,
+        _integer(1),
+        "Bytes per second that earn a request body one more second (see body_timeout).",
+    )
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,18 @@
     ├── BadRequest (400)                malformed input (bad name, bad checksum header, …)
     ├── LengthMismatch (400)            body shorter or longer than announced; nothing committed
     ├── ChecksumMismatch (400)          body does not match the checksum the client sent
+    ├── BadFraming (400)                the HTTP message itself is malformed (chunk size, …);
+    │   │                               the connection is closed after the answer
+    │   ├── UriTooLong (414)            request line longer than 8 KiB
+    │   ├── HeadersTooLarge (431)       header section over 64 KiB or more than 100 fields
+    │   ├── UnsupportedCoding (501)     a transfer coding other than chunked
+    │   └── RequestTimeout (408)        the request head or body did not arrive in time
     ├── InsufficientStorage (507)       quota exceeded; nothing committed
     │   └── DiskFull (507)              the disk under the blobs or the index is full
     ├── PropertyLimit (507)             too many or too large dead properties on one node
     ├── LockLimit (423)                 one path already holds the most locks allowed
     ├── IntegrityError (500)            ciphertext, envelope or index row failed authentication
+    ├── Overloaded (503)                too many partly received requests held; retry later
     └── StorageError (503)              the blob store or database is unreachable or failing;
         │                               carries retry_after seconds (Retry-After header)
         └── BlobNotFound (500)          an object the index points at is missing from the store
@@ -106,6 +113,36 @@ class ChecksumMismatch(BadRequest):
     status = 400
 
 
+class BadFraming(BadRequest):
+    """Malformed HTTP message framing; the connection is closed."""
+
+    status = 400
+
+
+class UriTooLong(BadFraming):
+    """Request line too long."""
+
+    status = 414
+
+
+class HeadersTooLarge(BadFraming):
+    """Request header fields too large."""
+
+    status = 431
+
+
+class UnsupportedCoding(BadFraming):
+    """Transfer coding not implemented."""
+
+    status = 501
+
+
+class RequestTimeout(BadFraming):
+    """The request did not arrive in time."""
+
+    status = 408
+
+
 class InsufficientStorage(DavServerError):
     """Quota exceeded or storage full."""
 
@@ -138,6 +175,13 @@ class IntegrityError(DavServerError):
     """Stored data failed authentication."""
 
     status = 500
+
+
+class Overloaded(DavServerError):
+    """The server holds too many partly received requests; retry later."""
+
+    status = 503
+    retry_after = 5
 
 
 class StorageError(DavServerError):

@@ -11,41 +11,119 @@ bulk paths: a read of at least one buffer's worth goes straight to ``recv`` (the
 into the ``bytes`` that is returned), and a write goes straight to ``sendall``.
 
 ``DavConnection`` makes cheroot use them for every connection, plain or TLS (cheroot's
-built-in TLS adapter wraps the socket and builds the same classes on it).
+built-in TLS adapter wraps the socket and builds the same classes on it). The reader also
+takes the bytes the selector thread received before the hand-over (``preload``) and holds
+the body deadline (``deadline``, ``failure``): see ``davserver.http.connections``.
 """
 
 from __future__ import annotations
 
 import io
 import socket
+import time
 from typing import Any
 
 from cheroot import makefile as cheroot_makefile
 from cheroot import server as cheroot_server
 
+from davserver.errors import BadFraming, RequestTimeout
+from davserver.http.request import DavRequest
+
+#: The most one ``recv`` asks for: a body read of ``size`` bytes must not allocate ``size``
+#: bytes up front (a chunk size of 2**60 raised OverflowError here).
+MAX_RECV = 4 << 20
+
 
 class SocketReader(cheroot_makefile.StreamReader):
-    """cheroot's reader, with reads of ``buffer_size`` bytes or more served by ``recv``."""
+    """cheroot's reader, with reads of ``buffer_size`` bytes or more served by ``recv``.
+
+    The selector thread hands a connection over with the request head (and the start of its
+    body) already received: :meth:`preload` puts those bytes in front of the buffer.
+    While ``deadline`` (``time.monotonic()``) is set, every ``recv`` waits at most until
+    then, and each byte received moves it on by ``1 / min_rate`` seconds (a slow body may
+    take ``body_timeout`` plus one second per ``body_min_rate`` bytes); past it, or when a
+    ``recv`` times out, reads raise :class:`RequestTimeout` — recorded in ``failure``, like
+    any framing error a body reader records there, so that the request is answered with it
+    and the connection closed.
+    """
+
+    deadline: float | None = None
+    min_rate: float = 1024.0
+    recv_timeout: float | None = None  # the socket's own timeout, per recv (server.timeout)
+    failure: BadFraming | None = None
+
+    def preload(self, data: bytes) -> None:
+        """Put ``data`` in front of whatever is buffered (bytes read by the selector)."""
+        this: Any = self
+        with this._read_lock:
+            rest = this._read_buf[this._read_pos :]
+            this._read_buf, this._read_pos = (data + rest if rest else data), 0
+
+    def take_buffered(self) -> bytes:
+        """Remove and return the buffered bytes (a pipelined next request, or part of it)."""
+        this: Any = self
+        with this._read_lock:
+            data: bytes = this._read_buf[this._read_pos :]
+            this._read_buf, this._read_pos = b"", 0
+        return data
+
+    def _recv(self, size: int) -> bytes:
+        this: Any = self
+        sock: socket.socket = this.raw._sock
+        if self.failure is not None:
+            raise self.failure
+        deadline = self.deadline
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self._fail(RequestTimeout("the request body did not arrive in time"))
+            wait = left if self.recv_timeout is None else min(self.recv_timeout, left)
+            if sock.gettimeout() != wait:  # a syscall: only in the last stretch
+                sock.settimeout(wait)
+        try:
+            data = sock.recv(min(size, MAX_RECV))
+        except TimeoutError:
+            raise self._fail(RequestTimeout("the request body did not arrive in time")) from None
+        if deadline is not None and self.deadline is not None:
+            self.deadline += len(data) / self.min_rate
+        return data
+
+    def _fail(self, exc: BadFraming) -> BadFraming:
+        self.failure = exc
+        return exc
 
     def read(self, size: int | None = -1) -> bytes:
         this: Any = self  # the _pyio attributes below are not in the C io stubs
-        if size is None or size < this.buffer_size:
-            data: bytes = super().read(size)  # type: ignore[no-untyped-call]  # counts bytes_read
-            return data
         with this._read_lock:
-            pos = this._read_pos
-            head = this._read_buf[pos:]  # what header parsing had read ahead
+            buf, pos = this._read_buf, this._read_pos
+            if size is not None and 0 <= size <= len(buf) - pos:  # served from the buffer
+                data: bytes = buf[pos : pos + size]
+                this._read_pos = pos + size
+                self.bytes_read += size
+                return data
+            head = buf[pos:]  # what was read ahead
             this._read_buf, this._read_pos = b"", 0
             parts = [head] if head else []
             got = len(head)
-            sock: socket.socket = this.raw._sock
-            while got < size:
-                chunk = sock.recv(size - got)
-                if not chunk:  # the peer closed: a short read, as from BufferedReader
-                    break
-                parts.append(chunk)
-                got += len(chunk)
-        data = b"".join(parts)  # one part is returned as it is, not copied
+            want = -1 if size is None or size < 0 else size
+            if 0 <= want < this.buffer_size:  # small: fill the buffer, keep the rest
+                while got < want:
+                    chunk = self._recv(this.buffer_size)
+                    if not chunk:
+                        break
+                    parts.append(chunk)
+                    got += len(chunk)
+                data = b"".join(parts)
+                this._read_buf = data[want:] if got > want else b""
+                data = data[:want] if got > want else data
+            else:  # large (or all): straight into the returned bytes
+                while want < 0 or got < want:
+                    chunk = self._recv(this.buffer_size if want < 0 else want - got)
+                    if not chunk:  # the peer closed: a short read, as from BufferedReader
+                        break
+                    parts.append(chunk)
+                    got += len(chunk)
+                data = b"".join(parts)  # one part is returned as it is, not copied
         self.bytes_read += len(data)
         return data
 
@@ -68,7 +146,8 @@ class SocketReader(cheroot_makefile.StreamReader):
                     break
                 if pos < len(buf):  # stopped by the limit
                     break
-                buf, pos = this.raw._sock.recv(this.buffer_size), 0
+                this._read_buf, this._read_pos = b"", 0  # consumed, even if recv raises
+                buf, pos = self._recv(this.buffer_size), 0
                 if not buf:  # end of stream
                     break
             this._read_buf, this._read_pos = buf, pos
@@ -103,7 +182,11 @@ def make_socket_file(
 
 
 class DavConnection(cheroot_server.HTTPConnection):  # type: ignore[misc]
-    """A cheroot connection on ``SocketReader``/``SocketWriter``, for plain and TLS sockets."""
+    """A cheroot connection on ``SocketReader``/``SocketWriter``, for plain and TLS sockets,
+    parsing requests with the strict :class:`~davserver.http.request.DavRequest`."""
+
+    RequestHandlerClass = DavRequest
+    rfile: SocketReader
 
     def __init__(self, server: Any, sock: socket.socket, makefile: Any = None) -> None:
         super().__init__(server, sock, make_socket_file)

@@ -8,6 +8,8 @@ Measured cheroot facts this module answers (DESIGN §10): ``numthreads`` caps co
 requests (set from ``server.threads``); the 10 s default socket timeout cuts off slow uploads
 (``server.timeout``, 300 s by default); and a request answered before its body was read must
 close the connection rather than let cheroot read the rest into memory (``ClosingGateway``).
+Connections wait in a selector, not in threads, until a request is there, under total
+deadlines and strict framing: ``davserver.http``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cheroot import wsgi
 from wsgidav import util as wsgidav_util
 from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
@@ -40,6 +41,8 @@ from davserver.dav.nextcloud import NextcloudRouter
 from davserver.dav.pages import DirBrowser, ErrorPages
 from davserver.dav.provider import VaultProvider
 from davserver.errors import ConfigError
+from davserver.http.connections import Deadlines, SelectingServer, raise_open_file_limit
+from davserver.http.request import GuardedGateway
 from davserver.httpio import DavConnection
 from davserver.vault import Vault
 from davserver.vault.locks import LockStore
@@ -50,7 +53,7 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "davserver"
 
 
-class ClosingGateway(wsgi.Gateway_10):  # type: ignore[misc]
+class ClosingGateway(GuardedGateway):  # type: ignore[misc]
     """Honours ``Connection: close`` set by the application.
 
     cheroot keeps a connection alive unless *it* decided to close it, and before answering it
@@ -68,8 +71,9 @@ class ClosingGateway(wsgi.Gateway_10):  # type: ignore[misc]
         return write
 
 
-class DavHTTPServer(wsgi.Server):  # type: ignore[misc]
-    """cheroot's WSGI server, remembering the vault it serves (closed by ``serve``)."""
+class DavHTTPServer(SelectingServer):  # type: ignore[misc]
+    """cheroot's WSGI server with davserver's connection handling (``davserver.http``),
+    remembering the vault it serves (closed by ``serve``)."""
 
     vault: Vault
 
@@ -160,6 +164,7 @@ def make_server(
     opts = config.server
     bind_host = opts.host if host is None else host
     bind_port = opts.port if port is None else port
+    raise_open_file_limit()  # every waiting connection holds a descriptor
     server = DavHTTPServer(
         (bind_host, bind_port),
         build_app(config, vault),
@@ -167,11 +172,17 @@ def make_server(
         max=opts.threads,
         timeout=opts.timeout,
         shutdown_timeout=5,
-        request_queue_size=64,
+        request_queue_size=1024,  # a burst of connections waits in the kernel, not dropped
         server_name=SERVER_NAME,
         reuse_port=reuse_port,
     )
     server.gateway = ClosingGateway
+    server.deadlines = Deadlines(
+        head_timeout=opts.head_timeout,
+        idle_timeout=opts.idle_timeout,
+        body_timeout=opts.body_timeout,
+        body_min_rate=opts.body_min_rate,
+    )
     server.ConnectionClass = DavConnection  # bulk reads/writes without _pyio's copies
     tls = opts.tls_cert is not None and opts.tls_key is not None
     if tls:

@@ -1,4 +1,5 @@
-"""davserver.httpio: cheroot's socket files with the bulk paths on recv/sendall."""
+"""davserver.httpio: cheroot's socket files with the bulk paths on recv/sendall, the
+selector's preloaded bytes and the body deadline."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import array
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from davserver.errors import RequestTimeout
 from davserver.httpio import SocketReader, SocketWriter, make_socket_file
 
 
@@ -121,3 +124,74 @@ def test_readline_across_buffers_with_limits_and_eof(
     assert r.readline() == b""
     assert r.bytes_read == len(b"GET / HTTP/1.1\r\n" + long_line + b"\r\nbody-bytes, no newline")
     t.join()
+
+
+def test_preload_and_take_buffered_keep_the_byte_order(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    a, b = pair
+    b.sendall(b"from the socket")
+    r = SocketReader(a, "rb", 8192)
+    r.preload(b"GET / HTTP/1.1\r\n\r\nPIPE")  # what the selector thread had read
+    assert r.readline() == b"GET / HTTP/1.1\r\n"
+    assert r.readline() == b"\r\n"
+    assert r.has_data()
+    assert r.take_buffered() == b"PIPE"
+    assert not r.has_data()
+    r.preload(b"head ")
+    assert r.read(20) == b"head from the socket"[:20]
+
+
+def test_small_reads_are_served_from_the_buffer(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    a, b = pair
+    t = _send_then_close(b, b"0123456789" * 3)
+    r = SocketReader(a, "rb", 8192)
+    assert r.read(2) == b"01"
+    assert r.read(3) == b"234"
+    assert r.read(100) == b"56789" + b"0123456789" * 2  # short at the end of the stream
+    assert r.read(5) == b""
+    assert r.bytes_read == 30
+    t.join()
+
+
+def test_a_huge_read_does_not_allocate_its_size(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """A chunk size of 2**60 reached ``recv(2**60)``: OverflowError."""
+    a, b = pair
+    t = _send_then_close(b, b"abc")
+    r = SocketReader(a, "rb", 8192)
+    assert r.read(1 << 60) == b"abc"
+    t.join()
+
+
+def test_body_deadline_is_total_and_grows_with_the_bytes_received(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    a, b = pair
+    r = SocketReader(a, "rb", 8192)
+    r.recv_timeout = 10.0
+    r.min_rate = 1000.0  # each byte earns 1 ms
+    r.deadline = time.monotonic() + 0.3
+    b.sendall(b"x" * 1000)
+    before = r.deadline
+    assert r.read(1000) == b"x" * 1000
+    assert r.deadline == pytest.approx(before + 1.0)
+    r.deadline = time.monotonic() + 0.2  # nothing more comes
+    with pytest.raises(RequestTimeout):
+        r.read(10)
+    assert isinstance(r.failure, RequestTimeout)
+    with pytest.raises(RequestTimeout):  # sticky: the body is broken for good
+        r.readline()
+
+
+def test_past_deadline_raises_without_waiting(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    a, _ = pair
+    r = SocketReader(a, "rb", 8192)
+    r.deadline = time.monotonic() - 1
+    with pytest.raises(RequestTimeout):
+        r.read(8192)
