@@ -94,6 +94,16 @@ def dav(private_store: Store, tmp_path: Path) -> Iterator[DavServer]:
         server.stop()
 
 
+def hang(pid: int) -> None:
+    """SIGSTOP ``pid`` and wait until the kernel shows it stopped (delivery is not instant:
+    a request sent right after ``kill`` can still be answered)."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+        assert time.monotonic() < deadline, "the store did not stop"
+        time.sleep(0.01)
+
+
 def timed(fn: Callable[[], Response]) -> tuple[Response, float]:
     started = time.monotonic()
     r = fn()
@@ -181,7 +191,7 @@ def test_hung_store(private_store: Store, dav: DavServer) -> None:
     alice = dav.client("alice")
     populate(alice)
     baseline = store_free_requests(alice, 0)
-    os.kill(private_store.pid, signal.SIGSTOP)
+    hang(private_store.pid)
     try:
         threads, results = concurrent_gets(alice, GETS)
         time.sleep(0.3)  # let the GETs take their threads
@@ -217,7 +227,7 @@ def test_hung_store(private_store: Store, dav: DavServer) -> None:
     # PUTs on a hung store, the breaker closed again: each waits for its own timeout. (A PUT
     # refused by an open breaker is answered before its body is read, and the connection
     # closed, which http.client does not survive while it still sends a large body.)
-    os.kill(private_store.pid, signal.SIGSTOP)
+    hang(private_store.pid)
     try:
         big_put, big_put_t = timed(lambda: alice.put("/new-big.bin", os.urandom(9 << 20)))
         put, put_t = timed(lambda: alice.put("/new.bin", os.urandom(BIG)))
@@ -281,7 +291,7 @@ def test_get_cut_mid_stream_is_logged_once(
         assert int(resp.headers["Content-Length"]) == size
         first = resp.read(1 << 20)
         assert first == body[: 1 << 20]
-        os.kill(private_store.pid, signal.SIGSTOP)
+        hang(private_store.pid)
         got = len(first)
         started = time.monotonic()
         while chunk := resp.read(1 << 20):  # b"" once the server closes the connection
