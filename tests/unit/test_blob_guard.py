@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 import pytest
 
 from davserver.blobs import BlobReader, BlobStat, BlobStore, check_blob_id, read_all
-from davserver.blobs.guard import GuardedBlobStore
+from davserver.blobs.guard import Bulkhead, GuardedBlobStore
 from davserver.errors import BlobNotFound, StoreUnavailable
 from davserver.vault.reader import InlineBlob
 
@@ -161,3 +161,29 @@ def test_cleanup_after_a_failed_put_does_not_wait_again() -> None:
     inner.down = False
     guard.delete(ID)  # later deletes go to the store
     assert inner.calls == calls + 1
+
+
+def test_a_full_bulkhead_queues_while_places_are_freed() -> None:
+    """A working store frees places: a newcomer waits for one. A hung one frees none."""
+    busy = Bulkhead(1, idle=5.0)
+    busy.enter()
+    got_in = threading.Event()
+
+    def newcomer() -> None:
+        busy.enter()
+        got_in.set()
+
+    t = threading.Thread(target=newcomer)
+    t.start()
+    time.sleep(0.05)
+    assert not got_in.is_set()  # queued, not refused
+    busy.leave()
+    t.join(5)
+    assert got_in.is_set() and busy.waiting == 1
+
+    hung = Bulkhead(1, idle=0.05)
+    hung.enter()
+    with pytest.raises(StoreUnavailable, match="busy"):
+        hung.enter()
+    hung.enter(force=True)  # an admitted put coming back from its caller's body
+    assert hung.waiting == 2
