@@ -68,6 +68,9 @@ def make_blob_store(config: Config) -> BlobStore:
             connect_timeout=s3.connect_timeout,
             read_timeout=s3.read_timeout,
             retries=s3.retries,
+            # One pooled connection per request thread and part sender: with fewer, urllib3
+            # discards connections under load (and logs a warning for each).
+            max_connections=max(16, config.server.threads + 4 * s3.upload_concurrency),
         )
         # A remote store can hang or vanish: bound how many request threads wait on it and
         # fail fast while it is down (a local disk that hangs is not guarded).
