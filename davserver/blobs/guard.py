@@ -44,7 +44,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from davserver.blobs import BlobReader, BlobStat, BlobStore
 from davserver.errors import DavServerError, StoreUnavailable
@@ -95,7 +95,7 @@ class CircuitBreaker:
             left = self._opened_at + self.reset_after - self._clock()
             if left > 0 or self._probing:
                 raise StoreUnavailable(
-                    "blob store unavailable (failing fast after repeated timeouts)",
+                    "blob store unavailable (failing fast after repeated timeouts or refusals)",
                     retry_after=max(1, math.ceil(left)),
                 )
             self._probing = True
@@ -299,3 +299,10 @@ class GuardedBlobStore(BlobStore):
 
     def close(self) -> None:
         self.inner.close()
+
+    def __getattr__(self, name: str) -> Any:
+        # Optional capabilities of the wrapped store beyond BlobStore (e.g. maintenance
+        # methods of one backend) and its attributes pass through, unguarded.
+        if name == "inner":  # not set yet (copy, pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)

@@ -187,3 +187,11 @@ def test_a_full_bulkhead_queues_while_places_are_freed() -> None:
         hung.enter()
     hung.enter(force=True)  # an admitted put coming back from its caller's body
     assert hung.waiting == 2
+
+
+def test_backend_specific_attributes_pass_through() -> None:
+    inner = MemoryStore()
+    guard = GuardedBlobStore(inner, max_waiting=1)
+    assert guard.blobs is inner.blobs  # e.g. S3BlobStore.bucket, or a maintenance method
+    with pytest.raises(AttributeError):
+        _ = guard.no_such_thing
