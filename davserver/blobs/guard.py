@@ -290,12 +290,12 @@ class GuardedBlobStore(BlobStore):
         self._call(lambda: self.inner.delete(blob_id))
 
     def iter_ids(self) -> Iterator[str]:
-        it = self._call(lambda: iter(self.inner.iter_ids()))
-        while True:
-            batch = self._call(lambda: next(it, None))
-            if batch is None:
+        it = iter(self.inner.iter_ids())
+        while True:  # each step of the listing is a call (S3 lists 1,000 keys per request)
+            blob_id = self._call(lambda: next(it, None))
+            if blob_id is None:
                 return
-            yield batch
+            yield blob_id
 
     def close(self) -> None:
         self.inner.close()
