@@ -6,7 +6,9 @@ front of it:
 
 - a hung store: 40 concurrent GETs of stored (non-inline) files all get 503 with Retry-After
   within 10 s, while PROPFIND, MKCOL, LOCK and GET of an inline file answer within 1 s each;
-  PUTs get 503 within 10 s; after SIGCONT everything works again, same davserver;
+  PUTs get 503 within 10 s, and so do 40 concurrent PUTs (with the same bound for the
+  store-free requests meanwhile, and nothing committed); after SIGCONT everything works
+  again, same davserver;
 - a dead store (killed): 503 within a few seconds; after a restart on the same port,
   everything works again;
 - a GET whose store hangs mid-stream is cut off (the connection closes before
@@ -148,13 +150,20 @@ def store_free_requests(alice: DavClient, n: int) -> list[tuple[str, int, float]
     return out
 
 
-def concurrent_gets(alice: DavClient, count: int) -> tuple[list[threading.Thread], list[Any]]:
+def concurrent_gets(
+    alice: DavClient, count: int, method: str = "GET"
+) -> tuple[list[threading.Thread], list[Any]]:
+    """``count`` GETs of stored files (or PUTs of new ones) at once, each timed."""
     results: list[Any] = []
     lock = threading.Lock()
+    body = os.urandom(BIG)
 
     def one(i: int) -> None:
         try:
-            r, t = timed(lambda: alice.get(f"/big{i % 8}.bin"))
+            if method == "GET":
+                r, t = timed(lambda: alice.get(f"/big{i % 8}.bin"))
+            else:
+                r, t = timed(lambda: alice.put(f"/wave{i}.bin", body))
             item: Any = (r, t)
         except Exception as exc:  # reported by the test, in its own thread
             item = exc
@@ -241,6 +250,41 @@ def test_hung_store(private_store: Store, dav: DavServer) -> None:
     assert_unavailable(put, put_t, "PUT")
     wait_until_served(alice)
     check_all_works(alice, "sigcont-put")
+
+
+def test_hung_store_put_wave(private_store: Store, dav: DavServer) -> None:
+    """40 PUTs of stored (non-inline) files on a hung store: the same bounds as for GETs."""
+    alice = dav.client("alice")
+    populate(alice)
+    hang(private_store.pid)
+    try:
+        threads, results = concurrent_gets(alice, GETS, method="PUT")
+        time.sleep(0.3)
+        during: list[tuple[str, int, float]] = []
+        n = 1
+        while any(t.is_alive() for t in threads):
+            during += store_free_requests(alice, n)
+            n += 1
+        for t in threads:
+            t.join()
+    finally:
+        os.kill(private_store.pid, signal.SIGCONT)
+    times = sorted(t for r, t in results if not isinstance(r, Exception))
+    print(
+        f"\n[{private_store.name}] hung store: {GETS} PUTs 503 in "
+        f"{times[0]:.2f}..{times[-1]:.2f} s; store-free requests meanwhile "
+        f"max {max((t for _, _, t in during), default=0):.3f} s over {len(during)}"
+    )
+    assert [r for r in results if isinstance(r, Exception)] == []
+    for r, t in results:
+        assert_unavailable(r, t, "PUT")
+    assert during, "no store-free request ran while the PUTs waited"
+    for what, status, t in during:
+        assert status in (200, 201, 204, 207), (what, status)
+        assert t < FAST_BOUND, f"{what} took {t:.2f} s while the store hung"
+    wait_until_served(alice)
+    check_all_works(alice, "put-wave")
+    assert all(alice.get(f"/wave{i}.bin").status == 404 for i in range(GETS))  # none committed
 
 
 def test_dead_store(private_store: Store, dav: DavServer) -> None:
