@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
-from davserver.blobs import BlobReader, BlobStat, BlobStore
+from davserver.blobs import BlobReader, BlobStat, BlobStore, PartialUpload
 from davserver.errors import DavServerError, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -296,6 +296,19 @@ class GuardedBlobStore(BlobStore):
             if blob_id is None:
                 return
             yield blob_id
+
+    def partial_uploads(self) -> Iterator[PartialUpload]:
+        # Explicit, not through __getattr__: BlobStore's default (none) would hide the
+        # wrapped store's, and the maintenance loop would never reclaim a partial upload.
+        it = iter(self.inner.partial_uploads())
+        while True:
+            partial = self._call(lambda: next(it, None))
+            if partial is None:
+                return
+            yield partial
+
+    def discard_partial(self, partial: PartialUpload) -> None:
+        self._call(lambda: self.inner.discard_partial(partial))
 
     def close(self) -> None:
         self.inner.close()

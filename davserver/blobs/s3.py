@@ -42,7 +42,7 @@ the outage tests and litmus pass on both; where they differ, this module copes:
   ``--keep-alive`` in production.
 - ListMultipartUploads: MinIO lists incomplete uploads with no prefix or with an exact
   object name, but none for a shorter prefix (such as ``prefix``); versitygw for any prefix.
-  Code looking for stale uploads lists without a prefix and filters the keys itself.
+  ``partial_uploads`` lists without a prefix and filters the keys itself.
 - AbortMultipartUpload of an upload already gone: MinIO 204, versitygw ``NoSuchUpload``;
   both mean done (``_abort``).
 - A Range header with end < start: MinIO ``InvalidRange``, versitygw a 200 with the whole

@@ -12,7 +12,14 @@ from collections.abc import Iterable, Iterator
 
 import pytest
 
-from davserver.blobs import BlobReader, BlobStat, BlobStore, check_blob_id, read_all
+from davserver.blobs import (
+    BlobReader,
+    BlobStat,
+    BlobStore,
+    PartialUpload,
+    check_blob_id,
+    read_all,
+)
 from davserver.blobs.guard import Bulkhead, GuardedBlobStore
 from davserver.errors import BlobNotFound, StoreUnavailable
 from davserver.vault.reader import InlineBlob
@@ -195,3 +202,26 @@ def test_backend_specific_attributes_pass_through() -> None:
     assert guard.blobs is inner.blobs  # e.g. S3BlobStore.bucket, or a maintenance method
     with pytest.raises(AttributeError):
         _ = guard.no_such_thing
+
+
+def test_partial_uploads_of_the_wrapped_store_are_seen_and_discarded() -> None:
+    """Not BlobStore's default (none): the maintenance loop must reclaim them through it."""
+
+    class WithPartials(MemoryStore):
+        def __init__(self) -> None:
+            super().__init__()
+            self.partials = [PartialUpload(ID, "h1", 10, 99.0)]
+
+        def partial_uploads(self) -> Iterator[PartialUpload]:
+            self._enter()
+            yield from list(self.partials)
+
+        def discard_partial(self, partial: PartialUpload) -> None:
+            self._enter()
+            self.partials.remove(partial)
+
+    inner = WithPartials()
+    guard = GuardedBlobStore(inner, max_waiting=1)
+    (found,) = list(guard.partial_uploads())
+    guard.discard_partial(found)
+    assert inner.partials == [] and list(guard.partial_uploads()) == []
