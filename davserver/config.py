@@ -355,6 +355,43 @@ class S3StorageConfig:
         _integer(1, 16),
         "Parts of one upload sent at once; memory per upload is about (this + 1) part sizes.",
     )
+    connect_timeout: int = _opt(
+        3,
+        _integer(1, 60),
+        "Seconds to wait for a connection to the endpoint (and for it to accept each block "
+        "of a request body). Timeouts are not retried: a hung store gives a 503 after one.",
+    )
+    read_timeout: int = _opt(
+        5,
+        _integer(1, 600),
+        "Seconds to wait for an answer, or for each block of a download; a transfer that "
+        "progresses is never cut. Keep connect/read timeouts under 10 s so clients get "
+        "their 503 before they give up.",
+    )
+    retries: int = _opt(
+        2,
+        _integer(0, 10),
+        "Retries (with jittered backoff) of a refused or dropped connection and of a 5xx answer.",
+    )
+    max_waiting: int = _opt(
+        0,
+        _integer(0, 4096),
+        "Most request threads that may wait on the object store at once; more get 503 at "
+        "once, so requests that never touch it (PROPFIND, LOCK, small files) keep threads "
+        "to run on. Reading a download that progresses is not waiting. 0 = three quarters "
+        "of server.threads.",
+    )
+    breaker_failures: int = _opt(
+        3,
+        _integer(1, 1000),
+        "Consecutive timeouts or connection failures after which every object-store call "
+        "fails at once (503) for breaker_reset seconds.",
+    )
+    breaker_reset: int = _opt(
+        5,
+        _integer(1, 300),
+        "Seconds to fail fast before one request probes whether the object store is back.",
+    )
 
 
 @dataclass(frozen=True)

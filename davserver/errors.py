@@ -27,7 +27,9 @@
     ├── Overloaded (503)                too many partly received requests held; retry later
     └── StorageError (503)              the blob store or database is unreachable or failing;
         │                               carries retry_after seconds (Retry-After header)
-        └── BlobNotFound (500)          an object the index points at is missing from the store
+        ├── BlobNotFound (500)          an object the index points at is missing from the store
+        └── StoreUnavailable (503)      the blob store timed out, refused or lost the
+                                        connection, or the guard fails fast (blobs/guard.py)
 
 Lower layers raise these; the DAV layer converts them to ``DAVError`` in one place and the CLI
 to a message and exit code. Messages must never contain keys, passwords, file names or contents.
@@ -198,3 +200,9 @@ class BlobNotFound(StorageError):
     """A blob the index refers to is missing."""
 
     status = 500
+
+
+class StoreUnavailable(StorageError):
+    """The blob store did not answer in time or could not be reached; retry later."""
+
+    status = 503

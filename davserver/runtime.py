@@ -50,10 +50,11 @@ def read_pepper(path: Path) -> bytes:
 def make_blob_store(config: Config) -> BlobStore:
     storage = config.storage
     if storage.backend == "s3":
+        from davserver.blobs.guard import GuardedBlobStore
         from davserver.blobs.s3 import S3BlobStore
 
         s3 = storage.s3
-        return S3BlobStore(
+        store = S3BlobStore(
             endpoint=s3.endpoint,
             bucket=s3.bucket,
             access_key=s3.access_key,
@@ -64,6 +65,21 @@ def make_blob_store(config: Config) -> BlobStore:
             create_bucket=s3.create_bucket,
             prefix=s3.prefix,
             upload_concurrency=s3.upload_concurrency,
+            connect_timeout=s3.connect_timeout,
+            read_timeout=s3.read_timeout,
+            retries=s3.retries,
+            # One pooled connection per request thread and part sender: with fewer, urllib3
+            # discards connections under load (and logs a warning for each).
+            max_connections=max(16, config.server.threads + 4 * s3.upload_concurrency),
+        )
+        # A remote store can hang or vanish: bound how many request threads wait on it and
+        # fail fast while it is down (a local disk that hangs is not guarded).
+        max_waiting = s3.max_waiting or max(1, config.server.threads * 3 // 4)
+        return GuardedBlobStore(
+            store,
+            max_waiting=max_waiting,
+            failure_threshold=s3.breaker_failures,
+            reset_after=float(s3.breaker_reset),
         )
     from davserver.blobs.local import LocalBlobStore
 

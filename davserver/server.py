@@ -34,7 +34,7 @@ from wsgidav.wsgidav_app import WsgiDAVApp
 
 from davserver.config import Config
 from davserver.dav.auth import DavAuthenticator, VaultDomainController
-from davserver.dav.errors import ErrorMapper
+from davserver.dav.errors import RESPONSE_ABORTED, ErrorMapper
 from davserver.dav.locks import DavLockManager, VaultLockStorage
 from davserver.dav.middleware import RequestGuard
 from davserver.dav.nextcloud import NextcloudRouter
@@ -58,8 +58,19 @@ class ClosingGateway(GuardedGateway):  # type: ignore[misc]
 
     cheroot keeps a connection alive unless *it* decided to close it, and before answering it
     reads the unread rest of a request body into memory (``rfile.read(remaining)``). A
-    response marked ``Connection: close`` now closes the connection instead.
+    response marked ``Connection: close`` now closes the connection instead, and so does a
+    response cut off mid-body.
     """
+
+    def respond(self) -> None:
+        try:
+            super().respond()
+        finally:
+            if self.env.get(RESPONSE_ABORTED):
+                # Cut off mid-body (davserver.dav.errors): close, and never end a chunked
+                # body with its last chunk, so the client cannot take it for complete.
+                self.req.close_connection = True
+                self.req.chunked_write = False
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None

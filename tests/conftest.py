@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.harness.minio",
     "tests.harness.postgres",
     "tests.harness.vaults",
+    "tests.harness.versitygw",
 ]

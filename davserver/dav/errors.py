@@ -70,26 +70,58 @@ def vault_call() -> Iterator[None]:
         raise to_dav_error(exc) from None
 
 
+#: WSGI environ key set when a response was cut off after it started (its status line and
+#: headers are out): the server then closes the connection instead of finishing the body,
+#: so the client sees fewer bytes than Content-Length, never a silently short file.
+RESPONSE_ABORTED = "davserver.response_aborted"
+
+
 class ErrorMapper(BaseMiddleware):  # type: ignore[misc]
     """WSGI middleware just inside WsgiDAV's ``ErrorPrinter``: whatever escapes a handler
     reaches the printer as a ``DAVError`` — engine errors with their status, anything else
-    as a bare 500 whose details go to the log, not to the client."""
+    as a bare 500 whose details go to the log, not to the client.
+
+    An error after the response started (a GET whose object store fails mid-stream) can no
+    longer become an error page: it is logged once as an aborted response (no traceback for
+    engine errors) and the connection is closed (``RESPONSE_ABORTED``)."""
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
         app_iter = None
+        started = False
+        sent = 0
+        method = environ.get("REQUEST_METHOD")
         try:
             app_iter = self.next_app(environ, start_response)
-            yield from app_iter
-        except DAVError:
-            raise
+            for chunk in app_iter:
+                started = True
+                sent += len(chunk)
+                yield chunk
+        except DAVError as exc:
+            if not started:
+                raise
+            _aborted(environ, sent, f"HTTP {exc.value}")
         except DavServerError as exc:
-            raise to_dav_error(exc) from None
+            if not started:
+                raise to_dav_error(exc) from None
+            _aborted(environ, sent, exc.reason)
         except Exception:
-            log.exception(
-                "unexpected error while handling a %s request", environ.get("REQUEST_METHOD")
-            )
+            if started:
+                environ[RESPONSE_ABORTED] = True
+                log.exception("aborted response: %s failed after %d bytes", method, sent)
+                return
+            log.exception("unexpected error while handling a %s request", method)
             raise DAVError(500) from None
         finally:
             close = getattr(app_iter, "close", None)
             if close is not None:
                 close()
+
+
+def _aborted(environ: dict[str, Any], sent: int, reason: str) -> None:
+    environ[RESPONSE_ABORTED] = True
+    log.warning(
+        "aborted response: %s failed after %d bytes: %s",
+        environ.get("REQUEST_METHOD"),
+        sent,
+        reason,
+    )

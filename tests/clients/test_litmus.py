@@ -1,4 +1,4 @@
-"""litmus (the Debian package) against a real davserver, on the local backend and on MinIO.
+"""litmus (the Debian package) against a real davserver: local backend, MinIO and versitygw.
 
 ``litmus -k`` exits 0 even when tests fail, so the summary lines are parsed: every group must
 report all its tests passed, and no test may end in FAIL or WARNING.
@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.davserver import DavServer
+from tests.harness.davserver import DavServer, s3_env, start_dav_server
+from tests.harness.minio import MinioServer
 
 GROUPS = ("basic", "copymove", "props", "locks", "http")
 _SUMMARY = re.compile(r"<- summary for `(\w+)': of (\d+) tests run: (\d+) passed, (\d+) failed")
@@ -51,15 +52,18 @@ def test_litmus_local(dav_server: DavServer, tmp_path: Path) -> None:
 
 
 @pytest.mark.s3
-def test_litmus_minio(dav_server_s3: DavServer, tmp_path: Path) -> None:
-    check(run_litmus(dav_server_s3, tmp_path / "litmus"))
+def test_litmus_s3(s3_service: MinioServer, s3_service_bucket: str, tmp_path: Path) -> None:
+    """On each S3 implementation (``s3`` = MinIO, ``versitygw``; tests/harness/versitygw.py)."""
+    dav = start_dav_server(tmp_path / "data", s3_env(s3_service, s3_service_bucket))
+    try:
+        check(run_litmus(dav, tmp_path / "litmus"))
+    finally:
+        dav.stop()
 
 
 @pytest.mark.postgres
 def test_litmus_postgres_index(tmp_path: Path, postgres_db_url: str) -> None:
     """The same server with its index (and so its lock table) in PostgreSQL."""
-    from tests.harness.davserver import start_dav_server
-
     dav = start_dav_server(tmp_path / "data", {"DAVSERVER_INDEX_URL": postgres_db_url})
     try:
         check(run_litmus(dav, tmp_path / "litmus"))

@@ -141,10 +141,28 @@ class MinioServer:
     region: str | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     log_path: Path | None = None
+    # How it was started, for ``restart`` (fault tests kill a private server, then revive it).
+    launch_argv: list[str] = field(default_factory=list, repr=False)
+    launch_env: dict[str, str] = field(default_factory=dict, repr=False)
+    wait_ready: Callable[[MinioServer], None] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
         return ("https://" if self.secure else "http://") + self.endpoint
+
+    def restart(self) -> None:
+        """Start the server again exactly as before (same port, data, credentials)."""
+        assert self.launch_argv and self.log_path is not None and self.wait_ready is not None
+        self.stop()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.launch_argv,
+                env=self.launch_env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.wait_ready(self)
 
     def stop(self) -> None:
         proc, self.process = self.process, None
@@ -192,18 +210,21 @@ def start_minio(binary: Path, workdir: Path) -> MinioServer:
             MINIO_BROWSER="off",
             MINIO_UPDATE="off",
         )
+        server.launch_argv = [
+            str(binary),
+            "server",
+            str(data),
+            "--address",
+            server.endpoint,
+            "--console-address",
+            f"127.0.0.1:{console_port}",
+            "--quiet",
+        ]
+        server.launch_env = env
+        server.wait_ready = _wait_healthy
         with open(log_path, "wb") as log:
             server.process = subprocess.Popen(
-                [
-                    str(binary),
-                    "server",
-                    str(data),
-                    "--address",
-                    server.endpoint,
-                    "--console-address",
-                    f"127.0.0.1:{console_port}",
-                    "--quiet",
-                ],
+                server.launch_argv,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
