@@ -33,6 +33,7 @@ from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
 from davserver.config import Config
+from davserver.dav import handlers
 from davserver.dav.auth import DavAuthenticator, VaultDomainController
 from davserver.dav.errors import ErrorMapper
 from davserver.dav.locks import DavLockManager, VaultLockStorage
@@ -81,7 +82,9 @@ class DavHTTPServer(SelectingServer):  # type: ignore[misc]
 def build_app(config: Config, vault: Vault) -> Callable[..., Any]:
     """The complete WSGI application: guard → WsgiDAV (errors, auth, dir browser, DAV)."""
     server = config.server
-    provider = VaultProvider(block_size=server.block_size, max_body_bytes=server.max_body_bytes)
+    provider = VaultProvider(
+        handlers.dispatch, block_size=server.block_size, max_body_bytes=server.max_body_bytes
+    )
     dav_config: dict[str, Any] = {
         "provider_mapping": {"/": provider},
         "verbose": 2,  # WsgiDAV's own request log shows paths and user names: ours does not
