@@ -17,5 +17,6 @@ It maps DAV verbs onto the vault (``davserver.vault``) and knows nothing of keys
 - ``errors``: the one place engine exceptions become ``DAVError``;
 - ``middleware``: early close of unread bodies, body caps and the access log.
 
-``davserver.server`` assembles these into a WSGI application and a cheroot server.
+``davserver.server`` assembles these into a WSGI application and a cheroot server; the route
+table in front of it is ``davserver.web.routes``.
 """
