@@ -145,7 +145,7 @@ class Health:
         if before == result:
             return
         if result == OK:
-            log.warning("readiness: %s answers again", name)
+            log.info("readiness: %s answers again", name)
         else:
             why = f" ({type(exc).__name__})" if exc is not None else ""
             log.warning("readiness: %s %s%s", name, result, why)
