@@ -522,6 +522,18 @@ class GcConfig:
     )
 
 
+@dataclass(frozen=True)
+class HealthConfig:
+    """The health endpoints /healthz and /readyz (unauthenticated; see docs/operations.md)."""
+
+    timeout: int = _opt(
+        2,
+        _integer(1, 60),
+        "Seconds each /readyz check (an index query, a blob-store probe) may take before "
+        "/readyz answers 503 naming it; set the load balancer's probe timeout above this.",
+    )
+
+
 _DATA_DIR = Option(
     "Directory that relative paths below resolve against; itself relative to the "
     "directory holding this file.",
@@ -540,6 +552,7 @@ class Config:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     quota: QuotaConfig = field(default_factory=QuotaConfig)
     gc: GcConfig = field(default_factory=GcConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
 
     def resolve_path(self, p: str | os.PathLike[str]) -> Path:
         """``p`` relative to data_dir (absolute paths are returned unchanged)."""

@@ -2,7 +2,8 @@
 
 The test suite and ``davserver serve`` share this module: ``make_server(config, vault)`` returns
 a bound (not yet serving) cheroot server and its URL; ``serve(config)`` runs one until SIGTERM or
-SIGINT. Nothing here knows WebDAV beyond wiring ``davserver.dav`` into WsgiDAV.
+SIGINT. Nothing here knows WebDAV beyond wiring ``davserver.dav`` into WsgiDAV, and nothing
+here routes: the route table is ``davserver.web.routes``.
 
 Measured cheroot facts this module answers (DESIGN §10): ``numthreads`` caps concurrent
 requests (set from ``server.threads``); the 10 s default socket timeout cuts off slow uploads
@@ -33,6 +34,7 @@ from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
 from davserver.config import Config
+from davserver.dav import handlers
 from davserver.dav.auth import DavAuthenticator, VaultDomainController
 from davserver.dav.errors import RESPONSE_ABORTED, ErrorMapper
 from davserver.dav.locks import DavLockManager, VaultLockStorage
@@ -47,6 +49,7 @@ from davserver.httpio import DavConnection
 from davserver.vault import Vault
 from davserver.vault.locks import LockStore
 from davserver.vault.throttle import LoginThrottle
+from davserver.web import routes
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +93,17 @@ class DavHTTPServer(SelectingServer):  # type: ignore[misc]
 
 
 def build_app(config: Config, vault: Vault) -> Callable[..., Any]:
-    """The complete WSGI application: guard → WsgiDAV (errors, auth, dir browser, DAV)."""
+    """The complete WSGI application: guard → router (``davserver.web.routes``) → health
+    probes, or WsgiDAV for everything else."""
+    return RequestGuard(routes.router(config, vault, dav=build_dav_app(config, vault)))
+
+
+def build_dav_app(config: Config, vault: Vault) -> Callable[..., Any]:
+    """WsgiDAV (errors, auth, Nextcloud paths, dir browser, DAV) on the vault's trees."""
     server = config.server
-    provider = VaultProvider(block_size=server.block_size, max_body_bytes=server.max_body_bytes)
+    provider = VaultProvider(
+        handlers.dispatch, block_size=server.block_size, max_body_bytes=server.max_body_bytes
+    )
     dav_config: dict[str, Any] = {
         "provider_mapping": {"/": provider},
         "verbose": 2,  # WsgiDAV's own request log shows paths and user names: ours does not
@@ -142,7 +153,7 @@ def build_app(config: Config, vault: Vault) -> Callable[..., Any]:
     lock_manager = DavLockManager(VaultLockStorage(LockStore(vault)))
     app.lock_manager = lock_manager
     provider.set_lock_manager(lock_manager)
-    return RequestGuard(app)
+    return app  # type: ignore[no-any-return]
 
 
 def _url(host: str, port: int, tls: bool) -> str:

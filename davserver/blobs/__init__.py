@@ -25,7 +25,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from davserver.errors import BlobNotFound
+
 _BLOB_ID = re.compile(r"^[0-9a-f]{32}$")
+#: A well-formed blob id that is never stored (ids are random): what ``probe`` asks for.
+PROBE_ID = "0" * 32
 
 
 def check_blob_id(blob_id: str) -> str:
@@ -138,6 +142,15 @@ class BlobStore(abc.ABC):
         MUST NOT touch a completed object. Callers discard only partials idle for longer than
         a grace period: one still growing would fail its ``put``.
         """
+
+    def probe(self) -> None:
+        """Check that the store answers (health checks): return if it does, else raise a
+        ``davserver.errors`` exception. The default asks for an object that never exists
+        (``PROBE_ID``): ``BlobNotFound`` is an answer."""
+        try:
+            self.stat(PROBE_ID)
+        except BlobNotFound:
+            pass
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and pools."""

@@ -128,6 +128,15 @@ class LocalBlobStore(BlobStore):
             raise _os_error("init", exc) from exc
         self._sweep_tmp()
 
+    def probe(self) -> None:
+        """The blob directory and its ``tmp`` are there and writable (a missing or
+        read-only mount is an error; a missing object would not be)."""
+        for path in (self.root, self._tmp):
+            if not os.path.isdir(path):
+                raise StorageError("local blob store: directory missing")
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise StorageError("local blob store: directory not writable")
+
     def _sweep_tmp(self) -> None:
         cutoff = time.time() - _TMP_MAX_AGE
         try:

@@ -62,7 +62,7 @@ from davserver.dav.resources import (
 )
 
 if TYPE_CHECKING:
-    from davserver.dav.provider import VaultProvider
+    from davserver.dav.resources import Provider
 
 DAV_COMPLIANCE = "1, 2"
 WIN32_NS = "{urn:schemas-microsoft-com:}"
@@ -74,9 +74,7 @@ _RANGE = re.compile(r"^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$", re.IGNORECASE)
 _UNSATISFIABLE = (-1, -1)
 
 
-def dispatch(
-    provider: VaultProvider, environ: dict[str, Any], start_response: Any, default: Any
-) -> Any:
+def dispatch(provider: Provider, environ: dict[str, Any], start_response: Any, default: Any) -> Any:
     method = environ["REQUEST_METHOD"]
     server = getattr(default, "__self__", None)  # WsgiDAV's RequestServer for this request
     if method in ("GET", "HEAD"):
@@ -103,7 +101,7 @@ def _parent_path(path: str) -> str:
 # -- OPTIONS --------------------------------------------------------------------------------
 
 
-def options(provider: VaultProvider, environ: dict[str, Any], start_response: Any) -> Any:
+def options(provider: Provider, environ: dict[str, Any], start_response: Any) -> Any:
     path = environ["PATH_INFO"]
     res = provider.get_resource_inst(path, environ)
     headers = [("Content-Length", "0"), ("DAV", DAV_COMPLIANCE), ("MS-Author-Via", "DAV")]
@@ -202,7 +200,7 @@ def _not_modified(server: Any, res: FileResource, environ: dict[str, Any]) -> bo
 
 
 def get(
-    provider: VaultProvider,
+    provider: Provider,
     server: Any,
     environ: dict[str, Any],
     start_response: Any,
@@ -346,7 +344,7 @@ def announced_length(environ: dict[str, Any], limit: int) -> tuple[int | None, i
     return length, expected
 
 
-def put(provider: VaultProvider, server: Any, environ: dict[str, Any], start_response: Any) -> Any:
+def put(provider: Provider, server: Any, environ: dict[str, Any], start_response: Any) -> Any:
     path = environ["PATH_INFO"]
     if "HTTP_CONTENT_ENCODING" in environ:
         raise DAVError(501, "Content-Encoding is not supported")
@@ -401,9 +399,7 @@ def put(provider: VaultProvider, server: Any, environ: dict[str, Any], start_res
 # -- PROPFIND / PROPPATCH ---------------------------------------------------------------------
 
 
-def propfind(
-    provider: VaultProvider, server: Any, environ: dict[str, Any], start_response: Any
-) -> Any:
+def propfind(provider: Provider, server: Any, environ: dict[str, Any], start_response: Any) -> Any:
     # RFC 4918 §9.1: no Depth header means infinity. Infinity is refused (it would build the
     # whole tree's response in memory); a missing header is answered as Depth 1, as
     # sabre/dav does with infinity disabled, since clients that omit it (webdav4) want a
@@ -435,9 +431,7 @@ def _proppatch_changes(root: Any) -> list[tuple[str, Any]]:
     return changes
 
 
-def proppatch(
-    provider: VaultProvider, server: Any, environ: dict[str, Any], start_response: Any
-) -> Any:
+def proppatch(provider: Provider, server: Any, environ: dict[str, Any], start_response: Any) -> Any:
     res = fast_propfind.existing_resource(provider, server, environ)
     # The Depth header means nothing for PROPPATCH; some clients send Depth: 1.
     server._check_write_permission(res, "0", environ)
@@ -504,9 +498,7 @@ def _same_checksums(res: _VaultResource, el: Any) -> bool:
 # -- COPY / MOVE / LOCK ---------------------------------------------------------------------
 
 
-def copy_move(
-    provider: VaultProvider, server: Any, environ: dict[str, Any], start_response: Any
-) -> Any:
+def copy_move(provider: Provider, server: Any, environ: dict[str, Any], start_response: Any) -> Any:
     """COPY and MOVE (RFC 4918 §9.8, §9.9) with WsgiDAV's checks, in WsgiDAV's order, and the
     Destination parsed as a URI (``davserver.dav.destination``). The tree operation is one
     vault call (``handle_copy``/``handle_move``); 201 when the destination was new."""
@@ -584,7 +576,7 @@ def _tree_form(path: str) -> str:
 
 
 def lock(
-    provider: VaultProvider,
+    provider: Provider,
     server: Any,
     environ: dict[str, Any],
     start_response: Any,

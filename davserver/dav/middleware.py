@@ -18,6 +18,7 @@
   a sandbox would stop browsers' PDF viewers, and nosniff keeps them from being read as HTML.
 - One access-log line per request: client address, method, status, bytes in and out,
   duration and the user id — never credentials, user names or paths (paths only at debug).
+  Requests marked ``QUIET_KEY`` (health probes, ``davserver.web``) are logged at debug.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ access_log = logging.getLogger("davserver.access")
 
 #: Set in the environ by the directory browser: the response is a listing page.
 LISTING_KEY = "davserver.listing"
+#: Set in the environ by the router for routes polled by machines: access log at debug only.
+QUIET_KEY = "davserver.quiet"
 ACTIVE_POLICY = (
     "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'; sandbox"
 )
@@ -212,7 +215,8 @@ class RequestGuard:
     def _log(
         environ: dict[str, Any], state: dict[str, Any], body: BodyReader, started: float
     ) -> None:
-        if not access_log.isEnabledFor(logging.INFO):
+        level = logging.DEBUG if environ.get(QUIET_KEY) else logging.INFO
+        if not access_log.isEnabledFor(level):
             return
         user = str(environ.get("davserver.user_id") or "-")[:12]
         addr = environ.get("davserver.client_addr") or environ.get("REMOTE_ADDR", "-")
@@ -222,4 +226,4 @@ class RequestGuard:
         )
         if access_log.isEnabledFor(logging.DEBUG):
             line += f" path={environ.get('SCRIPT_NAME', '')}{environ.get('PATH_INFO', '')!r}"
-        access_log.info(line)
+        access_log.log(level, line)

@@ -67,9 +67,10 @@ from davserver.dav.resources import (
     forget_resources,
     parse_mtime,
 )
+from davserver.vault.uploads import Uploads
 
 if TYPE_CHECKING:
-    from davserver.dav.provider import VaultProvider
+    from davserver.dav.resources import Provider
     from davserver.vault.tree import Session
 
 ASSEMBLE_NAME = ".file"
@@ -88,7 +89,7 @@ class NextcloudRouter(BaseMiddleware):  # type: ignore[misc]
 
     def __init__(self, wsgidav_app: Any, next_app: Any, config: dict[str, Any]) -> None:
         super().__init__(wsgidav_app, next_app, config)
-        self.provider: VaultProvider = config["davserver"]["provider"]
+        self.provider: Provider = config["davserver"]["provider"]
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         path = str(environ.get("PATH_INFO", ""))
@@ -183,7 +184,7 @@ class NextcloudRouter(BaseMiddleware):  # type: ignore[misc]
             if handle is None or chunk is not None:
                 raise DAVError(HTTP_FORBIDDEN, "only a whole upload can be deleted")
             with vault_call():
-                session.uploads.delete(handle)
+                Uploads(session).delete(handle)
             start_response("204 No Content", [("Content-Length", "0")])
             return [b""]
         raise DAVError(HTTP_METHOD_NOT_ALLOWED, add_headers=[("Allow", _UPLOAD_ALLOW)])
@@ -191,7 +192,7 @@ class NextcloudRouter(BaseMiddleware):  # type: ignore[misc]
     @staticmethod
     def _exists(session: Session, handle: str) -> bool:
         with vault_call():
-            return session.uploads.exists(handle)
+            return Uploads(session).exists(handle)
 
     def _mkcol(
         self,
@@ -212,7 +213,7 @@ class NextcloudRouter(BaseMiddleware):  # type: ignore[misc]
         if self._exists(session, handle):
             raise DAVError(HTTP_METHOD_NOT_ALLOWED, "the upload exists")
         with vault_call():
-            session.uploads.create(handle)
+            Uploads(session).create(handle)
         start_response("201 Created", [("Content-Length", "0")])
         return [b""]
 
@@ -237,9 +238,9 @@ class NextcloudRouter(BaseMiddleware):  # type: ignore[misc]
         limit = self.provider.max_body_bytes
         length, expected = handlers.announced_length(environ, limit)
         with vault_call():
-            existed = session.uploads.has_chunk(handle, chunk)
+            existed = Uploads(session).has_chunk(handle, chunk)
             body = handlers._body(environ, length, self.provider.block_size, limit)
-            session.uploads.put_chunk(handle, chunk, body, expected)
+            Uploads(session).put_chunk(handle, chunk, body, expected)
         start_response("204 No Content" if existed else "201 Created", [("Content-Length", "0")])
         return [b""]
 
@@ -283,7 +284,7 @@ class NextcloudRouter(BaseMiddleware):  # type: ignore[misc]
             principal=environ.get("wsgidav.auth.user_name", ""),
         ):
             with vault_call():
-                entry, existed = session.uploads.assemble(
+                entry, existed = Uploads(session).assemble(
                     handle, dest, expected_length=expected, mtime=mtime, sha1=sha1, md5=md5
                 )
         forget_resources(environ)
@@ -317,7 +318,7 @@ class NextcloudRouter(BaseMiddleware):  # type: ignore[misc]
             rows.append((base + "/", True, 0, 0.0, ""))
         else:
             with vault_call():
-                chunks = session.uploads.list(handle)  # 404 if there is no such upload
+                chunks = Uploads(session).list(handle)  # 404 if there is no such upload
             newest = max((t for _, _, t in chunks), default=0.0)
             up_href = f"{base}/{handle}/"
             if chunk is None:

@@ -26,7 +26,7 @@ from wsgidav.dav_error import HTTP_BAD_REQUEST, HTTP_NOT_FOUND, DAVError, as_DAV
 from wsgidav.util import etree
 
 if TYPE_CHECKING:
-    from davserver.dav.provider import VaultProvider
+    from davserver.dav.resources import Provider
 
 _XML_HEAD = b'<?xml version="1.0" encoding="utf-8"?>\n<D:multistatus xmlns:D="DAV:">'
 _XML_TAIL = b"</D:multistatus>"
@@ -236,7 +236,7 @@ def collect(res: Any, mode: str, names: list[str]) -> list[tuple[str, Any]]:
     return out
 
 
-def existing_resource(provider: VaultProvider, server: Any, environ: dict[str, Any]) -> Any:
+def existing_resource(provider: Provider, server: Any, environ: dict[str, Any]) -> Any:
     """The resource the request names, its If headers evaluated; 404 if there is none."""
     res = provider.get_resource_inst(environ["PATH_INFO"], environ)
     if res is None:
@@ -245,9 +245,7 @@ def existing_resource(provider: VaultProvider, server: Any, environ: dict[str, A
     return res
 
 
-def propfind(
-    provider: VaultProvider, server: Any, environ: dict[str, Any], start_response: Any
-) -> Any:
+def propfind(provider: Provider, server: Any, environ: dict[str, Any], start_response: Any) -> Any:
     """Answer a PROPFIND whose Depth is already "0" or "1" (see ``handlers.propfind``)."""
     res = existing_resource(provider, server, environ)
     mode, names = parse_request(environ)

@@ -4,10 +4,12 @@ Resources are cached per request (``environ``), so WsgiDAV's habit of resolving 
 several times per request (dir browser, If-header evaluation, the handler) costs one index
 lookup. Any change to the tree empties that cache.
 
-``custom_request_handler`` routes the verbs whose WsgiDAV defaults do not fit an encrypted,
-streaming store to ``davserver.dav.handlers`` (GET/HEAD, PUT, PROPFIND depth, PROPPATCH,
-OPTIONS, the 201/204 of COPY/MOVE); the others (MKCOL, DELETE, LOCK, UNLOCK) run WsgiDAV's
-handlers on these resources.
+``custom_request_handler`` hands every request to the dispatch function the assembly gave
+the provider (``davserver.server.build_app`` gives it ``davserver.dav.handlers.dispatch``, which
+takes the verbs whose WsgiDAV defaults do not fit an encrypted, streaming store: GET/HEAD, PUT,
+PROPFIND depth, PROPPATCH, OPTIONS, the 201/204 of COPY/MOVE; the others, MKCOL, DELETE, LOCK,
+UNLOCK, run WsgiDAV's handlers on these resources). The provider does not import the handlers:
+they, and the resources, know it only as ``interface.TreeProvider``.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from urllib.parse import unquote
 from wsgidav import util
 from wsgidav.dav_provider import DAVProvider
 
-from davserver.dav import handlers
 from davserver.dav.errors import vault_call
+from davserver.dav.interface import Dispatch
 from davserver.dav.resources import (
     CACHE_KEY,
     DirResource,
@@ -27,7 +29,7 @@ from davserver.dav.resources import (
     _VaultResource,
     session_of,
 )
-from davserver.vault.tree import Entry
+from davserver.vault.nodes import Entry
 
 USAGE_KEY = "davserver.usage"
 
@@ -39,8 +41,11 @@ def _cache_key(path: str) -> str:
 class VaultProvider(DAVProvider):  # type: ignore[misc]
     """Every user's tree, each at ``/`` for that user."""
 
-    def __init__(self, block_size: int = 1 << 20, max_body_bytes: int = 0) -> None:
+    def __init__(
+        self, dispatch: Dispatch, block_size: int = 1 << 20, max_body_bytes: int = 0
+    ) -> None:
         super().__init__()
+        self.dispatch = dispatch
         self.verbose = 1  # WsgiDAV prints property errors to stdout from 2 on
         self.block_size = block_size
         self.max_body_bytes = max_body_bytes
@@ -102,4 +107,4 @@ class VaultProvider(DAVProvider):  # type: ignore[misc]
     def custom_request_handler(
         self, environ: dict[str, Any], start_response: Any, default_handler: Any
     ) -> Any:
-        return handlers.dispatch(self, environ, start_response, default_handler)
+        return self.dispatch(self, environ, start_response, default_handler)

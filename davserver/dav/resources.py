@@ -27,8 +27,11 @@ from davserver.dav.errors import vault_call
 from davserver.vault.tree import Entry, Session
 
 if TYPE_CHECKING:
+    from davserver.dav.interface import TreeProvider
     from davserver.dav.locks import DavLockManager
-    from davserver.dav.provider import VaultProvider
+
+    #: The provider as resources and handlers see it (``provider.VaultProvider`` is one).
+    Provider = TreeProvider["_VaultResource"]
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +96,7 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
     """What files and directories share: times, properties, tree operations."""
 
     entry: Entry
-    provider: VaultProvider
+    provider: Provider
 
     def _init_vault(self, entry: Entry) -> None:
         self.entry = entry

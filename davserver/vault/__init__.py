@@ -14,6 +14,9 @@ It knows nothing of HTTP. The DAV layer and the CLI call it; it calls ``index`` 
   ``settings.upload_grace``.
 - ``Vault.freeing_space``: runs an operation that frees space (DELETE) so that a full disk
   cannot stop it (``vault.reserve``).
+
+Sessions know their vault only as ``vault.engine.Engine`` (a protocol ``Vault`` satisfies),
+so that nothing below this package imports it back.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from davserver.index.models import (
     Version,
 )
 from davserver.vault.auth import KdfGate, LoginCache
+from davserver.vault.engine import VaultSettings as VaultSettings  # re-exported
 from davserver.vault.reserve import SpaceReserve
 
 if TYPE_CHECKING:
@@ -66,26 +70,6 @@ KIND_PASSWORD = "password"  # noqa: S105 - an envelope kind, not a password
 KIND_TOKEN = "token"  # noqa: S105
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class VaultSettings:
-    """Engine tunables (filled from ``Config`` by the server and CLI)."""
-
-    argon2_opslimit: int = 3
-    argon2_memlimit: int = 64 * 1024 * 1024
-    argon2_concurrency: int = 0
-    login_cache_ttl: float = 600.0
-    login_cache_size: int = 1024
-    default_quota: int = 0  # 0 = unlimited
-    seg_log2: int = crypto.blobfmt.DEFAULT_SEG_LOG2
-    upload_expiry: float = 86400.0
-    upload_grace: float = 86400.0  # partial uploads idle this long are crash leftovers
-    inline_max: int = 16384  # files up to this size (known length) live in the index
-    checksums: tuple[str, ...] = ("sha1", "md5")  # computed on upload, offered to clients
-    max_dead_props: int = 256  # dead properties per node (PropertyLimit beyond)
-    max_dead_props_bytes: int = 65536  # their names and values, UTF-8
-    max_shared_locks: int = 64  # locks rooted at one path (LockLimit beyond)
 
 
 @dataclass(frozen=True)

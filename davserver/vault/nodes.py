@@ -21,7 +21,7 @@ from davserver.index import fast
 from davserver.index.models import User
 
 if TYPE_CHECKING:
-    from davserver.vault import Vault
+    from davserver.vault.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,9 @@ class _SessionCore:
 
     KEY_CACHE_SIZE = 50_000
 
-    def __init__(self, vault: Vault, user_id: str, user_name: str, mk: bytes, root_id: str) -> None:
+    def __init__(
+        self, vault: Engine, user_id: str, user_name: str, mk: bytes, root_id: str
+    ) -> None:
         self.vault = vault
         self.user_id = user_id
         self.user_name = user_name

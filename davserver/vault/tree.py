@@ -31,8 +31,7 @@ from davserver.vault.subtrees import _SubtreeOps
 from davserver.vault.writes import _Counter, _WriteOps
 
 if TYPE_CHECKING:
-    from davserver.vault import Vault
-    from davserver.vault.uploads import Uploads
+    from davserver.vault.engine import Engine
 
 __all__ = [
     "DIR",
@@ -53,7 +52,9 @@ class Session(_WriteOps, _SubtreeOps, _PropOps):
 
     LISTING_CACHE_ENTRIES = 100_000  # decrypted entries kept per session
 
-    def __init__(self, vault: Vault, user_id: str, user_name: str, mk: bytes, root_id: str) -> None:
+    def __init__(
+        self, vault: Engine, user_id: str, user_name: str, mk: bytes, root_id: str
+    ) -> None:
         super().__init__(vault, user_id, user_name, mk, root_id)
         # dir id -> (listing version, entries): decrypted listings, in memory only.
         self._listings: OrderedDict[str, tuple[int, tuple[Entry, ...]]] = OrderedDict()
@@ -62,13 +63,6 @@ class Session(_WriteOps, _SubtreeOps, _PropOps):
 
     def __repr__(self) -> str:
         return f"<Session user_id={self.user_id}>"
-
-    @property
-    def uploads(self) -> Uploads:
-        """This user's chunked uploads (``davserver.vault.uploads``)."""
-        from davserver.vault.uploads import Uploads
-
-        return Uploads(self)
 
     # -- reading the tree --------------------------------------------------------------------
     def stat(self, path: str) -> Entry:

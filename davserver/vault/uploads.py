@@ -7,6 +7,7 @@ own encrypted blob (same segment format, own content key); assembly streams ever
 through decryption into ``Session.write_file``, so memory stays bounded whatever the sizes and
 the result is one ordinary version. Chunks count against the user's quota while they wait.
 Abandoned uploads expire (``Vault.expire_uploads``) and their blobs are collected.
+``Uploads(session)`` builds on a ``Session``; the session does not know it (no import back).
 
 Keys (not normative; rows are bound to their ids so they cannot be swapped):
 ``UK = subkey(MK, "wdv-upload-v1")``; the client's upload id is stored only as a MAC under UK;
@@ -34,8 +35,9 @@ from davserver.errors import (
     NotFound,
 )
 from davserver.index.models import BlobGC, Upload, UploadChunk, User
+from davserver.vault.nodes import Entry
 from davserver.vault.reader import FileReader
-from davserver.vault.tree import Entry, _Counter
+from davserver.vault.writes import _Counter
 
 if TYPE_CHECKING:
     from davserver.vault.tree import Session

@@ -25,6 +25,7 @@ def _provider(dav: DavServer) -> Any:
         mapping = getattr(obj, "provider_map", None)
         if mapping:
             return next(iter(mapping.values()))
+        stack += [route.app for route in getattr(obj, "routes", ())]  # davserver.web's router
         for attr in ("application", "next_app", "app", "_application", "wsgidav_app"):
             nxt = getattr(obj, attr, None)
             if nxt is not None:

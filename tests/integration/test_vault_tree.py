@@ -21,6 +21,7 @@ from davserver.errors import (
 from davserver.index.models import Node, User, Version
 from davserver.vault import Vault
 from davserver.vault.tree import Session
+from davserver.vault.uploads import Uploads
 from tests.harness.vaults import stored_blob_ids
 
 
@@ -359,9 +360,9 @@ def test_listing_cache_follows_every_change(vault: Vault, tmp_path) -> None:  # 
     assert names() == ["sub", "sub2"] and {e.size for e in s.list_dir("/d/sub2")} == {3}
     o.delete("/d/sub")
     assert names() == ["sub2"]
-    o.uploads.create("u")
-    o.uploads.put_chunk("u", "1", [b"up"], 2)
-    o.uploads.assemble("u", "/d/up")
+    Uploads(o).create("u")
+    Uploads(o).put_chunk("u", "1", [b"up"], 2)
+    Uploads(o).assemble("u", "/d/up")
     assert names() == ["sub2", "up"]
 
 

@@ -11,6 +11,7 @@ import pytest
 from davserver.errors import AlreadyExists, InsufficientStorage, LengthMismatch, NotFound
 from davserver.index.models import Upload, Version
 from davserver.vault import Vault
+from davserver.vault.uploads import Uploads
 from tests.harness.vaults import stored_blob_ids
 
 
@@ -30,7 +31,7 @@ def _referenced(vault: Vault) -> set[str]:
 
 def test_chunks_assemble_in_numeric_order(vault: Vault) -> None:
     s = _session(vault)
-    up = s.uploads
+    up = Uploads(s)
     up.create("web-file-upload-123")
     with pytest.raises(AlreadyExists):
         up.create("web-file-upload-123")
@@ -60,7 +61,7 @@ def test_chunks_assemble_in_numeric_order(vault: Vault) -> None:
 
 def test_retried_chunk_replaces_and_failed_assemble_keeps_upload(vault: Vault) -> None:
     s = _session(vault)
-    up = s.uploads
+    up = Uploads(s)
     up.create("u1")
     up.put_chunk("u1", "00001", [b"bad"], 3)
     up.put_chunk("u1", "00001", [b"good"], 4)  # a retry of the same chunk
@@ -81,36 +82,36 @@ def test_uploads_are_per_user_and_expire(vault: Vault) -> None:
     s = _session(vault)
     vault.create_user("bob", "pw")
     b = vault.login("bob", "pw")
-    s.uploads.create("same-id")
-    s.uploads.put_chunk("same-id", "1", [b"alice"], 5)
+    Uploads(s).create("same-id")
+    Uploads(s).put_chunk("same-id", "1", [b"alice"], 5)
     with pytest.raises(NotFound):
-        b.uploads.put_chunk("same-id", "1", [b"bob"], 3)
-    b.uploads.create("same-id")  # bob's own, unrelated
-    assert b.uploads.list("same-id") == []
+        Uploads(b).put_chunk("same-id", "1", [b"bob"], 3)
+    Uploads(b).create("same-id")  # bob's own, unrelated
+    assert Uploads(b).list("same-id") == []
     assert vault.expire_uploads(max_age=3600) == 0
     with vault.index.connection():
         Upload.update(touched=time.time() - 7200).execute()
     assert vault.expire_uploads(max_age=3600) == 2
-    assert not s.uploads.exists("same-id")
+    assert not Uploads(s).exists("same-id")
     assert stored_blob_ids(vault) == set()
 
 
 def test_chunks_count_against_quota(vault: Vault) -> None:
     s = _session(vault)
     vault.set_quota("alice", 100)
-    s.uploads.create("q")
-    s.uploads.put_chunk("q", "1", [b"x" * 60], 60)
+    Uploads(s).create("q")
+    Uploads(s).put_chunk("q", "1", [b"x" * 60], 60)
     with pytest.raises(InsufficientStorage):
-        s.uploads.put_chunk("q", "2", [b"x" * 60], 60)
+        Uploads(s).put_chunk("q", "2", [b"x" * 60], 60)
     with pytest.raises(InsufficientStorage):
-        s.uploads.put_chunk("q", "2", iter([b"x" * 30, b"x" * 30]), None)
-    s.uploads.delete("q")
+        Uploads(s).put_chunk("q", "2", iter([b"x" * 30, b"x" * 30]), None)
+    Uploads(s).delete("q")
     assert stored_blob_ids(vault) == set()
 
 
 def test_delete_user_removes_uploads(vault: Vault) -> None:
     s = _session(vault)
-    s.uploads.create("x")
-    s.uploads.put_chunk("x", "1", [b"data"], 4)
+    Uploads(s).create("x")
+    Uploads(s).put_chunk("x", "1", [b"data"], 4)
     vault.delete_user("alice")
     assert stored_blob_ids(vault) == set()
