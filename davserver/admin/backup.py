@@ -138,11 +138,11 @@ def snapshot_index(config: Config, target: Path) -> dict[str, int]:
 
 
 def _copy_file(src: Path, dst: Path) -> int:
+    """Copy via a temp name, so a file that exists is whole. Not fsynced one by one (10,000
+    small objects took 23 s that way): ``backup`` syncs once before writing the manifest."""
     dst.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = dst.with_name(dst.name + ".part")
     shutil.copyfile(src, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
     os.replace(tmp, dst)
     return dst.stat().st_size
 
@@ -242,6 +242,7 @@ def backup(
         "pepper_included": include_pepper,
         "files": {name: _sha256(dest / name) for name in files},
     }
+    os.sync()  # everything above on disk before the manifest says the backup is complete
     tmp = dest / (MANIFEST + ".part")
     tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(tmp, dest / MANIFEST)
@@ -387,9 +388,17 @@ def restore(
     cfg.write_text(_restored_config(src / CONFIG_FILE, backend, index_url), encoding="utf-8")
     os.chmod(cfg, 0o600)
     try:
-        config = load(cfg, {})
+        # The environment may point the copy at its bucket (DAVSERVER_STORAGE_S3_BUCKET, ...);
+        # where the data directory and the index are was decided just now.
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("DAVSERVER_DATA_DIR", "DAVSERVER_INDEX_URL")
+        }
+        config = load(cfg, env)
     except ConfigError as exc:
         raise ConfigError(f"the restored configuration is not valid: {exc.reason}") from exc
+    os.sync()
     report = verify(config, manifest, advance)
     report.pepper = pepper
     return report

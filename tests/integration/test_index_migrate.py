@@ -82,8 +82,27 @@ def test_restore_then_migrate_to_postgresql_and_back(tmp_path: Path, postgres_db
         # Failed logins get new rows (an autoincrement id): the sequence was moved past the
         # copied ids.
         assert dav2.client("alice", "wrong").get("/hello.txt").status == 401
+        # A backup of the PostgreSQL index while this server runs: one REPEATABLE READ
+        # export into the backup's SQLite file, restored and served below.
+        r = run_cli(["backup", str(tmp_path / "bk-pg"), "--data-dir", str(restored)])
+        assert r.returncode == 0, r.stderr
     finally:
         dav2.stop()
+    pg_manifest = json.loads((tmp_path / "bk-pg" / "manifest.json").read_text())
+    assert pg_manifest["index_source"] == "postgresql"
+    assert pg_manifest["tables"]["version"] == manifest["tables"]["version"] + 1
+    r = run_cli(
+        [
+            "restore",
+            str(tmp_path / "bk-pg"),
+            "--pepper",
+            str(restored / "pepper"),
+            "--data-dir",
+            str(tmp_path / "from-pg"),
+        ]
+    )
+    assert r.returncode == 0, r.stderr
+    _serve_and_check(tmp_path / "from-pg", password, files).stop()
 
     # And back: PostgreSQL -> a new SQLite file.
     r = run_cli(
