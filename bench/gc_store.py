@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import secrets
 import subprocess
 import sys
@@ -34,17 +33,21 @@ ENV = {
 }
 
 
-def cli(*args: str) -> tuple[subprocess.CompletedProcess[str], float, float]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+def cli(*args: str) -> tuple[str, float, float]:
+    """Run the CLI; (stdout, seconds, peak RSS in MiB of that child alone, from wait4)."""
     t0 = time.perf_counter()
-    r = subprocess.run(
-        [sys.executable, "-m", "davserver.cli", *args], env=ENV, capture_output=True, text=True
-    )
-    took = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if r.returncode != 0:
-        raise SystemExit(f"{args[0]} failed: {r.stderr}")
-    return r, took, max(peak, before) / 1024  # MiB (ru_maxrss is KiB on Linux)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "davserver.cli", *args], env=ENV, stdout=out, stderr=err
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        took = time.perf_counter() - t0
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"{args[0]} failed: {err.read()}")
+        return out.read(), took, usage.ru_maxrss / 1024  # ru_maxrss is KiB on Linux
 
 
 def build(data: Path, objects: int, orphans: int) -> set[str]:
@@ -110,12 +113,12 @@ def main() -> None:
         planted = build(data, args.objects, args.orphans)
         print(f"built {args.objects} objects + {args.orphans} orphans in "
               f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
-        r, took, rss = cli("gc", "--dry-run", "--json", "--data-dir", str(data))
-        found = {i["id"] for i in json.loads(r.stdout)["would_remove"] if i["kind"] == "orphan"}
+        stdout, took, rss = cli("gc", "--dry-run", "--json", "--data-dir", str(data))
+        found = {i["id"] for i in json.loads(stdout)["would_remove"] if i["kind"] == "orphan"}
         assert found == planted, (len(found), len(planted))
         print(f"gc --dry-run: {took:.1f} s, peak RSS {rss:.0f} MiB, {len(found)} orphans found")
         if args.backup:
-            r, took, rss = cli("backup", str(Path(tmp) / "bk"), "--data-dir", str(data))
+            _, took, rss = cli("backup", str(Path(tmp) / "bk"), "--data-dir", str(data))
             print(f"backup: {took:.1f} s, peak RSS {rss:.0f} MiB")
 
 

