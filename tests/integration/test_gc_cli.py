@@ -189,3 +189,17 @@ def test_gc_removes_expired_chunked_uploads_and_crash_leftovers(dav_server: DavS
         assert UploadChunk.select().count() == 0
     assert alice.get("/keep.bin").body == b"k" * 60_000
     assert _gc(dav, env, "--dry-run")["would_remove"] == []
+
+
+def test_parse_duration() -> None:
+    from davserver.admin.gc import parse_duration
+    from davserver.errors import ConfigError
+
+    assert parse_duration("30m") == 1800
+    assert parse_duration("24h") == 86400
+    assert parse_duration("7d") == 7 * 86400
+    assert parse_duration("90") == 90
+    assert parse_duration("1.5h") == 5400
+    for bad in ("", "soon", "-1h", "3y"):
+        with pytest.raises(ConfigError):
+            parse_duration(bad)

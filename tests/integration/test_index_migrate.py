@@ -157,3 +157,19 @@ def test_migrate_refuses_a_non_empty_target(tmp_path: Path, postgres_db_url: str
     assert r.returncode == 3, r.stderr
     assert "secret" not in r.stderr
     assert (tmp_path / "two" / "davserver.yaml").read_text() == config_before
+
+
+def test_rewrite_index_url_keeps_every_other_line() -> None:
+    from davserver.admin.migrate import rewrite_index_url
+
+    text = (
+        "# top comment\ndata_dir: .\nindex:\n  # the database\n  url: sqlite:///index.db\n"
+        "security:\n  pepper_file: pepper\n"
+    )
+    out = rewrite_index_url(text, "postgresql://u:p@h:5432/d")
+    assert out == text.replace("sqlite:///index.db", '"postgresql://u:p@h:5432/d"')
+    assert rewrite_index_url("data_dir: .\n", "sqlite:///x.db") == (
+        'data_dir: .\nindex:\n  url: "sqlite:///x.db"\n'
+    )
+    no_url = "index:\nsecurity:\n  pepper_file: pepper\n"
+    assert rewrite_index_url(no_url, "sqlite:///y.db").startswith('index:\n  url: "sqlite:///y.db"')
