@@ -73,8 +73,8 @@ def gc(dry_run: bool, grace: str, as_json: bool, data_dir: Path) -> None:
     """Reclaim space now: expired chunked uploads, partial uploads left by crashes, dead
     blobs, and orphan objects that no index row knows, older than --grace.
 
-    Safe on a running server. Keep --grace longer than your longest backup takes (a backup
-    copies objects after its index snapshot).
+    Safe on a running server. Keep --grace longer than your longest backup or restore
+    takes (objects copied before their index rows look like orphans until then).
     """
     from davserver.admin.gc import parse_duration, run_gc
     from davserver.runtime import open_vault
