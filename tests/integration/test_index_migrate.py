@@ -13,7 +13,7 @@ import psycopg2
 
 from davserver.config import load
 from tests.harness.davserver import start_dav_server
-from tests.integration.test_backup import _populate, _serve_and_check
+from tests.integration.test_backup import Writer, _populate, _serve_and_check
 from tests.integration.test_gc_cli import run_cli
 
 
@@ -91,15 +91,25 @@ def test_restore_then_migrate_to_postgresql_and_back(tmp_path: Path, postgres_db
         listed = [i["id"] for i in json.loads(gc.stdout)["would_remove"] if i["kind"] == "orphan"]
         assert listed == [orphan]
         dav2.vault.blobs.delete(orphan)
-        # A backup of the PostgreSQL index while this server runs: one REPEATABLE READ
-        # export into the backup's SQLite file, restored and served below.
+        # A backup of the PostgreSQL index while this server runs and a client writes: one
+        # REPEATABLE READ export into the backup's SQLite file, restored and served below.
+        writer = Writer(dav2)
+        writer.start()
+        while len(writer.acked) < 3:
+            writer.join(0.05)
+            assert not writer.errors, writer.errors
+        before_backup = {p: d for p, d in writer.acked.items() if p not in writer.deleted}
         r = run_cli(["backup", str(tmp_path / "bk-pg"), "--data-dir", str(restored)])
+        writer.stop.set()
+        writer.join(60)
         assert r.returncode == 0, r.stderr
+        assert not writer.errors, writer.errors
     finally:
         dav2.stop()
+    files.update({p: d for p, d in before_backup.items() if p not in writer.deleted})
     pg_manifest = json.loads((tmp_path / "bk-pg" / "manifest.json").read_text())
     assert pg_manifest["index_source"] == "postgresql"
-    assert pg_manifest["tables"]["version"] == manifest["tables"]["version"] + 1
+    assert pg_manifest["tables"]["version"] > manifest["tables"]["version"] + 1  # + the writer
     r = run_cli(
         [
             "restore",
