@@ -4,13 +4,11 @@ work; this module parses arguments and prints)."""
 from __future__ import annotations
 
 import functools
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import peewee as pw
 
 from davserver.cli import main
 from davserver.cli.common import (
@@ -38,6 +36,10 @@ def database_errors(f: F) -> F:
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import sqlite3
+
+        import peewee as pw
+
         try:
             return f(*args, **kwargs)
         except (pw.OperationalError, sqlite3.OperationalError) as exc:
