@@ -110,12 +110,14 @@ def test_gc_lists_then_removes_exactly_the_planted_orphans(
     dry = _gc(dav, env, "--dry-run", "--grace", grace)
     assert dry["dry_run"] is True
     assert _orphans(dry, "would_remove") == set(planted)
+    assert {i["id"] for i in dry["would_remove"]} == set(planted)  # and nothing else
     assert sum(i["bytes"] for i in dry["would_remove"] if i["kind"] == "orphan") == 3000
     for blob_id in planted + young:  # a dry run removes nothing
         assert dav.vault.blobs.stat(blob_id).size > 0
 
     done = _gc(dav, env, "--grace", grace)
     assert _orphans(done, "removed") == set(planted)
+    assert {i["id"] for i in done["removed"]} == set(planted)
     assert done["failed"] == []
     for blob_id in planted:
         with pytest.raises(BlobNotFound):
