@@ -18,7 +18,9 @@
     ├── IntegrityError (500)            ciphertext, envelope or index row failed authentication
     └── StorageError (503)              the blob store or database is unreachable or failing;
         │                               carries retry_after seconds (Retry-After header)
-        └── BlobNotFound (500)          an object the index points at is missing from the store
+        ├── BlobNotFound (500)          an object the index points at is missing from the store
+        └── IndexFailure (500)          the index database refused a statement (a bug or a
+                                        damaged schema; unavailability is StorageError)
 
 Lower layers raise these; the DAV layer converts them to ``DAVError`` in one place and the CLI
 to a message and exit code. Messages must never contain keys, passwords, file names or contents.
@@ -134,5 +136,11 @@ class StorageError(DavServerError):
 
 class BlobNotFound(StorageError):
     """A blob the index refers to is missing."""
+
+    status = 500
+
+
+class IndexFailure(StorageError):
+    """The index database refused a statement."""
 
     status = 500

@@ -13,7 +13,7 @@ from pathlib import Path
 from davserver.blobs import BlobStore
 from davserver.config import Config
 from davserver.errors import ConfigError
-from davserver.index import open_index
+from davserver.index import IndexSettings, open_index
 from davserver.vault import Vault, VaultSettings
 
 PEPPER_BYTES = 32
@@ -84,9 +84,19 @@ def vault_settings(config: Config) -> VaultSettings:
     )
 
 
+def index_settings(config: Config) -> IndexSettings:
+    ix = config.index
+    return IndexSettings(
+        connect_timeout=ix.connect_timeout,
+        statement_timeout=ix.statement_timeout,
+        lock_timeout=ix.lock_timeout,
+        pool_size=ix.pool_size,
+    )
+
+
 def open_vault(config: Config) -> Vault:
     """Open the data directory described by ``config`` (the index is migrated if needed)."""
     pepper = read_pepper(config.resolve_path(config.security.pepper_file))
-    index = open_index(config.index.url, config.data_dir)
+    index = open_index(config.index.url, config.data_dir, settings=index_settings(config))
     blobs = make_blob_store(config)
     return Vault(index, blobs, pepper, vault_settings(config))

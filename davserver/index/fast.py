@@ -70,6 +70,10 @@ _TEMPLATES = {
     ),
     "inline_insert": 'INSERT INTO "inline_blob" (blob_id, data) VALUES (?, ?)',
     "user_quota": 'SELECT usage_bytes, quota_bytes FROM "user" WHERE id = ?',
+    # PostgreSQL only: the first statement of every write transaction (Index.write).
+    "lock_user": 'SELECT usage_bytes, quota_bytes FROM "user" WHERE id = ? FOR NO KEY UPDATE',
+    # PostgreSQL only: serialise the lock changes of one lock namespace (LockStore).
+    "lock_advisory": "SELECT pg_advisory_xact_lock(?)",
     "usage_add": 'UPDATE "user" SET usage_bytes = usage_bytes + ? WHERE id = ?',
     "gc_insert": 'INSERT INTO "blob_gc" (blob_id, state, since) VALUES (?, ?, ?)',
     "gc_delete": 'DELETE FROM "blob_gc" WHERE blob_id = ?',
