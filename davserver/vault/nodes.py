@@ -11,12 +11,20 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from davserver import crypto
 from davserver.crypto import envelopes, names
-from davserver.errors import BadRequest, Conflict, Forbidden, IntegrityError, NotFound
+from davserver.errors import (
+    BadRequest,
+    Conflict,
+    DavServerError,
+    Forbidden,
+    IntegrityError,
+    NotFound,
+)
 from davserver.index import fast
 from davserver.index.models import User
 
@@ -24,6 +32,7 @@ if TYPE_CHECKING:
     from davserver.vault import Vault
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DIR, FILE = "dir", "file"
 _META_PURPOSE, _META_LABEL = b"wdv-meta-enc-v1", b"wdv/meta/v1"
@@ -243,7 +252,31 @@ class _SessionCore:
         return self.vault.index.connection()
 
     def _txn(self) -> Any:
-        return self.vault.index.atomic()
+        """A write transaction on this user's data, in the canonical lock order (the user's
+        row first, ``Index.write``). Run it through ``_retried`` so that a transaction that
+        lost a deadlock or a race runs again."""
+        return self.vault.index.write(self.user_id)
+
+    def _retried(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (a transaction, and nothing that cannot be repeated: no body is
+        consumed, no blob written) with retries of deadlocks and races (``Index.run``)."""
+        return self.vault.index.run(fn)
+
+    def _collect(self) -> None:
+        """Collect garbage after a committed change. The change stands whatever happens
+        here: a failure is logged and left to the maintenance loop, never answered.
+
+        While this process streams any stored blob, collection is left to the maintenance
+        loop: the change may have retired the very blob a concurrent GET is reading (an
+        overwrite or DELETE of a file being downloaded), and deleting it would cut that
+        response off. Readers in other processes are not seen: the loop's run may still
+        race one, rarely (``gc.interval`` apart, not after every change)."""
+        if self.vault.readers.busy():
+            return
+        try:
+            self.vault.collect_garbage(grace=0)
+        except DavServerError as exc:
+            log.warning("garbage collection after a change failed (%s); retried later", exc)
 
     def _quota(self, user: User) -> int | None:
         return self._quota_value(user.quota_bytes)

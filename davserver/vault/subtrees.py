@@ -39,6 +39,8 @@ class _SubtreeOps(_PropOps):
 
     def _check_not_inside(self, src: _Ref, dst_parent: _Ref) -> None:
         """Refuse to put a directory inside itself (walks up from the destination)."""
+        if src.row.kind != DIR:
+            return  # nothing can be inside a file
         node_id: str | None = dst_parent.row.id
         while node_id is not None:
             if node_id == src.row.id:
@@ -79,6 +81,12 @@ class _SubtreeOps(_PropOps):
         src_parts, dst_parts = split_path(src_path), split_path(dst_path)
         if not src_parts:
             raise Forbidden("the root cannot be moved")
+        existed = self._retried(lambda: self._move_once(src_parts, dst_parts, overwrite))
+        if existed:
+            self._collect()
+        return existed
+
+    def _move_once(self, src_parts: list[str], dst_parts: list[str], overwrite: bool) -> bool:
         with self._db(), self._txn():
             src = self._walk(src_parts)
             dst_parent, name, existed = self._prepare_destination(src, dst_parts, overwrite)
@@ -98,8 +106,6 @@ class _SubtreeOps(_PropOps):
             fast.bump_dir(dst_parent.row.id)
             if src.row.parent_id != dst_parent.row.id:
                 fast.bump_dir(src.row.parent_id)
-        if existed:
-            self.vault.collect_garbage(grace=0)
         return existed
 
     def copy(
@@ -113,6 +119,16 @@ class _SubtreeOps(_PropOps):
         ``depth_infinity`` false a directory is copied without its members (Depth: 0).
         """
         src_parts, dst_parts = split_path(src_path), split_path(dst_path)
+        existed = self._retried(
+            lambda: self._copy_once(src_parts, dst_parts, overwrite, depth_infinity)
+        )
+        if existed:
+            self._collect()
+        return existed
+
+    def _copy_once(
+        self, src_parts: list[str], dst_parts: list[str], overwrite: bool, depth_infinity: bool
+    ) -> bool:
         with self._db(), self._txn():
             src = self._walk(src_parts)
             dst_parent, name, existed = self._prepare_destination(src, dst_parts, overwrite)
@@ -124,8 +140,6 @@ class _SubtreeOps(_PropOps):
             User.update(usage_bytes=User.usage_bytes + added).where(
                 User.id == self.user_id
             ).execute()
-        if existed:
-            self.vault.collect_garbage(grace=0)
         return existed
 
     def _copy_node(self, src: _Ref, dst_parent: _Ref, name: str, recurse: bool) -> int:
@@ -193,17 +207,20 @@ class _SubtreeOps(_PropOps):
         parts = split_path(path)
         if not parts:
             raise Forbidden("the root cannot be deleted")
-        with self._db(), self._txn():
-            ref = self._walk(parts)
-            self._delete_subtree(ref.row)
-        self.vault.collect_garbage(grace=0)
+
+        def once() -> None:
+            with self._db(), self._txn():
+                self._delete_subtree(self._walk(parts).row)
+
+        self._retried(once)
+        self._collect()
 
     def _delete_subtree(self, row: NodeLike) -> None:
         """Within a transaction: remove a node and all below it, deepest level first."""
         if row.parent_id is not None:
             fast.bump_dir(row.parent_id)
         levels: list[list[str]] = [[row.id]]
-        while True:
+        while row.kind == DIR:
             below: list[str] = []
             frontier = levels[-1]
             for i in range(0, len(frontier), _BATCH):
@@ -233,11 +250,14 @@ class _SubtreeOps(_PropOps):
                 ids = level[i : i + _BATCH]
                 for v in Version.select(Version.blob_id).where(Version.node.in_(ids)):
                     blob_ids.append(v.blob_id)
-                freed += (
-                    Node.select(pw.fn.COALESCE(pw.fn.SUM(Node.size), 0))
-                    .where(Node.id.in_(ids), Node.kind == FILE)
-                    .scalar()
-                ) or 0
+                if row.kind == FILE:
+                    freed += row.size  # a file alone: its row says it
+                else:
+                    freed += (
+                        Node.select(pw.fn.COALESCE(pw.fn.SUM(Node.size), 0))
+                        .where(Node.id.in_(ids), Node.kind == FILE)
+                        .scalar()
+                    ) or 0
                 Version.delete().where(Version.node.in_(ids)).execute()
                 DeadProps.delete().where(DeadProps.node.in_(ids)).execute()
                 Node.delete().where(Node.id.in_(ids)).execute()

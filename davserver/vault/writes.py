@@ -175,7 +175,7 @@ class _WriteOps(_SessionCore):
             self._discard_blob(blob_id)
             raise
         if retired_any:
-            vault.collect_garbage(grace=0)
+            self._collect()
         return entry
 
     def _write_small(
@@ -207,7 +207,7 @@ class _WriteOps(_SessionCore):
             inline=blob,
         )
         if retired_any:
-            self.vault.collect_garbage(grace=0)
+            self._collect()
         return entry
 
     def _algorithms(self, sha1: str | None, md5: str | None) -> set[str]:
@@ -254,8 +254,29 @@ class _WriteOps(_SessionCore):
         mtime: float | None,
         inline: bytes | None = None,
     ) -> tuple[Entry, bool]:
+        """One transaction: insert the version and make it current (creating the node if
+        the name is new). Two PUTs of one name both succeed, in commit order: they queue on
+        the user's row, and the later one re-resolves the name and finds the earlier one's
+        node and version number (the last commit wins)."""
+        return self._retried(
+            lambda: self._commit_version_once(
+                parts, blob_id, ck, header24, size, hashes, mtime, inline
+            )
+        )
+
+    def _commit_version_once(
+        self,
+        parts: list[str],
+        blob_id: str,
+        ck: bytes,
+        header24: bytes,
+        size: int,
+        hashes: dict[str, str],
+        mtime: float | None,
+        inline: bytes | None,
+    ) -> tuple[Entry, bool]:
         now = time.time()
-        with self._db(), self._txn():
+        with self._db(), self._txn() as locked:
             # Re-resolve inside the transaction: the tree may have changed during the upload.
             parent = self._parent_dir(parts)
             name = parts[-1]
@@ -266,15 +287,17 @@ class _WriteOps(_SessionCore):
                 row = self._insert_node(parent, name, FILE, crypto.random_key(), mtime or now, now)
                 ref = _Ref(row, self._keys[row.id], parent.key, name)
                 old_size, version_no = 0, 1
+                old: list[Any] = []
             else:
                 old_size = ref.row.size
-                last = (
-                    Version.select(pw.fn.MAX(Version.version_no))
-                    .where(Version.node == ref.row.id)
-                    .scalar()
+                # The versions this one replaces (one, normally), and the next number.
+                old = list(
+                    Version.select(Version.id, Version.blob_id, Version.version_no).where(
+                        Version.node == ref.row.id
+                    )
                 )
-                version_no = (last or 0) + 1
-            usage, own_quota = fast.user_quota(self.user_id)
+                version_no = max((v.version_no for v in old), default=0) + 1
+            usage, own_quota = locked or fast.user_quota(self.user_id)
             quota = self._quota_value(own_quota)
             if quota is not None and usage - old_size + size > quota:
                 raise InsufficientStorage("quota exceeded")
@@ -304,7 +327,7 @@ class _WriteOps(_SessionCore):
                     now,
                 ),
             )
-            retired = version_no > 1 and self._retire_versions(node_id, keep=version_id)
+            retired = self._retire_versions(old)
             meta = self._meta(ref.row, parent.key)
             if mtime is not None or version_no > 1:
                 meta["m"] = mtime if mtime is not None else now
@@ -331,14 +354,9 @@ class _WriteOps(_SessionCore):
                 version_id=version_id,
             ), retired
 
-    def _retire_versions(self, node_id: str, keep: str) -> bool:
-        """Drop every version of a node but ``keep``; their blobs go to the collector.
-        Returns whether any blob may now be collectable."""
-        old = list(
-            Version.select(Version.id, Version.blob_id).where(
-                Version.node == node_id, Version.id != keep
-            )
-        )
+    def _retire_versions(self, old: list[Any]) -> bool:
+        """Drop these versions (rows with ``id`` and ``blob_id``); their blobs go to the
+        collector. Returns whether any blob may now be collectable."""
         if old:
             Version.delete().where(Version.id.in_([v.id for v in old])).execute()
             self.vault.mark_blobs_dead([v.blob_id for v in old])
