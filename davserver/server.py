@@ -22,7 +22,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from cheroot import wsgi
@@ -125,7 +125,26 @@ def build_app(config: Config, vault: Vault) -> Callable[..., Any]:
     lock_manager = DavLockManager(VaultLockStorage(LockStore(vault)))
     app.lock_manager = lock_manager
     provider.set_lock_manager(lock_manager)
-    return RequestGuard(app)
+    return RequestGuard(RequestScoped(app, vault))
+
+
+class RequestScoped:
+    """Each request (with the iteration of its response) inside ``vault.request_scope()``:
+    one index connection per request, not one per unit of work."""
+
+    def __init__(self, app: Callable[..., Any], vault: Vault) -> None:
+        self.app = app
+        self.vault = vault
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        with self.vault.request_scope():
+            app_iter = self.app(environ, start_response)
+            try:
+                yield from app_iter
+            finally:
+                close = getattr(app_iter, "close", None)
+                if close is not None:
+                    close()
 
 
 def _url(host: str, port: int, tls: bool) -> str:
