@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import peewee as pw
+
 from davserver.index.models import database_proxy
 
 _COLUMNS = (
@@ -77,6 +79,12 @@ _TEMPLATES = {
     "usage_add": 'UPDATE "user" SET usage_bytes = usage_bytes + ? WHERE id = ?',
     "gc_insert": 'INSERT INTO "blob_gc" (blob_id, state, since) VALUES (?, ?, ?)',
     "gc_delete": 'DELETE FROM "blob_gc" WHERE blob_id = ?',
+    "gc_dead": (
+        "INSERT INTO \"blob_gc\" (blob_id, state, since) VALUES (?, 'dead', ?) "
+        "ON CONFLICT (blob_id) DO UPDATE SET state = 'dead', since = excluded.since"
+    ),
+    "versions_of": 'SELECT id, blob_id, version_no FROM "version" WHERE node_id = ?',
+    "version_delete": 'DELETE FROM "version" WHERE id = ?',
     "node_insert": (
         'INSERT INTO "node" (id, owner_id, parent_id, kind, name_mac, name_ct, key_env, '
         "meta_ct, current_version, size, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -105,6 +113,22 @@ def _sql(kind: str) -> str:
 def execute(kind: str, params: tuple[object, ...]) -> Any:
     """Run one of the statements above; returns the cursor."""
     return database_proxy.obj.execute_sql(_sql(kind), params)
+
+
+def batch(statements: list[tuple[str, tuple[object, ...]]]) -> None:
+    """Run several of the statements above (none returning rows), in order. On PostgreSQL
+    they go as one multi-statement request (psycopg2 binds client-side): one round trip
+    instead of one each, which matters while a transaction holds the user's row and every
+    other writer of that user waits for it. SQLite runs them one by one (in process)."""
+    if not statements:
+        return
+    db = database_proxy.obj
+    if isinstance(db, pw.SqliteDatabase) or len(statements) == 1:
+        for kind, params in statements:
+            db.execute_sql(_sql(kind), params)
+        return
+    sql = ";\n".join(_sql(kind) for kind, _ in statements)
+    db.execute_sql(sql, tuple(p for _, params in statements for p in params))
 
 
 def _row(values: tuple[object, ...] | None) -> NodeRow | None:

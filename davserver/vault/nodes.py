@@ -288,8 +288,17 @@ class _SessionCore:
 
     # -- creating nodes ----------------------------------------------------------------------
     def _insert_node(
-        self, parent: _Ref, name: str, kind: str, key: bytes, mtime: float, ctime: float
+        self,
+        parent: _Ref,
+        name: str,
+        kind: str,
+        key: bytes,
+        mtime: float,
+        ctime: float,
+        batch: list[tuple[str, tuple[object, ...]]] | None = None,
     ) -> fast.NodeRow:
+        """Insert a node (and mark its parent's listing changed); with ``batch``, the two
+        statements are appended to it for the caller's ``fast.batch`` instead of run."""
         node_id = crypto.random_id().hex()
         row = fast.NodeRow(
             id=node_id,
@@ -303,22 +312,28 @@ class _SessionCore:
             size=0,
             created=ctime,
         )
-        fast.execute(
-            "node_insert",
+        statements: list[tuple[str, tuple[object, ...]]] = [
             (
-                row.id,
-                self.user_id,
-                row.parent_id,
-                row.kind,
-                row.name_mac,
-                row.name_ct,
-                row.key_env,
-                row.meta_ct,
-                None,
-                0,
-                ctime,
+                "node_insert",
+                (
+                    row.id,
+                    self.user_id,
+                    row.parent_id,
+                    row.kind,
+                    row.name_mac,
+                    row.name_ct,
+                    row.key_env,
+                    row.meta_ct,
+                    None,
+                    0,
+                    ctime,
+                ),
             ),
-        )
-        fast.bump_dir(parent.row.id)
+            ("bump", (parent.row.id,)),
+        ]
+        if batch is None:
+            fast.batch(statements)
+        else:
+            batch += statements
         self._remember(node_id, key)
         return row
