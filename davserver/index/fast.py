@@ -85,6 +85,12 @@ _TEMPLATES = {
     ),
     "versions_of": 'SELECT id, blob_id, version_no FROM "version" WHERE node_id = ?',
     "version_delete": 'DELETE FROM "version" WHERE id = ?',
+    "props_delete": 'DELETE FROM "dead_props" WHERE node_id = ?',
+    "node_delete": 'DELETE FROM "node" WHERE id = ?',
+    "node_move": (
+        'UPDATE "node" SET parent_id = ?, key_env = ?, name_mac = ?, name_ct = ?, meta_ct = ? '
+        "WHERE id = ?"
+    ),
     "node_insert": (
         'INSERT INTO "node" (id, owner_id, parent_id, kind, name_mac, name_ct, key_env, '
         "meta_ct, current_version, size, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"

@@ -92,21 +92,44 @@ class _SubtreeOps(_PropOps):
             dst_parent, name, existed = self._prepare_destination(src, dst_parts, overwrite)
             meta = self._meta(src.row, src.parent_key)
             node_id = src.row.id
-            Node.update(
-                parent=dst_parent.row.id,
-                key_env=envelopes.wrap_node_key(
-                    src.key, dst_parent.key, _b(node_id), _b(dst_parent.row.id), src.row.kind
+            dst_id = dst_parent.row.id
+            # One round trip for the writes (fast.batch) while the user's row is held.
+            batch: list[tuple[str, tuple[object, ...]]] = [
+                (
+                    "node_move",
+                    (
+                        dst_id,
+                        envelopes.wrap_node_key(
+                            src.key, dst_parent.key, _b(node_id), _b(dst_id), src.row.kind
+                        ),
+                        names.name_mac(dst_parent.key, name),
+                        names.encrypt_name(dst_parent.key, name, _b(node_id), _b(dst_id)),
+                        self._seal_meta(dst_parent.key, node_id, dst_id, meta),
+                        node_id,
+                    ),
                 ),
-                name_mac=names.name_mac(dst_parent.key, name),
-                name_ct=names.encrypt_name(
-                    dst_parent.key, name, _b(node_id), _b(dst_parent.row.id)
-                ),
-                meta_ct=self._seal_meta(dst_parent.key, node_id, dst_parent.row.id, meta),
-            ).where(Node.id == node_id).execute()
-            fast.bump_dir(dst_parent.row.id)
-            if src.row.parent_id != dst_parent.row.id:
-                fast.bump_dir(src.row.parent_id)
+                ("bump", (dst_id,)),
+            ]
+            if src.row.parent_id != dst_id:
+                batch.append(("bump", (src.row.parent_id,)))
+            fast.batch(batch)
         return existed
+
+    def _delete_file(self, row: NodeLike) -> None:
+        """``_delete_subtree`` of one file: one query for its versions, then one batch (one
+        round trip on PostgreSQL). Its blobs are queued for the collector, which checks
+        that no other version (COPY shares blobs) still uses one before deleting it."""
+        now = time.time()
+        batch: list[tuple[str, tuple[object, ...]]] = [("bump", (row.parent_id,))]
+        for version_id, blob_id, _ in fast.execute("versions_of", (row.id,)).fetchall():
+            batch.append(("version_delete", (version_id,)))
+            batch.append(("gc_dead", (blob_id, now)))
+        batch += [
+            ("props_delete", (row.id,)),
+            ("node_delete", (row.id,)),
+            ("usage_add", (-int(row.size), self.user_id)),
+        ]
+        fast.batch(batch)
 
     def copy(
         self, src_path: str, dst_path: str, overwrite: bool = False, depth_infinity: bool = True
@@ -217,6 +240,9 @@ class _SubtreeOps(_PropOps):
 
     def _delete_subtree(self, row: NodeLike) -> None:
         """Within a transaction: remove a node and all below it, deepest level first."""
+        if row.kind == FILE and row.parent_id is not None:
+            self._delete_file(row)
+            return
         if row.parent_id is not None:
             fast.bump_dir(row.parent_id)
         levels: list[list[str]] = [[row.id]]
