@@ -99,7 +99,7 @@ def main() -> int:
         ratio = results["pg"].ops_per_s / max(results["sqlite"].ops_per_s, 1e-9)
         print(f"PostgreSQL / SQLite throughput: {ratio:.2f}")
     for name, r in results.items():
-        print(f"{name}: 5xx {r.server_errors}, unanswered {r.unanswered}")
+        print(f"{name}: 5xx {r.server_errors}, unanswered {r.unanswered} {r.errors[:5]}")
     return 0
 
 
