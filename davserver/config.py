@@ -378,10 +378,11 @@ class IndexConfig:
         resolve=_resolve_db_url,
     )
     connect_timeout: int = _opt(
-        3,
-        _integer(1, 600),
-        "PostgreSQL: seconds to wait for a new connection (libpq connect_timeout); an "
-        "unreachable or hung server then gets a 503 with Retry-After, not a hung request.",
+        2,
+        _integer(2, 600),
+        "PostgreSQL: seconds to wait for a new connection (libpq connect_timeout, at least "
+        "2) or a free pooled one; an unreachable server then gets a 503 with Retry-After, "
+        "not a hung request.",
     )
     statement_timeout: int = _opt(
         30,

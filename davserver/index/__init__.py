@@ -66,7 +66,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
 class IndexSettings:
     """Connection settings (``index.*`` in the configuration); only PostgreSQL uses them."""
 
-    connect_timeout: int = 3  # seconds (libpq connect_timeout)
+    connect_timeout: int = 2  # seconds (libpq connect_timeout; libpq's minimum is 2)
     statement_timeout: int = 30  # seconds, 0 = none
     lock_timeout: int = 10  # seconds, 0 = none
     pool_size: int = 64  # connections per process
