@@ -158,6 +158,25 @@ def child_by_mac(parent_id: str, name_mac: bytes, owner_id: str) -> NodeRow | No
     return _row(cur.fetchone())
 
 
+def children_by_macs(
+    keys: list[tuple[str, bytes]], owner_id: str
+) -> dict[tuple[str, bytes], NodeRow]:
+    """The child rows for several (parent id, name MAC) pairs, from one statement (one
+    snapshot): {(parent id, name MAC): row} for those that exist."""
+    param = database_proxy.obj.param
+    where = " OR ".join([f"(parent_id = {param} AND name_mac = {param})"] * len(keys))
+    sql = f'SELECT {_NODE_COLS} FROM "node" WHERE owner_id = {param} AND ({where})'
+    params: list[object] = [owner_id]
+    for parent_id, mac in keys:
+        params += [parent_id, mac]
+    out: dict[tuple[str, bytes], NodeRow] = {}
+    for values in database_proxy.obj.execute_sql(sql, tuple(params)).fetchall():
+        row = _row(values)
+        if row is not None and row.parent_id is not None:
+            out[(row.parent_id, row.name_mac)] = row
+    return out
+
+
 def children(parent_id: str, owner_id: str) -> list[NodeRow]:
     """Every child row of a directory (one query; a listing's whole index cost)."""
     cur = database_proxy.obj.execute_sql(_sql("children"), (parent_id, owner_id))

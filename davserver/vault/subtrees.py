@@ -52,9 +52,8 @@ class _SubtreeOps(_PropOps):
     ) -> tuple[_Ref, str, bool]:
         """Resolve the destination's parent, refuse cycles and clashes, and delete a
         destination being overwritten. Returns (parent, name, whether it existed)."""
-        dst_parent = self._parent_dir(dst_parts)
+        dst_parent, existing = self._parent_and_child(dst_parts)
         name = dst_parts[-1]
-        existing = self._child(dst_parent, name)
         if existing is not None and existing.row.id == src.row.id:
             raise Forbidden("source and destination are the same")
         self._check_not_inside(src, dst_parent)

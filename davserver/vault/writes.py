@@ -141,9 +141,7 @@ class _WriteOps(_SessionCore):
         if expected_length is not None and expected_length <= vault.settings.inline_max:
             return self._write_small(parts, chunks, expected_length, mtime, sha1, md5)
         with self._db():
-            parent = self._parent_dir(parts)
-            name = parts[-1]
-            existing = self._child(parent, name)
+            _, existing = self._parent_and_child(parts)
             if existing is not None and existing.row.kind == DIR:
                 raise Conflict("a directory has that name")
             old_size = existing.row.size if existing is not None else 0
@@ -278,9 +276,8 @@ class _WriteOps(_SessionCore):
         now = time.time()
         with self._db(), self._txn() as locked:
             # Re-resolve inside the transaction: the tree may have changed during the upload.
-            parent = self._parent_dir(parts)
+            parent, ref = self._parent_and_child(parts)
             name = parts[-1]
-            ref = self._child(parent, name)
             if ref is not None and ref.row.kind == DIR:
                 raise Conflict("a directory has that name")
             # The writes go in one batch at the end (one round trip on PostgreSQL).
