@@ -24,6 +24,7 @@ and SQLSTATE only: driver messages can quote row values.
 
 from __future__ import annotations
 
+import errno
 import logging
 
 import peewee as pw
@@ -81,7 +82,27 @@ def retryable(exc: BaseException) -> bool:
 
 
 def _disk_full(exc: BaseException, code: str) -> bool:
-    return code in _DISK_FULL_CODES or code == "SQLITE_FULL" or "disk is full" in str(exc)
+    """Whether the error, or one it arose from, says the disk is full. The whole chain is
+    searched: SQLite rolls a transaction back itself when its commit meets a full disk, so
+    peewee's own rollback then fails and the full disk is only in that error's context."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        sqlite_code = getattr(e, "sqlite_errorcode", None)
+        if isinstance(sqlite_code, int) and sqlite_code & 0xFF == 13:  # SQLITE_FULL
+            return True
+        if getattr(e, "pgcode", None) in _DISK_FULL_CODES:
+            return True
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "disk is full" in str(e):  # sqlite3's message for SQLITE_FULL
+            return True
+        todo += [e.__cause__, e.__context__, *(a for a in e.args if isinstance(a, BaseException))]
+    return code == "SQLITE_FULL"
 
 
 def translate(exc: BaseException, attempts: int = 1) -> DavServerError:
