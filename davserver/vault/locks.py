@@ -139,7 +139,10 @@ class LockStore:
             yield
 
     def _write(self, fn: Callable[[], T]) -> T:
-        """A change of lock rows alone, in its own transaction (retried like any)."""
+        """A change of lock rows alone, in its own transaction (retried like any); inside
+        ``atomically`` (a LOCK's create) it is part of that one, without a savepoint."""
+        if self._index.db.in_transaction():
+            return fn()
 
         def once() -> T:
             with self._index.atomic():
