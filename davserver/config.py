@@ -445,6 +445,31 @@ class IndexConfig:
         show=_show_url,
         resolve=_resolve_db_url,
     )
+    connect_timeout: int = _opt(
+        2,
+        _integer(2, 600),
+        "PostgreSQL: seconds to wait for a new connection (libpq connect_timeout, at least "
+        "2) or a free pooled one; an unreachable server then gets a 503 with Retry-After, "
+        "not a hung request.",
+    )
+    statement_timeout: int = _opt(
+        30,
+        _integer(0, 86400),
+        "PostgreSQL: seconds any one statement may run before the server cancels it "
+        "(0 = no limit).",
+    )
+    lock_timeout: int = _opt(
+        10,
+        _integer(0, 86400),
+        "PostgreSQL: seconds a statement may wait for a row lock before giving up "
+        "(0 = no limit); writers of one user queue on that user's row.",
+    )
+    pool_size: int = _opt(
+        64,
+        _integer(1, 10000),
+        "PostgreSQL: most connections one server process keeps (each request thread and "
+        "the maintenance loop hold at most one at a time; at least server.threads + 1).",
+    )
 
     def __repr__(self) -> str:
         return f"IndexConfig(url={mask_url(self.url)!r})"

@@ -28,8 +28,10 @@
     └── StorageError (503)              the blob store or database is unreachable or failing;
         │                               carries retry_after seconds (Retry-After header)
         ├── BlobNotFound (500)          an object the index points at is missing from the store
-        └── StoreUnavailable (503)      the blob store timed out, refused or lost the
-                                        connection, or the guard fails fast (blobs/guard.py)
+        ├── StoreUnavailable (503)      the blob store timed out, refused or lost the
+        │                               connection, or the guard fails fast (blobs/guard.py)
+        └── IndexFailure (500)          the index database refused a statement (a bug or a
+                                        damaged schema; unavailability is StorageError)
 
 Lower layers raise these; the DAV layer converts them to ``DAVError`` in one place and the CLI
 to a message and exit code. Messages must never contain keys, passwords, file names or contents.
@@ -206,3 +208,9 @@ class StoreUnavailable(StorageError):
     """The blob store did not answer in time or could not be reached; retry later."""
 
     status = 503
+
+
+class IndexFailure(StorageError):
+    """The index database refused a statement."""
+
+    status = 500

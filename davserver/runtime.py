@@ -12,8 +12,8 @@ from pathlib import Path
 
 from davserver.blobs import BlobStore
 from davserver.config import Config
-from davserver.errors import ConfigError, StorageError
-from davserver.index import is_disk_full, open_index
+from davserver.errors import ConfigError, DiskFull, StorageError
+from davserver.index import IndexSettings, is_disk_full, open_index
 from davserver.vault import Vault, VaultSettings
 from davserver.vault.reserve import SpaceReserve
 
@@ -105,18 +105,30 @@ def vault_settings(config: Config) -> VaultSettings:
     )
 
 
+def index_settings(config: Config) -> IndexSettings:
+    ix = config.index
+    return IndexSettings(
+        connect_timeout=ix.connect_timeout,
+        statement_timeout=ix.statement_timeout,
+        lock_timeout=ix.lock_timeout,
+        pool_size=ix.pool_size,
+    )
+
+
 def open_vault(config: Config) -> Vault:
     """Open the data directory described by ``config`` (the index is migrated if needed)."""
     pepper = read_pepper(config.resolve_path(config.security.pepper_file))
     reserve = space_reserve(config)
+    settings = index_settings(config)
     try:
-        index = open_index(config.index.url, config.data_dir)
-    except StorageError as exc:
+        index = open_index(config.index.url, config.data_dir, settings=settings)
+    except (StorageError, DiskFull) as exc:
         # Opening SQLite after its last connection closed needs room for its -shm file:
         # a server started on a full disk takes it from the reserve.
-        if reserve is None or not is_disk_full(exc) or not reserve.release():
+        full = isinstance(exc, DiskFull) or is_disk_full(exc)
+        if reserve is None or not full or not reserve.release():
             raise
-        index = open_index(config.index.url, config.data_dir)
+        index = open_index(config.index.url, config.data_dir, settings=settings)
     blobs = make_blob_store(config)
     return Vault(index, blobs, pepper, vault_settings(config), reserve)
 

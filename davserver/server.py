@@ -26,7 +26,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from wsgidav import util as wsgidav_util
@@ -95,7 +95,9 @@ class DavHTTPServer(SelectingServer):  # type: ignore[misc]
 def build_app(config: Config, vault: Vault) -> Callable[..., Any]:
     """The complete WSGI application: guard → router (``davserver.web.routes``) → health
     probes, or WsgiDAV for everything else."""
-    return RequestGuard(routes.router(config, vault, dav=build_dav_app(config, vault)))
+    return RequestGuard(
+        RequestScoped(routes.router(config, vault, dav=build_dav_app(config, vault)), vault)
+    )
 
 
 def build_dav_app(config: Config, vault: Vault) -> Callable[..., Any]:
@@ -154,6 +156,25 @@ def build_dav_app(config: Config, vault: Vault) -> Callable[..., Any]:
     app.lock_manager = lock_manager
     provider.set_lock_manager(lock_manager)
     return app  # type: ignore[no-any-return]
+
+
+class RequestScoped:
+    """Each request (with the iteration of its response) inside ``vault.request_scope()``:
+    one index connection per request, not one per unit of work."""
+
+    def __init__(self, app: Callable[..., Any], vault: Vault) -> None:
+        self.app = app
+        self.vault = vault
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        with self.vault.request_scope():
+            app_iter = self.app(environ, start_response)
+            try:
+                yield from app_iter
+            finally:
+                close = getattr(app_iter, "close", None)
+                if close is not None:
+                    close()
 
 
 def _url(host: str, port: int, tls: bool) -> str:

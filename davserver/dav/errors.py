@@ -50,6 +50,8 @@ def to_dav_error(exc: DavServerError) -> DAVError:
         return DAVError(status, "stored data failed an integrity check")
     if isinstance(exc, StorageError) and status >= 500:
         log.error("storage failure answered with %d: %s", status, exc.reason)
+    elif status >= 500:  # every 5xx leaves a line in the log
+        log.error("%s answered with %d: %s", type(exc).__name__, status, exc.reason)
     headers = None
     if isinstance(exc, RateLimited) or (isinstance(exc, StorageError) and status == 503):
         headers = [("Retry-After", str(max(1, int(exc.retry_after))))]

@@ -224,23 +224,35 @@ def get(
     if _not_modified(server, res, environ):
         start_response("304 Not Modified", [*validators, ("Content-Length", "0")])
         return [b""]
+    reader = None
+    etag = entry.etag
+    if not head:
+        with vault_call():
+            reader = session_of(environ).open_file(path)
+        if reader.version_id != entry.version_id:
+            # A PUT replaced the file after its entry was read: describe what is sent (a
+            # Content-Length of the old size would leave the client waiting for bytes).
+            size, etag = reader.size, reader.version_id
+            validators[1] = ("ETag", f'"{etag}"')
     headers = [("Content-Type", res.get_content_type()), *validators, ("Accept-Ranges", "bytes")]
     start, end = 0, size - 1
     status = "200 OK"
-    if "HTTP_RANGE" in environ and _if_range_matches(environ, entry.etag, entry.mtime):
+    if "HTTP_RANGE" in environ and _if_range_matches(environ, etag, entry.mtime):
         wanted = parse_range(environ["HTTP_RANGE"], size)
         if wanted == _UNSATISFIABLE:
+            if reader is not None:
+                reader.close()
             raise DAVError(416, add_headers=[("Content-Range", f"bytes */{size}")])
         if wanted is not None:
             start, end = wanted
             status = "206 Partial Content"
             headers.append(("Content-Range", f"bytes {start}-{end}/{size}"))
     headers.append(("Content-Length", str(end - start + 1)))
-    if head or (end < start and size > 0):  # an empty file is still read: it is checked
+    if reader is None or (end < start and size > 0):  # an empty file is still read: checked
+        if reader is not None:
+            reader.close()
         start_response(status, headers)
         return [b""]
-    with vault_call():
-        reader = session_of(environ).open_file(path)
     body = _stream(reader, start, end)
     # The first block is made before the status line: the blob header, the object's size
     # and the first segment are checked by then, so a damaged object is a clean 500 (the

@@ -135,9 +135,13 @@ class DavLockManager(LockManager):  # type: ignore[misc]
 
     def acquire(self, *, url: str, **kw: Any) -> dict[str, Any]:
         user_id, _ = split_lock_url(url)
-        with vault_call(), self.storage.store.transaction(user_id):
-            lock: dict[str, Any] = super().acquire(url=url, **kw)
+
+        def acquire() -> dict[str, Any]:
+            lock: dict[str, Any] = super(DavLockManager, self).acquire(url=url, **kw)
             return lock
+
+        with vault_call():
+            return self.storage.store.atomically(user_id, acquire)
 
     def _get_write_conflicts(
         self, url: str, depth: str, token_list: list[str], principal: str

@@ -234,6 +234,13 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
         if name == "{DAV:}lockdiscovery" and self.known_lock_roots is not None:
             if self.get_ref_url().rstrip("/") not in self.known_lock_roots:
                 return etree.Element(name)  # no lock here: known without a query
+        if name == "{DAV:}lockdiscovery":
+            try:
+                return super().get_property_value(name)
+            except AttributeError:
+                # WsgiDAV looks up each lock's root resource and dereferences None when a
+                # concurrent DELETE or MOVE took it away after the lock was granted.
+                raise DAVError(HTTP_NOT_FOUND, "the locked resource is gone") from None
         if name.startswith("{DAV:}"):
             return super().get_property_value(name)
         value = self.dead_props().get(name)

@@ -10,54 +10,27 @@ This package knows nothing of keys or HTTP: it stores what ``davserver.vault`` g
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
+import random
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from typing import TypeVar
+from urllib.parse import unquote, urlsplit
 
 import peewee as pw
 
-from davserver.errors import ConfigError, DiskFull, StorageError
-from davserver.index import models
+from davserver.errors import ConfigError, StorageError
+from davserver.index import errors, fast, models
 from davserver.index.models import SchemaInfo, database_proxy
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SCHEMA_VERSION = 4
-_SQLITE_FULL = 13  # "database or disk is full" (primary result code)
-# The -shm file could not grow: SQLite creates it (32 KiB) with the first connection after
-# the last one closed, so a server started on a full disk meets this on its first read.
-_SQLITE_IOERR_SHMSIZE = 4874
-_PG_DISK_FULL = "53100"  # SQLSTATE disk_full
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """Whether a database error, or one it arose from, says the disk is full.
-
-    SQLite rolls a transaction back by itself when its commit meets a full disk, so peewee's
-    own rollback then fails ("no transaction is active") and the full disk is only in that
-    error's context: the whole chain is searched.
-    """
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        code = getattr(e, "sqlite_errorcode", None)
-        if isinstance(code, int) and (code & 0xFF == _SQLITE_FULL or code == _SQLITE_IOERR_SHMSIZE):
-            return True
-        if getattr(e, "pgcode", None) == _PG_DISK_FULL:
-            return True
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        todo += [e.__cause__, e.__context__]
-        todo += [a for a in e.args if isinstance(a, BaseException)]  # peewee wraps as args[0]
-    return False
 
 
 def _migrate_v1(db: pw.Database) -> None:
@@ -90,12 +63,41 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
 }
 
 
+@dataclass(frozen=True)
+class IndexSettings:
+    """Connection settings (``index.*`` in the configuration); only PostgreSQL uses them."""
+
+    connect_timeout: int = 2  # seconds (libpq connect_timeout; libpq's minimum is 2)
+    statement_timeout: int = 30  # seconds, 0 = none
+    lock_timeout: int = 10  # seconds, 0 = none
+    pool_size: int = 64  # connections per process
+
+
+# A transaction that lost a deadlock or a race is run again, at most this many times in all,
+# after a random pause of up to RETRY_BASE seconds, doubling up to RETRY_CAP (full jitter,
+# so the losers of one race do not collide again in step): at most ~1.5 s in all.
+RETRY_ATTEMPTS = 8
+RETRY_BASE = 0.01
+RETRY_CAP = 0.4
+
+
 class Index:
-    """An open index database bound to the models."""
+    """An open index database bound to the models.
+
+    Units of work. Every use of the database runs inside :meth:`connection` (reads, or
+    writes that need no retry) or :meth:`run` (a transaction that is run again when it lost
+    a deadlock or a race). On PostgreSQL the outermost unit takes a connection from peewee's
+    pool (``playhouse.pool``), which checks it with a round trip before handing it out and
+    drops it if it is broken, and gives it back at the end: after the server restarts, no
+    thread keeps a dead connection. SQLite keeps one connection per thread (opening one
+    re-applies the pragmas, which costs more than a request). Whatever the database raises
+    leaves the outermost unit as a ``davserver.errors`` exception (:mod:`.errors`), logged.
+    """
 
     def __init__(self, db: pw.Database) -> None:
         self.db = db
         self.is_sqlite = isinstance(db, pw.SqliteDatabase)
+        self._local = threading.local()
         #: Called when connecting meets a full disk; returns whether it freed some space
         #: (the vault's space reserve), and the connection is then tried once more.
         self.on_disk_full: Callable[[], bool] | None = None
@@ -108,32 +110,137 @@ class Index:
         return self.db.atomic()
 
     @contextlib.contextmanager
-    def connection(self) -> Iterator[None]:
-        """Make sure this thread has a connection for a unit of work.
+    def write(self, user_id: str | None) -> Iterator[tuple[int, int | None] | None]:
+        """A write transaction on one user's data, in the canonical lock order: the user's
+        row first (PostgreSQL ``SELECT … FOR NO KEY UPDATE``; SQLite's BEGIN IMMEDIATE
+        already serialises all writers). Every transaction that changes a user's tree,
+        usage, uploads or locks starts here, so two of them never hold rows the other wants
+        (the deadlocks of ``dir_version`` against ``user``): writers of one user queue on
+        that row, writers of different users share nothing. ``FOR NO KEY UPDATE`` leaves
+        inserts of rows that merely reference the user (their foreign-key checks) alone.
 
-        Connections are per thread and stay open: server threads are long-lived, and
-        reconnecting (re-applying SQLite pragmas, a PostgreSQL handshake) per request costs
-        more than the request. ``close`` releases the calling thread's connection.
-        """
-        try:
-            try:
-                self.db.connect(reuse_if_open=True)
-            except pw.OperationalError as exc:
-                if not (is_disk_full(exc) and self.on_disk_full and self.on_disk_full()):
-                    raise
-                self.db.connect(reuse_if_open=True)
-        except pw.OperationalError as exc:
-            if is_disk_full(exc):
-                log.warning("index database: disk full")
-                raise DiskFull("no space left for the index database") from exc
-            raise StorageError("cannot connect to the index database") from exc
+        Yields the user's (usage, own quota) as read by that locking statement on
+        PostgreSQL (saves a round trip while the row is held), else None."""
+        with self.atomic():
+            locked = None
+            if user_id is not None and not self.is_sqlite and self.db.transaction_depth() == 1:
+                row = fast.execute("lock_user", (user_id,)).fetchone()
+                if row is not None:
+                    locked = (int(row[0]), None if row[1] is None else int(row[1]))
+            yield locked
+
+    def _depth(self) -> int:
+        return int(getattr(self._local, "depth", 0))
+
+    @contextlib.contextmanager
+    def sticky(self) -> Iterator[None]:
+        """Within this block (one HTTP request, ``Vault.request_scope``) the connection that
+        the first unit of work takes from the pool is kept by the thread until the block
+        ends, instead of going back after each unit: a request runs many small units
+        (path walk, lock lookups, the write), and each checkout costs a validating round
+        trip. A unit that fails with a database error gives its connection back at once
+        (the pool drops it if it is broken)."""
+        if self.is_sqlite or getattr(self._local, "sticky", False):
+            yield
+            return
+        self._local.sticky = True
         try:
             yield
-        except pw.DatabaseError as exc:
-            if is_disk_full(exc):  # nothing was committed: the transaction rolled back
-                log.warning("index database: disk full")
-                raise DiskFull("no space left for the index database") from exc
+        finally:
+            self._local.sticky = False
+            if self._depth() == 0 and not self.db.is_closed():
+                self._release()
+
+    @contextlib.contextmanager
+    def _unit(self) -> Iterator[None]:
+        """Hold a connection for a unit of work (nested units share it). Database errors
+        pass through untranslated."""
+        depth = self._depth()
+        if depth:
+            self._local.depth = depth + 1
+            try:
+                yield
+            finally:
+                self._local.depth = depth
+            return
+        sticky = getattr(self._local, "sticky", False)
+        if self.is_sqlite:
+            self._connect(reuse_if_open=True)
+        elif not (sticky and not self.db.is_closed()):
+            if not self.db.is_closed():  # opened outside a unit (autoconnect): re-check it
+                self._release()
+            self._connect()  # from the pool, validated on checkout
+        self._local.depth = 1
+        broken = False
+        try:
+            yield
+        except BaseException as exc:
+            broken = errors.is_database_error(exc)
             raise
+        finally:
+            self._local.depth = 0
+            if not self.is_sqlite and (broken or not sticky):
+                self._release()
+
+    def _connect(self, reuse_if_open: bool = False) -> None:
+        """Connect; on a full disk (SQLite re-creates its -shm file with the first connection
+        after the last one closed) let ``on_disk_full`` free room and try once more."""
+        try:
+            self.db.connect(reuse_if_open=reuse_if_open)
+        except pw.OperationalError as exc:
+            if not (errors.is_disk_full(exc) and self.on_disk_full and self.on_disk_full()):
+                raise
+            self.db.connect(reuse_if_open=reuse_if_open)
+
+    def _release(self) -> None:
+        """Give the thread's connection back to the pool (dropped there if it is broken)."""
+        try:
+            self.db.close()
+        except Exception:
+            log.debug("closing an index connection failed", exc_info=True)
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[None]:
+        """Hold a connection for a unit of work (nested units share it). Errors of the
+        database leave it as ``davserver.errors`` exceptions, except inside :meth:`run`,
+        which needs them as they are to decide on a retry (and translates them itself)."""
+        try:
+            with self._unit():
+                yield
+        except Exception as exc:
+            if errors.is_database_error(exc) and not getattr(self._local, "in_run", False):
+                raise errors.translate(exc) from exc
+            raise
+
+    def run(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (which opens its own transaction) in a unit of work, and run it again
+        when it lost a deadlock, a serialization failure or a race on a unique key
+        (bounded, with jittered pauses). Inside a transaction ``fn`` just runs: the
+        outermost transaction is the one to retry. Other errors and the last failure leave
+        as ``davserver.errors`` exceptions."""
+        if self._depth() and self.db.in_transaction():
+            return fn()
+        pause = RETRY_BASE
+        attempt = 1
+        outer = getattr(self._local, "in_run", False)
+        while True:
+            self._local.in_run = True
+            try:
+                with self._unit():
+                    return fn()
+            except Exception as exc:
+                if not errors.is_database_error(exc):
+                    raise
+                if attempt >= RETRY_ATTEMPTS or not errors.retryable(exc):
+                    if outer:
+                        raise  # the enclosing run decides
+                    raise errors.translate(exc, attempt) from exc
+                log.debug("index transaction retried (%s)", errors.sqlstate(exc))
+            finally:
+                self._local.in_run = outer
+            time.sleep(random.uniform(0, pause))  # noqa: S311 - jitter, not a secret
+            pause = min(pause * 2, RETRY_CAP)
+            attempt += 1
 
     def schema_version(self) -> int:
         if not self.db.table_exists(SchemaInfo._meta.table_name):  # type: ignore[attr-defined]
@@ -143,7 +250,7 @@ class Index:
 
     def migrate(self) -> None:
         """Bring the schema to ``SCHEMA_VERSION``; refuse an index from a newer release."""
-        with self.db.connection_context():
+        with self.connection():
             current = self.schema_version()
             if current > SCHEMA_VERSION:
                 raise ConfigError(
@@ -160,7 +267,10 @@ class Index:
 
     def close(self) -> None:
         if not self.db.is_closed():
-            self.db.close()
+            self._release()
+        close_all = getattr(self.db, "close_all", None)
+        if close_all is not None:  # the pool's idle connections too
+            close_all()
 
 
 def _sqlite_path(url: str, base_dir: Path) -> str:
@@ -185,7 +295,9 @@ def _private_sqlite_files(path: str) -> None:
                 os.chmod(name, 0o600)
 
 
-def connect(url: str, base_dir: str | Path = ".") -> pw.Database:
+def connect(
+    url: str, base_dir: str | Path = ".", settings: IndexSettings | None = None
+) -> pw.Database:
     """Make a peewee database from an index URL (``sqlite:///rel/or/abs.db`` or
     ``postgresql://user:pass@host:port/db``); relative SQLite paths resolve against base_dir."""
     base = Path(base_dir)
@@ -218,15 +330,32 @@ def connect(url: str, base_dir: str | Path = ".") -> pw.Database:
             ) from exc
         from playhouse.pool import PooledPostgresqlDatabase
 
+        s = settings or IndexSettings()
+        # Server-side limits for every session, so that a stuck lock or statement fails
+        # (and is answered 503) instead of holding a request thread indefinitely.
+        options = (
+            f"-c statement_timeout={s.statement_timeout * 1000} "
+            f"-c lock_timeout={s.lock_timeout * 1000}"
+        )
         db: pw.Database = PooledPostgresqlDatabase(
-            (parts.path or "/").lstrip("/") or None,
-            user=parts.username,
-            password=parts.password,
+            unquote((parts.path or "/").lstrip("/")) or None,
+            user=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
             host=parts.hostname or "127.0.0.1",
             port=parts.port or 5432,
-            max_connections=64,
+            connect_timeout=s.connect_timeout,
+            options=options,
+            application_name="davserver",
+            # Notice a peer that vanished without closing (a crashed host) on idle
+            # pooled connections too.
+            keepalives=1,
+            keepalives_idle=30,
+            keepalives_interval=10,
+            keepalives_count=3,
+            max_connections=s.pool_size,
             stale_timeout=300,
-            timeout=30,
+            # Waiting for a free pooled connection is bounded like connecting.
+            timeout=s.connect_timeout,
         )
         return db
     raise ConfigError(
@@ -234,21 +363,39 @@ def connect(url: str, base_dir: str | Path = ".") -> pw.Database:
     )
 
 
-def open_index(url: str, base_dir: str | Path = ".", migrate: bool = True) -> Index:
+def open_index(
+    url: str,
+    base_dir: str | Path = ".",
+    migrate: bool = True,
+    settings: IndexSettings | None = None,
+) -> Index:
     """Connect, bind the models, and (by default) migrate the schema to the current version."""
-    db = connect(url, base_dir)
+    db = connect(url, base_dir, settings)
     database_proxy.initialize(db)
     index = Index(db)
     if migrate:
         try:
             index.migrate()
-        except pw.OperationalError as exc:
-            raise StorageError(f"cannot open the index database: {exc}") from exc
+        except StorageError as exc:
+            raise StorageError(f"cannot open the index database: {exc.reason}") from exc
     return index
+
+
+is_disk_full = errors.is_disk_full
 
 
 def now() -> float:
     return time.time()
 
 
-__all__ = ["SCHEMA_VERSION", "Index", "connect", "models", "now", "open_index"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Index",
+    "IndexSettings",
+    "connect",
+    "errors",
+    "is_disk_full",
+    "models",
+    "now",
+    "open_index",
+]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import peewee as pw
+
 from davserver.index.models import database_proxy
 
 _COLUMNS = (
@@ -70,9 +72,25 @@ _TEMPLATES = {
     ),
     "inline_insert": 'INSERT INTO "inline_blob" (blob_id, data) VALUES (?, ?)',
     "user_quota": 'SELECT usage_bytes, quota_bytes FROM "user" WHERE id = ?',
+    # PostgreSQL only: the first statement of every write transaction (Index.write).
+    "lock_user": 'SELECT usage_bytes, quota_bytes FROM "user" WHERE id = ? FOR NO KEY UPDATE',
+    # PostgreSQL only: serialise the lock changes of one lock namespace (LockStore).
+    "lock_advisory": "SELECT pg_advisory_xact_lock(?)",
     "usage_add": 'UPDATE "user" SET usage_bytes = usage_bytes + ? WHERE id = ?',
     "gc_insert": 'INSERT INTO "blob_gc" (blob_id, state, since) VALUES (?, ?, ?)',
     "gc_delete": 'DELETE FROM "blob_gc" WHERE blob_id = ?',
+    "gc_dead": (
+        "INSERT INTO \"blob_gc\" (blob_id, state, since) VALUES (?, 'dead', ?) "
+        "ON CONFLICT (blob_id) DO UPDATE SET state = 'dead', since = excluded.since"
+    ),
+    "versions_of": 'SELECT id, blob_id, version_no FROM "version" WHERE node_id = ?',
+    "version_delete": 'DELETE FROM "version" WHERE id = ?',
+    "props_delete": 'DELETE FROM "dead_props" WHERE node_id = ?',
+    "node_delete": 'DELETE FROM "node" WHERE id = ?',
+    "node_move": (
+        'UPDATE "node" SET parent_id = ?, key_env = ?, name_mac = ?, name_ct = ?, meta_ct = ? '
+        "WHERE id = ?"
+    ),
     "node_insert": (
         'INSERT INTO "node" (id, owner_id, parent_id, kind, name_mac, name_ct, key_env, '
         "meta_ct, current_version, size, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -103,6 +121,22 @@ def execute(kind: str, params: tuple[object, ...]) -> Any:
     return database_proxy.obj.execute_sql(_sql(kind), params)
 
 
+def batch(statements: list[tuple[str, tuple[object, ...]]]) -> None:
+    """Run several of the statements above (none returning rows), in order. On PostgreSQL
+    they go as one multi-statement request (psycopg2 binds client-side): one round trip
+    instead of one each, which matters while a transaction holds the user's row and every
+    other writer of that user waits for it. SQLite runs them one by one (in process)."""
+    if not statements:
+        return
+    db = database_proxy.obj
+    if isinstance(db, pw.SqliteDatabase) or len(statements) == 1:
+        for kind, params in statements:
+            db.execute_sql(_sql(kind), params)
+        return
+    sql = ";\n".join(_sql(kind) for kind, _ in statements)
+    db.execute_sql(sql, tuple(p for _, params in statements for p in params))
+
+
 def _row(values: tuple[object, ...] | None) -> NodeRow | None:
     if values is None:
         return None
@@ -122,6 +156,25 @@ def node_by_id(node_id: str, owner_id: str) -> NodeRow | None:
 def child_by_mac(parent_id: str, name_mac: bytes, owner_id: str) -> NodeRow | None:
     cur = database_proxy.obj.execute_sql(_sql("child"), (parent_id, name_mac, owner_id))
     return _row(cur.fetchone())
+
+
+def children_by_macs(
+    keys: list[tuple[str, bytes]], owner_id: str
+) -> dict[tuple[str, bytes], NodeRow]:
+    """The child rows for several (parent id, name MAC) pairs, from one statement (one
+    snapshot): {(parent id, name MAC): row} for those that exist."""
+    param = database_proxy.obj.param
+    where = " OR ".join([f"(parent_id = {param} AND name_mac = {param})"] * len(keys))
+    sql = f'SELECT {_NODE_COLS} FROM "node" WHERE owner_id = {param} AND ({where})'
+    params: list[object] = [owner_id]
+    for parent_id, mac in keys:
+        params += [parent_id, mac]
+    out: dict[tuple[str, bytes], NodeRow] = {}
+    for values in database_proxy.obj.execute_sql(sql, tuple(params)).fetchall():
+        row = _row(values)
+        if row is not None and row.parent_id is not None:
+            out[(row.parent_id, row.name_mac)] = row
+    return out
 
 
 def children(parent_id: str, owner_id: str) -> list[NodeRow]:

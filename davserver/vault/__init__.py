@@ -21,6 +21,7 @@ so that nothing below this package imports it back.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import logging
 import os
@@ -44,7 +45,6 @@ from davserver.errors import (
     DavServerError,
     DiskFull,
     NotFound,
-    StorageError,
 )
 from davserver.index import Index
 from davserver.index.models import (
@@ -58,6 +58,7 @@ from davserver.index.models import (
     Version,
 )
 from davserver.vault.auth import KdfGate, LoginCache
+from davserver.vault.engine import ReaderCount
 from davserver.vault.engine import VaultSettings as VaultSettings  # re-exported
 from davserver.vault.reserve import SpaceReserve
 
@@ -131,6 +132,7 @@ class Vault:
         )
         self._gate = KdfGate(self.settings.argon2_concurrency)
         self._gc_lock = threading.Lock()
+        self.readers = ReaderCount()
         # Spent on unknown user names, so they cost the same time as wrong passwords.
         self._dummy_params = kdf.KdfParams.for_password(
             self.settings.argon2_opslimit, self.settings.argon2_memlimit
@@ -165,8 +167,11 @@ class Vault:
         mk, root_dk = crypto.random_key(), crypto.random_key()
         env = self._new_password_envelope(user_id, mk, password)
         now = time.time()
-        try:
-            with self.index.connection(), self.index.atomic():
+
+        def once() -> None:
+            # A concurrent create of the same name loses on the unique name and is retried:
+            # the next attempt sees the winner here.
+            with self.index.write(None):
                 if User.get_or_none(User.name == name) is not None:
                     raise AlreadyExists("user already exists")
                 User.create(id=user_id, name=name, root_id=root_id, created=now)
@@ -181,10 +186,8 @@ class Vault:
                     key_env=envelopes.wrap_root_key(root_dk, mk, b(user_id), b(root_id)),
                     created=now,
                 )
-        except pw.IntegrityError as exc:
-            raise AlreadyExists("user already exists") from exc
-        except pw.DatabaseError as exc:
-            raise StorageError("index database error") from exc
+
+        self.index.run(once)
         return user_id
 
     def _user(self, name: str) -> User:
@@ -206,7 +209,7 @@ class Vault:
             return UserInfo(u.name, u.id, u.created, u.usage_bytes, u.quota_bytes)
 
     def set_quota(self, name: str, quota_bytes: int | None) -> None:
-        with self.index.connection(), self.index.atomic():
+        with self.index.connection():
             u = self._user(name)
             User.update(quota_bytes=quota_bytes).where(User.id == u.id).execute()
 
@@ -256,18 +259,15 @@ class Vault:
         cached = self._cache.get(key)
         if cached is not None:
             return cached
-        try:
-            with self.index.connection():
-                user = User.get_or_none(User.name == name)
-                if user is None:
-                    self._burn_kdf(_password_bytes(password))
-                    raise AuthError("wrong user name or password")
-                mk = self._unlock_master_key(user, password)
-                if mk is None:
-                    raise AuthError("wrong user name or password")
-                session = Session(self, user.id, user.name, mk, user.root_id)
-        except pw.DatabaseError as exc:
-            raise StorageError("index database error") from exc
+        with self.index.connection():
+            user = User.get_or_none(User.name == name)
+            if user is None:
+                self._burn_kdf(_password_bytes(password))
+                raise AuthError("wrong user name or password")
+            mk = self._unlock_master_key(user, password)
+            if mk is None:
+                raise AuthError("wrong user name or password")
+            session = Session(self, user.id, user.name, mk, user.root_id)
         self._cache.put(key, user.id, session)
         return session
 
@@ -293,44 +293,51 @@ class Vault:
             if mk is None:
                 raise AuthError("wrong password")
             env = self._new_password_envelope(user.id, mk, new_password)
-            with self.index.atomic():
-                Envelope.delete().where(
-                    Envelope.user == user.id, Envelope.kind == KIND_PASSWORD
-                ).execute()
-                env.save(force_insert=True)
+
+            def once() -> None:
+                with self.index.write(user.id):
+                    Envelope.delete().where(
+                        Envelope.user == user.id, Envelope.kind == KIND_PASSWORD
+                    ).execute()
+                    env.save(force_insert=True)
+
+            self.index.run(once)
         self._cache.forget_user(user.id)
 
     def delete_user(self, name: str) -> None:
         """Remove a user and their whole tree (index first; blobs collected afterwards)."""
         with self.index.connection():
             user = self._user(name)
-            with self.index.atomic():
-                node_ids = Node.select(Node.id).where(Node.owner == user.id)
-                blob_ids = [
-                    v.blob_id
-                    for v in Version.select(Version.blob_id).where(Version.node.in_(node_ids))
-                ]
-                blob_ids += [
-                    c.blob_id
-                    for c in UploadChunk.select(UploadChunk.blob_id)
-                    .join(Upload)
-                    .where(Upload.owner == user.id)
-                ]
-                uploads = Upload.select(Upload.id).where(Upload.owner == user.id)
-                UploadChunk.delete().where(UploadChunk.upload.in_(uploads)).execute()
-                Upload.delete().where(Upload.owner == user.id).execute()
-                Version.delete().where(Version.node.in_(node_ids)).execute()
-                from davserver.index.models import DeadProps
-
-                DeadProps.delete().where(DeadProps.node.in_(node_ids)).execute()
-                # Nodes reference their parents: clear the links, then delete in one statement.
-                Node.update(parent=None).where(Node.owner == user.id).execute()
-                Node.delete().where(Node.owner == user.id).execute()
-                Envelope.delete().where(Envelope.user == user.id).execute()
-                User.delete().where(User.id == user.id).execute()
-                self.mark_blobs_dead(blob_ids)
+        self.index.run(lambda: self._delete_user_rows(user))
         self._cache.forget_user(user.id)
         self.collect_garbage(grace=0)
+
+    def _delete_user_rows(self, user: User) -> None:
+        """One transaction, behind the user's row like every write of theirs."""
+        with self.index.write(user.id):
+            node_ids = Node.select(Node.id).where(Node.owner == user.id)
+            blob_ids = [
+                v.blob_id for v in Version.select(Version.blob_id).where(Version.node.in_(node_ids))
+            ]
+            blob_ids += [
+                c.blob_id
+                for c in UploadChunk.select(UploadChunk.blob_id)
+                .join(Upload)
+                .where(Upload.owner == user.id)
+            ]
+            uploads = Upload.select(Upload.id).where(Upload.owner == user.id)
+            UploadChunk.delete().where(UploadChunk.upload.in_(uploads)).execute()
+            Upload.delete().where(Upload.owner == user.id).execute()
+            Version.delete().where(Version.node.in_(node_ids)).execute()
+            from davserver.index.models import DeadProps
+
+            DeadProps.delete().where(DeadProps.node.in_(node_ids)).execute()
+            # Nodes reference their parents: clear the links, then delete in one statement.
+            Node.update(parent=None).where(Node.owner == user.id).execute()
+            Node.delete().where(Node.owner == user.id).execute()
+            Envelope.delete().where(Envelope.user == user.id).execute()
+            User.delete().where(User.id == user.id).execute()
+            self.mark_blobs_dead(blob_ids)
 
     # -- garbage ---------------------------------------------------------------------------
     def mark_blobs_dead(self, blob_ids: list[str]) -> None:
@@ -509,6 +516,11 @@ class Vault:
             known |= {c.blob_id for c in UploadChunk.select(UploadChunk.blob_id)}
             known |= {g.blob_id for g in BlobGC.select(BlobGC.blob_id)}
         return [x for x in self.blobs.iter_ids() if x not in known]
+
+    def request_scope(self) -> contextlib.AbstractContextManager[None]:
+        """Around one request (the server wraps each in it): the index connection the
+        request first takes is kept for all its units of work (``Index.sticky``)."""
+        return self.index.sticky()
 
     def close(self) -> None:
         self._cache.clear()

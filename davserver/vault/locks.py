@@ -18,9 +18,10 @@ Both keys derive from the server pepper, so whoever holds only the database lear
 the locked names. Paths are canonical: NFC names joined by ``/`` with a leading ``/`` and no
 trailing one (``/`` is a user's root).
 
-Conflict checks and creation run in one transaction (:meth:`LockStore.transaction`): on SQLite
-``BEGIN IMMEDIATE`` serialises writers across processes; on PostgreSQL the user's row is locked
-``FOR UPDATE``, which serialises lock changes of one user (locks never span two users).
+Conflict checks and creation run in one transaction (:meth:`LockStore.atomically`): on SQLite
+``BEGIN IMMEDIATE`` serialises writers across processes; on PostgreSQL an advisory lock per
+user, taken first, serialises the lock changes of one user (locks never span two users).
+Database errors leave as ``davserver.errors`` exceptions.
 
 At most ``VaultSettings.max_shared_locks`` locks are rooted at one path (only shared locks can
 share a root); one more is ``LockLimit`` (423), counted in the same transaction.
@@ -33,22 +34,21 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
-
-import peewee as pw
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from davserver import crypto
 from davserver.crypto.primitives import keyed_hash
-from davserver.errors import IntegrityError, LockLimit, StorageError
+from davserver.errors import IntegrityError, LockLimit
 from davserver.index import fast
-from davserver.index.models import Lock, LockScope, User
+from davserver.index.models import Lock, LockScope
 from davserver.vault.tree import split_path
 
 if TYPE_CHECKING:
     from davserver.vault import Vault
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _MAC_PURPOSE = b"wdv-lock-mac-v1"
 _SEAL_PURPOSE = b"wdv-lock-enc-v1"
@@ -73,6 +73,13 @@ def _ancestors(path: str) -> list[str]:
         return []
     parts = path.strip("/").split("/")
     return ["/" + "/".join(parts[:i]) for i in range(len(parts))]
+
+
+def _advisory_key(user_id: str) -> int:
+    """A signed 64-bit advisory-lock key for one user's lock namespace (user ids are random;
+    the constant keeps the keys apart from any other use of advisory locks)."""
+    key = int(user_id[:16], 16) ^ 0x5744_564C_4F43_4B53  # "WDVLOCKS"
+    return key - (1 << 64) if key >= 1 << 63 else key
 
 
 class LockStore:
@@ -111,29 +118,41 @@ class LockStore:
         return record
 
     # -- transactions ----------------------------------------------------------------------
-    @contextlib.contextmanager
-    def transaction(self, user_id: str | None) -> Iterator[None]:
-        """One write transaction in which conflict checks and changes are atomic."""
-        try:
-            with self._index.connection(), self._index.atomic():
+    def atomically(self, user_id: str | None, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in one write transaction in which conflict checks and changes are
+        atomic, run again if it lost a deadlock or a race (``Index.run``). ``fn`` must only
+        touch the lock tables.
+
+        On PostgreSQL the lock changes of one user queue on a transaction-scoped advisory
+        lock of their own, first in the transaction, rather than on the user's row: they
+        touch no row of the tree, so they need not wait behind the user's writes (nor the
+        writes behind them), and no order with those rows can deadlock. On SQLite
+        ``BEGIN IMMEDIATE`` serialises every writer."""
+
+        def once() -> T:
+            with self._index.atomic():
                 if user_id is not None and not self._index.is_sqlite:
-                    # Serialise the lock changes of one user across processes.
-                    list(User.select(User.id).where(User.id == user_id).for_update())
-                yield
-        except pw.DatabaseError as exc:
-            raise StorageError("index database error") from exc
+                    fast.execute("lock_advisory", (_advisory_key(user_id),))
+                return fn()
+
+        return self._index.run(once)
 
     @contextlib.contextmanager
-    def _db(self, write: bool = False) -> Iterator[None]:
-        try:
-            with self._index.connection():
-                if write:
-                    with self._index.atomic():
-                        yield
-                else:
-                    yield
-        except pw.DatabaseError as exc:
-            raise StorageError("index database error") from exc
+    def _db(self) -> Iterator[None]:
+        with self._index.connection():
+            yield
+
+    def _write(self, fn: Callable[[], T]) -> T:
+        """A change of lock rows alone, in its own transaction (retried like any); inside
+        ``atomically`` (a LOCK's create) it is part of that one, without a savepoint."""
+        if self._index.db.in_transaction():
+            return fn()
+
+        def once() -> T:
+            with self._index.atomic():
+                return fn()
+
+        return self._index.run(once)
 
     # -- the store -------------------------------------------------------------------------
     def create(self, user_id: str, path: str, record: LockRecord, timeout: float) -> LockRecord:
@@ -146,7 +165,9 @@ class LockStore:
         record = dict(record, token=token, timeout=timeout, user_id=user_id, path=path)
         expire = time.time() + timeout
         path_mac = self._mac(user_id, path)
-        with self._db(write=True):
+        rows = [{"lock": token, "ancestor_mac": self._mac(user_id, a)} for a in _ancestors(path)]
+
+        def insert() -> None:
             live = Lock.select().where(Lock.path_mac == path_mac, Lock.expire >= time.time())
             if live.count() >= self.max_locks:  # inside the caller's transaction: no race
                 raise LockLimit(f"too many locks on this resource (at most {self.max_locks})")
@@ -156,11 +177,10 @@ class LockStore:
                 data_ct=self._seal(token, path_mac, record),
                 expire=expire,
             )
-            rows = [
-                {"lock": token, "ancestor_mac": self._mac(user_id, a)} for a in _ancestors(path)
-            ]
             if rows:
                 LockScope.insert_many(rows).execute()
+
+        self._write(insert)
         record["expire"] = expire
         return record
 
@@ -179,7 +199,8 @@ class LockStore:
         """Give a live lock a new timeout; None if there is no such lock."""
         if timeout < 0 or timeout > MAX_TIMEOUT:
             timeout = MAX_TIMEOUT
-        with self._db(write=True):
+
+        def update() -> LockRecord | None:
             row = Lock.get_or_none(Lock.token == token)
             if row is None or row.expire < time.time():
                 return None
@@ -191,12 +212,13 @@ class LockStore:
             Lock.update(data_ct=self._seal(token, path_mac, record), expire=expire).where(
                 Lock.token == token
             ).execute()
-        record["expire"] = expire
-        return record
+            record["expire"] = expire
+            return record
+
+        return self._write(update)
 
     def delete(self, token: str) -> bool:
-        with self._db(write=True):
-            return self._delete_rows([token]) > 0
+        return self._write(lambda: self._delete_rows([token]) > 0)
 
     def _delete_rows(self, tokens: list[str]) -> int:
         LockScope.delete().where(LockScope.lock.in_(tokens)).execute()
@@ -226,16 +248,23 @@ class LockStore:
 
     def purge_expired(self) -> int:
         """Delete every expired lock; return how many."""
-        with self._db(write=True):
-            tokens = [r.token for r in Lock.select(Lock.token).where(Lock.expire < time.time())]
+
+        def purge() -> int:
+            expired = Lock.select(Lock.token).where(Lock.expire < time.time())
+            tokens = sorted(r.token for r in expired)
             return self._delete_rows(tokens) if tokens else 0
+
+        return self._write(purge)
 
     def delete_user_locks(self, user_id: str, path: str = "/") -> int:
         """Delete the locks on ``path`` and below it (e.g. after a DELETE or MOVE)."""
         path = canonical_path(path)
         mac = self._mac(user_id, path)
-        with self._db(write=True):
+
+        def delete() -> int:
             tokens = [r.token for r in Lock.select(Lock.token).where(Lock.path_mac == mac)]
             below = Lock.select(Lock.token).join(LockScope).where(LockScope.ancestor_mac == mac)
             tokens += [r.token for r in below]
-            return self._delete_rows(tokens) if tokens else 0
+            return self._delete_rows(sorted(set(tokens))) if tokens else 0
+
+        return self._write(delete)

@@ -11,12 +11,20 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from davserver import crypto
 from davserver.crypto import envelopes, names
-from davserver.errors import BadRequest, Conflict, Forbidden, IntegrityError, NotFound
+from davserver.errors import (
+    BadRequest,
+    Conflict,
+    DavServerError,
+    Forbidden,
+    IntegrityError,
+    NotFound,
+)
 from davserver.index import fast
 from davserver.index.models import User
 
@@ -24,6 +32,7 @@ if TYPE_CHECKING:
     from davserver.vault.engine import Engine
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DIR, FILE = "dir", "file"
 _META_PURPOSE, _META_LABEL = b"wdv-meta-enc-v1", b"wdv/meta/v1"
@@ -105,6 +114,9 @@ class _SessionCore:
         self._mk = mk
         self.root_id = root_id
         self._keys: OrderedDict[str, bytes] = OrderedDict()
+        # (parent id, name MAC) -> child id, as last seen: hints that let ``_walk_hinted``
+        # ask for a whole path in one query (always checked against what it returns).
+        self._hints: dict[tuple[str, bytes], str] = {}
 
     # -- keys and rows -----------------------------------------------------------------------
     def _remember(self, node_id: str, key: bytes) -> None:
@@ -155,9 +167,13 @@ class _SessionCore:
         return _Ref(stub, key, None, "")
 
     def _child(self, parent: _Ref, name: str) -> _Ref | None:
-        row = fast.child_by_mac(parent.row.id, names.name_mac(parent.key, name), self.user_id)
+        mac = names.name_mac(parent.key, name)
+        row = fast.child_by_mac(parent.row.id, mac, self.user_id)
         if row is None:
             return None
+        return self._verified_child(parent, name, mac, row)
+
+    def _verified_child(self, parent: _Ref, name: str, mac: bytes, row: NodeLike) -> _Ref:
         # The MAC is a lookup index, not bound to its row: a database writer could swap the
         # MACs of two siblings. The sealed name is bound to the node, so check it matches.
         try:
@@ -170,10 +186,19 @@ class _SessionCore:
         if stored != name:
             log.error("integrity failure: name MAC of node %s does not match its name", row.id)
             raise IntegrityError("name index does not match the sealed name")
-        return _Ref(row, self._node_key(row, parent.key), parent.key, name)
+        ref = _Ref(row, self._node_key(row, parent.key), parent.key, name)
+        if len(self._hints) >= self.KEY_CACHE_SIZE:
+            self._hints.clear()
+        self._hints[(parent.row.id, mac)] = row.id
+        return ref
 
     def _walk(self, parts: list[str]) -> _Ref:
         ref = self._root_to_descend() if parts else self._root()
+        if len(parts) > 1:
+            trail, parts, missing = self._walk_hinted(ref, parts)
+            if missing:
+                raise NotFound("not found")
+            ref = trail[-1]
         for part in parts:
             if ref.row.kind != DIR:
                 raise NotFound("not found")
@@ -182,6 +207,61 @@ class _SessionCore:
                 raise NotFound("not found")
             ref = nxt
         return ref
+
+    def _walk_hinted(self, ref: _Ref, parts: list[str]) -> tuple[list[_Ref], list[str], bool]:
+        """Resolve several components of a path with one query, when earlier walks left the
+        ids (and the session the keys) of the directories on the way: every MAC is then
+        known up front. The rows come from one statement, each checked as ``_child`` checks
+        it; where a row is not the remembered node (something moved or was replaced), what
+        is left of the path is for a walk step by step.
+
+        Returns (the refs resolved, starting with ``ref``; the parts left; whether the
+        next part is known to be missing under the last ref)."""
+        plan: list[tuple[str, bytes]] = []
+        parent_id, key = ref.row.id, ref.key
+        for i, part in enumerate(parts):
+            mac = names.name_mac(key, part)
+            plan.append((parent_id, mac))
+            if i == len(parts) - 1:
+                break
+            child_id = self._hints.get((parent_id, mac))
+            child_key = self._keys.get(child_id) if child_id is not None else None
+            if child_id is None or child_key is None:
+                break
+            parent_id, key = child_id, child_key
+        if len(plan) < 2:
+            return [ref], parts, False
+        rows = fast.children_by_macs(plan, self.user_id)
+        trail = [ref]
+        for i, (planned_parent, mac) in enumerate(plan):
+            if ref.row.kind != DIR:
+                return trail, parts[i:], True
+            row = rows.get((ref.row.id, mac))
+            if row is None:
+                # Missing for sure only if its parent is the one the MAC was made under.
+                return trail, parts[i:], ref.row.id == planned_parent
+            ref = self._verified_child(ref, parts[i], mac, row)
+            trail.append(ref)
+        return trail, parts[len(plan) :], False
+
+    def _parent_and_child(self, parts: list[str]) -> tuple[_Ref, _Ref | None]:
+        """(the parent directory, the node at ``parts`` or None): ``Conflict`` if the parent
+        is missing or not a directory. One query when the hints cover the path."""
+        if not parts:
+            raise Forbidden("the root cannot be replaced")
+        if len(parts) > 1:
+            trail, rest, missing = self._walk_hinted(self._root_to_descend(), parts)
+            done = len(trail) - 1
+            if not rest:
+                return trail[-2], trail[-1]
+            if missing and done == len(parts) - 1:
+                if trail[-1].row.kind != DIR:
+                    raise Conflict("parent is not a directory")
+                return trail[-1], None
+            if missing:
+                raise Conflict("parent directory does not exist")
+        parent = self._parent_dir(parts)
+        return parent, self._child(parent, parts[-1])
 
     def _parent_dir(self, parts: list[str]) -> _Ref:
         if not parts:
@@ -269,7 +349,31 @@ class _SessionCore:
         return self.vault.index.connection()
 
     def _txn(self) -> Any:
-        return self.vault.index.atomic()
+        """A write transaction on this user's data, in the canonical lock order (the user's
+        row first, ``Index.write``). Run it through ``_retried`` so that a transaction that
+        lost a deadlock or a race runs again."""
+        return self.vault.index.write(self.user_id)
+
+    def _retried(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (a transaction, and nothing that cannot be repeated: no body is
+        consumed, no blob written) with retries of deadlocks and races (``Index.run``)."""
+        return self.vault.index.run(fn)
+
+    def _collect(self) -> None:
+        """Collect garbage after a committed change. The change stands whatever happens
+        here: a failure is logged and left to the maintenance loop, never answered.
+
+        While this process streams any stored blob, collection is left to the maintenance
+        loop: the change may have retired the very blob a concurrent GET is reading (an
+        overwrite or DELETE of a file being downloaded), and deleting it would cut that
+        response off. Readers in other processes are not seen: the loop's run may still
+        race one, rarely (``gc.interval`` apart, not after every change)."""
+        if self.vault.readers.busy():
+            return
+        try:
+            self.vault.collect_garbage(grace=0)
+        except DavServerError as exc:
+            log.warning("garbage collection after a change failed (%s); retried later", exc)
 
     def _quota(self, user: User) -> int | None:
         return self._quota_value(user.quota_bytes)
@@ -281,8 +385,17 @@ class _SessionCore:
 
     # -- creating nodes ----------------------------------------------------------------------
     def _insert_node(
-        self, parent: _Ref, name: str, kind: str, key: bytes, mtime: float, ctime: float
+        self,
+        parent: _Ref,
+        name: str,
+        kind: str,
+        key: bytes,
+        mtime: float,
+        ctime: float,
+        batch: list[tuple[str, tuple[object, ...]]] | None = None,
     ) -> fast.NodeRow:
+        """Insert a node (and mark its parent's listing changed); with ``batch``, the two
+        statements are appended to it for the caller's ``fast.batch`` instead of run."""
         node_id = crypto.random_id().hex()
         row = fast.NodeRow(
             id=node_id,
@@ -296,22 +409,28 @@ class _SessionCore:
             size=0,
             created=ctime,
         )
-        fast.execute(
-            "node_insert",
+        statements: list[tuple[str, tuple[object, ...]]] = [
             (
-                row.id,
-                self.user_id,
-                row.parent_id,
-                row.kind,
-                row.name_mac,
-                row.name_ct,
-                row.key_env,
-                row.meta_ct,
-                None,
-                0,
-                ctime,
+                "node_insert",
+                (
+                    row.id,
+                    self.user_id,
+                    row.parent_id,
+                    row.kind,
+                    row.name_mac,
+                    row.name_ct,
+                    row.key_env,
+                    row.meta_ct,
+                    None,
+                    0,
+                    ctime,
+                ),
             ),
-        )
-        fast.bump_dir(parent.row.id)
+            ("bump", (parent.row.id,)),
+        ]
+        if batch is None:
+            fast.batch(statements)
+        else:
+            batch += statements
         self._remember(node_id, key)
         return row

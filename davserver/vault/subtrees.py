@@ -39,6 +39,8 @@ class _SubtreeOps(_PropOps):
 
     def _check_not_inside(self, src: _Ref, dst_parent: _Ref) -> None:
         """Refuse to put a directory inside itself (walks up from the destination)."""
+        if src.row.kind != DIR:
+            return  # nothing can be inside a file
         node_id: str | None = dst_parent.row.id
         while node_id is not None:
             if node_id == src.row.id:
@@ -50,9 +52,8 @@ class _SubtreeOps(_PropOps):
     ) -> tuple[_Ref, str, bool]:
         """Resolve the destination's parent, refuse cycles and clashes, and delete a
         destination being overwritten. Returns (parent, name, whether it existed)."""
-        dst_parent = self._parent_dir(dst_parts)
+        dst_parent, existing = self._parent_and_child(dst_parts)
         name = dst_parts[-1]
-        existing = self._child(dst_parent, name)
         if existing is not None and existing.row.id == src.row.id:
             raise Forbidden("source and destination are the same")
         self._check_not_inside(src, dst_parent)
@@ -79,28 +80,55 @@ class _SubtreeOps(_PropOps):
         src_parts, dst_parts = split_path(src_path), split_path(dst_path)
         if not src_parts:
             raise Forbidden("the root cannot be moved")
+        existed = self._retried(lambda: self._move_once(src_parts, dst_parts, overwrite))
+        if existed:
+            self._collect()
+        return existed
+
+    def _move_once(self, src_parts: list[str], dst_parts: list[str], overwrite: bool) -> bool:
         with self._db(), self._txn():
             src = self._walk(src_parts)
             dst_parent, name, existed = self._prepare_destination(src, dst_parts, overwrite)
             meta = self._meta(src.row, src.parent_key)
             node_id = src.row.id
-            Node.update(
-                parent=dst_parent.row.id,
-                key_env=envelopes.wrap_node_key(
-                    src.key, dst_parent.key, _b(node_id), _b(dst_parent.row.id), src.row.kind
+            dst_id = dst_parent.row.id
+            # One round trip for the writes (fast.batch) while the user's row is held.
+            batch: list[tuple[str, tuple[object, ...]]] = [
+                (
+                    "node_move",
+                    (
+                        dst_id,
+                        envelopes.wrap_node_key(
+                            src.key, dst_parent.key, _b(node_id), _b(dst_id), src.row.kind
+                        ),
+                        names.name_mac(dst_parent.key, name),
+                        names.encrypt_name(dst_parent.key, name, _b(node_id), _b(dst_id)),
+                        self._seal_meta(dst_parent.key, node_id, dst_id, meta),
+                        node_id,
+                    ),
                 ),
-                name_mac=names.name_mac(dst_parent.key, name),
-                name_ct=names.encrypt_name(
-                    dst_parent.key, name, _b(node_id), _b(dst_parent.row.id)
-                ),
-                meta_ct=self._seal_meta(dst_parent.key, node_id, dst_parent.row.id, meta),
-            ).where(Node.id == node_id).execute()
-            fast.bump_dir(dst_parent.row.id)
-            if src.row.parent_id != dst_parent.row.id:
-                fast.bump_dir(src.row.parent_id)
-        if existed:
-            self.vault.collect_garbage(grace=0)
+                ("bump", (dst_id,)),
+            ]
+            if src.row.parent_id != dst_id:
+                batch.append(("bump", (src.row.parent_id,)))
+            fast.batch(batch)
         return existed
+
+    def _delete_file(self, row: NodeLike) -> None:
+        """``_delete_subtree`` of one file: one query for its versions, then one batch (one
+        round trip on PostgreSQL). Its blobs are queued for the collector, which checks
+        that no other version (COPY shares blobs) still uses one before deleting it."""
+        now = time.time()
+        batch: list[tuple[str, tuple[object, ...]]] = [("bump", (row.parent_id,))]
+        for version_id, blob_id, _ in fast.execute("versions_of", (row.id,)).fetchall():
+            batch.append(("version_delete", (version_id,)))
+            batch.append(("gc_dead", (blob_id, now)))
+        batch += [
+            ("props_delete", (row.id,)),
+            ("node_delete", (row.id,)),
+            ("usage_add", (-int(row.size), self.user_id)),
+        ]
+        fast.batch(batch)
 
     def copy(
         self, src_path: str, dst_path: str, overwrite: bool = False, depth_infinity: bool = True
@@ -113,6 +141,16 @@ class _SubtreeOps(_PropOps):
         ``depth_infinity`` false a directory is copied without its members (Depth: 0).
         """
         src_parts, dst_parts = split_path(src_path), split_path(dst_path)
+        existed = self._retried(
+            lambda: self._copy_once(src_parts, dst_parts, overwrite, depth_infinity)
+        )
+        if existed:
+            self._collect()
+        return existed
+
+    def _copy_once(
+        self, src_parts: list[str], dst_parts: list[str], overwrite: bool, depth_infinity: bool
+    ) -> bool:
         with self._db(), self._txn():
             src = self._walk(src_parts)
             dst_parent, name, existed = self._prepare_destination(src, dst_parts, overwrite)
@@ -124,8 +162,6 @@ class _SubtreeOps(_PropOps):
             User.update(usage_bytes=User.usage_bytes + added).where(
                 User.id == self.user_id
             ).execute()
-        if existed:
-            self.vault.collect_garbage(grace=0)
         return existed
 
     def _copy_node(self, src: _Ref, dst_parent: _Ref, name: str, recurse: bool) -> int:
@@ -194,20 +230,23 @@ class _SubtreeOps(_PropOps):
         if not parts:
             raise Forbidden("the root cannot be deleted")
 
-        def drop() -> None:
+        def once() -> None:
             with self._db(), self._txn():
-                ref = self._walk(parts)
-                self._delete_subtree(ref.row)
+                self._delete_subtree(self._walk(parts).row)
 
-        self.vault.freeing_space(drop)  # works on a full disk too (the space reserve)
-        self.vault.collect_garbage(grace=0)
+        # Works on a full disk too: the space reserve is released if the commit needs room.
+        self.vault.freeing_space(lambda: self._retried(once))
+        self._collect()
 
     def _delete_subtree(self, row: NodeLike) -> None:
         """Within a transaction: remove a node and all below it, deepest level first."""
+        if row.kind == FILE and row.parent_id is not None:
+            self._delete_file(row)
+            return
         if row.parent_id is not None:
             fast.bump_dir(row.parent_id)
         levels: list[list[str]] = [[row.id]]
-        while True:
+        while row.kind == DIR:
             below: list[str] = []
             frontier = levels[-1]
             for i in range(0, len(frontier), _BATCH):
@@ -237,11 +276,14 @@ class _SubtreeOps(_PropOps):
                 ids = level[i : i + _BATCH]
                 for v in Version.select(Version.blob_id).where(Version.node.in_(ids)):
                     blob_ids.append(v.blob_id)
-                freed += (
-                    Node.select(pw.fn.COALESCE(pw.fn.SUM(Node.size), 0))
-                    .where(Node.id.in_(ids), Node.kind == FILE)
-                    .scalar()
-                ) or 0
+                if row.kind == FILE:
+                    freed += row.size  # a file alone: its row says it
+                else:
+                    freed += (
+                        Node.select(pw.fn.COALESCE(pw.fn.SUM(Node.size), 0))
+                        .where(Node.id.in_(ids), Node.kind == FILE)
+                        .scalar()
+                    ) or 0
                 Version.delete().where(Version.node.in_(ids)).execute()
                 DeadProps.delete().where(DeadProps.node.in_(ids)).execute()
                 Node.delete().where(Node.id.in_(ids)).execute()

@@ -147,12 +147,18 @@ class Session(_WriteOps, _SubtreeOps, _PropOps):
 
     def open_file(self, path: str) -> FileReader:
         """A seekable reader of the current version of the file at ``path``."""
+        parts = split_path(path)
         with self._db():
-            ref = self._walk(split_path(path))
-            if ref.row.kind != FILE:
-                raise Conflict("not a file")
-            v = fast.version(ref.row.current_version or "", ref.row.id)
-            if v is None:
+            for _ in range(3):
+                ref = self._walk(parts)
+                if ref.row.kind != FILE:
+                    raise Conflict("not a file")
+                v = fast.version(ref.row.current_version or "", ref.row.id)
+                if v is not None:
+                    break
+                # The walk and this lookup are two statements: a PUT that committed between
+                # them replaced the version the walk saw. Walk again to the new one.
+            else:
                 raise IntegrityError("file has no current version")
             header24 = v.header24
             try:
@@ -168,8 +174,11 @@ class Session(_WriteOps, _SubtreeOps, _PropOps):
             except crypto.AuthenticationFailed as exc:
                 log.error("integrity failure: content key of node %s", ref.row.id)
                 raise IntegrityError("content key failed authentication") from exc
-            source = self.vault.blobs if v.inline is None else InlineBlob(v.blob_id, v.inline)
-            return FileReader(source, v.blob_id, ck, header24, v.plain_size, v.id)
+            if v.inline is not None:
+                source = InlineBlob(v.blob_id, v.inline)
+                return FileReader(source, v.blob_id, ck, header24, v.plain_size, v.id)
+            done = self.vault.readers.opened()
+            return FileReader(self.vault.blobs, v.blob_id, ck, header24, v.plain_size, v.id, done)
 
     # -- directories -------------------------------------------------------------------------
     def mkdir(self, path: str, mtime: float | None = None) -> Entry:
@@ -177,13 +186,17 @@ class Session(_WriteOps, _SubtreeOps, _PropOps):
         parent is missing."""
         parts = split_path(path)
         now = time.time()
-        with self._db(), self._txn():
-            parent = self._parent_dir(parts)
-            name = parts[-1]
-            if self._child(parent, name) is not None:
-                raise AlreadyExists("already exists")
-            row = self._insert_node(parent, name, DIR, crypto.random_key(), mtime or now, now)
-            return self._entry(row, parent.key, name)
+
+        def once() -> Entry:
+            with self._db(), self._txn():
+                parent = self._parent_dir(parts)
+                name = parts[-1]
+                if self._child(parent, name) is not None:
+                    raise AlreadyExists("already exists")
+                row = self._insert_node(parent, name, DIR, crypto.random_key(), mtime or now, now)
+                return self._entry(row, parent.key, name)
+
+        return self._retried(once)
 
     def _touch(self, ref: _Ref, mtime: float | None = None) -> None:
         """Set a node's modification time.
@@ -201,9 +214,17 @@ class Session(_WriteOps, _SubtreeOps, _PropOps):
         fast.bump_dir(ref.row.parent_id)
 
     def set_mtime(self, path: str, mtime: float) -> None:
-        with self._db(), self._txn():
-            ref = self._walk(split_path(path))
-            self._touch(ref, mtime)
+        parts = split_path(path)
+
+        def once() -> None:
+            with self._db(), self._txn():
+                self._touch(self._walk(parts), mtime)
+
+        self._retried(once)
+
+    def set_props(self, path: str, changes: dict[str, str | None]) -> None:
+        """``_PropOps.set_props`` (one transaction), run again when it lost a race."""
+        self._retried(lambda: super(Session, self).set_props(path, changes))
 
     def walk(self, path: str) -> Iterator[tuple[str, Entry]]:
         """Yield (path, entry) for ``path`` and everything below it, parents first."""

@@ -94,17 +94,23 @@ class Uploads:
         """Start an upload; ``AlreadyExists`` if this user already has one with that id."""
         handle = _check_handle(handle, "upload id")
         now = time.time()
-        try:
-            with self._s.vault.index.connection(), self._s.vault.index.atomic():
+        mac = names.name_mac(self._uk, handle)
+
+        def once() -> None:
+            with self._s._db(), self._s._txn():
+                # Checked inside the transaction, behind the user's row: a concurrent
+                # create of the same id is then seen here, not as a unique violation.
+                if Upload.get_or_none(Upload.owner == self._s.user_id, Upload.handle_mac == mac):
+                    raise AlreadyExists("upload already exists")
                 Upload.create(
                     id=crypto.random_id().hex(),
                     owner=self._s.user_id,
-                    handle_mac=names.name_mac(self._uk, handle),
+                    handle_mac=mac,
                     created=now,
                     touched=now,
                 )
-        except pw.IntegrityError as exc:
-            raise AlreadyExists("upload already exists") from exc
+
+        self._s._retried(once)
 
     def put_chunk(
         self, handle: str, chunk_name: str, chunks: Iterable[bytes], expected_length: int | None
@@ -123,8 +129,8 @@ class Uploads:
                 if expected_length is not None and expected_length > ceiling:
                     raise InsufficientStorage("quota exceeded")
             blob_id = crypto.random_id().hex()
-            with vault.index.atomic():
-                BlobGC.insert(blob_id=blob_id, state="uploading", since=time.time()).execute()
+            # Committed before the upload starts, so a crash leaves a trace for the collector.
+            BlobGC.insert(blob_id=blob_id, state="uploading", since=time.time()).execute()
         ck = crypto.random_key()
         counter = _Counter(chunks, ceiling)  # no checksums: the assembled file gets them
         enc = blobfmt.SegmentEncryptor(ck, vault.settings.seg_log2)
@@ -136,7 +142,7 @@ class Uploads:
         except BaseException:
             self._s._discard_blob(blob_id)
             raise
-        vault.collect_garbage(grace=0)
+        self._s._collect()
         return counter.count
 
     def _pending_bytes(self) -> int:
@@ -151,12 +157,19 @@ class Uploads:
     def _commit_chunk(
         self, upload_id: str, chunk_name: str, blob_id: str, ck: bytes, header24: bytes, size: int
     ) -> None:
+        self._s._retried(
+            lambda: self._commit_chunk_once(upload_id, chunk_name, blob_id, ck, header24, size)
+        )
+
+    def _commit_chunk_once(
+        self, upload_id: str, chunk_name: str, blob_id: str, ck: bytes, header24: bytes, size: int
+    ) -> None:
         vault = self._s.vault
         dir_key = self._dir_key(upload_id)
         mac = names.name_mac(dir_key, chunk_name)
         chunk_id = crypto.random_id().hex()
         now = time.time()
-        with vault.index.connection(), vault.index.atomic():
+        with self._s._db(), self._s._txn():
             if Upload.get_or_none(Upload.id == upload_id) is None:
                 raise NotFound("the upload was cancelled or expired")
             old = list(
@@ -271,14 +284,18 @@ class Uploads:
 
     def _drop(self, upload_id: str) -> None:
         vault = self._s.vault
-        with vault.index.connection(), vault.index.atomic():
-            blob_ids = [
-                c.blob_id
-                for c in UploadChunk.select(UploadChunk.blob_id).where(
-                    UploadChunk.upload == upload_id
-                )
-            ]
-            UploadChunk.delete().where(UploadChunk.upload == upload_id).execute()
-            Upload.delete().where(Upload.id == upload_id).execute()
-            vault.mark_blobs_dead(blob_ids)
-        vault.collect_garbage(grace=0)
+
+        def once() -> None:
+            with self._s._db(), self._s._txn():
+                blob_ids = [
+                    c.blob_id
+                    for c in UploadChunk.select(UploadChunk.blob_id).where(
+                        UploadChunk.upload == upload_id
+                    )
+                ]
+                UploadChunk.delete().where(UploadChunk.upload == upload_id).execute()
+                Upload.delete().where(Upload.id == upload_id).execute()
+                vault.mark_blobs_dead(blob_ids)
+
+        self._s._retried(once)
+        self._s._collect()

@@ -32,7 +32,7 @@ from davserver.errors import (
     LengthMismatch,
 )
 from davserver.index import fast
-from davserver.index.models import BlobGC, Version
+from davserver.index.models import BlobGC
 from davserver.vault.nodes import (
     _VMETA_LABEL,
     _VMETA_PURPOSE,
@@ -141,9 +141,7 @@ class _WriteOps(_SessionCore):
         if expected_length is not None and expected_length <= vault.settings.inline_max:
             return self._write_small(parts, chunks, expected_length, mtime, sha1, md5)
         with self._db():
-            parent = self._parent_dir(parts)
-            name = parts[-1]
-            existing = self._child(parent, name)
+            _, existing = self._parent_and_child(parts)
             if existing is not None and existing.row.kind == DIR:
                 raise Conflict("a directory has that name")
             old_size = existing.row.size if existing is not None else 0
@@ -175,7 +173,7 @@ class _WriteOps(_SessionCore):
             self._discard_blob(blob_id)
             raise
         if retired_any:
-            vault.collect_garbage(grace=0)
+            self._collect()
         return entry
 
     def _write_small(
@@ -207,7 +205,7 @@ class _WriteOps(_SessionCore):
             inline=blob,
         )
         if retired_any:
-            self.vault.collect_garbage(grace=0)
+            self._collect()
         return entry
 
     def _algorithms(self, sha1: str | None, md5: str | None) -> set[str]:
@@ -254,72 +252,96 @@ class _WriteOps(_SessionCore):
         mtime: float | None,
         inline: bytes | None = None,
     ) -> tuple[Entry, bool]:
+        """One transaction: insert the version and make it current (creating the node if
+        the name is new). Two PUTs of one name both succeed, in commit order: they queue on
+        the user's row, and the later one re-resolves the name and finds the earlier one's
+        node and version number (the last commit wins)."""
+        return self._retried(
+            lambda: self._commit_version_once(
+                parts, blob_id, ck, header24, size, hashes, mtime, inline
+            )
+        )
+
+    def _commit_version_once(
+        self,
+        parts: list[str],
+        blob_id: str,
+        ck: bytes,
+        header24: bytes,
+        size: int,
+        hashes: dict[str, str],
+        mtime: float | None,
+        inline: bytes | None,
+    ) -> tuple[Entry, bool]:
         now = time.time()
-        with self._db(), self._txn():
+        with self._db(), self._txn() as locked:
             # Re-resolve inside the transaction: the tree may have changed during the upload.
-            parent = self._parent_dir(parts)
+            parent, ref = self._parent_and_child(parts)
             name = parts[-1]
-            ref = self._child(parent, name)
             if ref is not None and ref.row.kind == DIR:
                 raise Conflict("a directory has that name")
+            # The writes go in one batch at the end (one round trip on PostgreSQL).
+            batch: list[tuple[str, tuple[object, ...]]] = []
             if ref is None:
-                row = self._insert_node(parent, name, FILE, crypto.random_key(), mtime or now, now)
+                key = crypto.random_key()
+                row = self._insert_node(parent, name, FILE, key, mtime or now, now, batch)
                 ref = _Ref(row, self._keys[row.id], parent.key, name)
                 old_size, version_no = 0, 1
+                old: list[Any] = []
             else:
                 old_size = ref.row.size
-                last = (
-                    Version.select(pw.fn.MAX(Version.version_no))
-                    .where(Version.node == ref.row.id)
-                    .scalar()
-                )
-                version_no = (last or 0) + 1
-            usage, own_quota = fast.user_quota(self.user_id)
+                # The versions this one replaces (one, normally), and the next number.
+                old = fast.execute("versions_of", (ref.row.id,)).fetchall()
+                version_no = max((int(v[2]) for v in old), default=0) + 1
+            usage, own_quota = locked or fast.user_quota(self.user_id)
             quota = self._quota_value(own_quota)
             if quota is not None and usage - old_size + size > quota:
                 raise InsufficientStorage("quota exceeded")
             node_id = ref.row.id
             version_id = crypto.random_id().hex()
+            retired = self._retire_versions(old, now, batch)
             # Hand-written SQL on this path: it runs for every PUT, and building peewee
             # queries cost more than the statements (cProfile of a 4 KiB PUT).
-            fast.execute(
-                "version_insert",
+            batch.append(
                 (
-                    version_id,
-                    node_id,
-                    version_no,
-                    blob_id,
-                    size,
-                    header24,
-                    envelopes.wrap_content_key(
-                        ck, ref.key, _b(node_id), version_no, _b(blob_id), size, header24
+                    "version_insert",
+                    (
+                        version_id,
+                        node_id,
+                        version_no,
+                        blob_id,
+                        size,
+                        header24,
+                        envelopes.wrap_content_key(
+                            ck, ref.key, _b(node_id), version_no, _b(blob_id), size, header24
+                        ),
+                        crypto.seal(
+                            ref.key,
+                            _VMETA_PURPOSE,
+                            _VMETA_LABEL,
+                            (_b(node_id), version_no, _b(blob_id)),
+                            json.dumps(hashes).encode(),
+                        ),
+                        now,
                     ),
-                    crypto.seal(
-                        ref.key,
-                        _VMETA_PURPOSE,
-                        _VMETA_LABEL,
-                        (_b(node_id), version_no, _b(blob_id)),
-                        json.dumps(hashes).encode(),
-                    ),
-                    now,
-                ),
+                )
             )
-            retired = version_no > 1 and self._retire_versions(node_id, keep=version_id)
             meta = self._meta(ref.row, parent.key)
             if mtime is not None or version_no > 1:
                 meta["m"] = mtime if mtime is not None else now
                 meta_ct = self._seal_meta(parent.key, node_id, parent.row.id, meta)
-                fast.execute("node_set_version_meta", (version_id, size, meta_ct, node_id))
+                batch.append(("node_set_version_meta", (version_id, size, meta_ct, node_id)))
             else:
-                fast.execute("node_set_version", (version_id, size, node_id))
+                batch.append(("node_set_version", (version_id, size, node_id)))
             if version_no > 1:  # a new node was counted by _insert_node
-                fast.bump_dir(parent.row.id)
+                batch.append(("bump", (parent.row.id,)))
             if size != old_size:
-                fast.execute("usage_add", (size - old_size, self.user_id))
+                batch.append(("usage_add", (size - old_size, self.user_id)))
             if inline is None:
-                fast.execute("gc_delete", (blob_id,))  # the upload's crash-cleanup row
+                batch.append(("gc_delete", (blob_id,)))  # the upload's crash-cleanup row
             else:
-                fast.execute("inline_insert", (blob_id, inline))
+                batch.append(("inline_insert", (blob_id, inline)))
+            fast.batch(batch)
             return Entry(
                 id=node_id,
                 parent_id=parent.row.id,
@@ -331,15 +353,17 @@ class _WriteOps(_SessionCore):
                 version_id=version_id,
             ), retired
 
-    def _retire_versions(self, node_id: str, keep: str) -> bool:
-        """Drop every version of a node but ``keep``; their blobs go to the collector.
-        Returns whether any blob may now be collectable."""
-        old = list(
-            Version.select(Version.id, Version.blob_id).where(
-                Version.node == node_id, Version.id != keep
-            )
-        )
-        if old:
-            Version.delete().where(Version.id.in_([v.id for v in old])).execute()
-            self.vault.mark_blobs_dead([v.blob_id for v in old])
+    @staticmethod
+    def _retire_versions(
+        old: list[Any], now: float, batch: list[tuple[str, tuple[object, ...]]]
+    ) -> bool:
+        """Add to ``batch`` the removal of these versions (rows of ``versions_of``) and the
+        queueing of their blobs for the collector. Returns whether there were any.
+
+        The blobs are queued without asking whether another version still uses them (COPY
+        shares blobs): the collector asks that itself, in its own transaction, before it
+        deletes anything, and drops the queue row of a blob still in use."""
+        for version_id, blob_id, _ in old:
+            batch.append(("version_delete", (version_id,)))
+            batch.append(("gc_dead", (blob_id, now)))
         return bool(old)

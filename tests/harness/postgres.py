@@ -94,6 +94,7 @@ class _Cluster:
         self.log = self.root / "server.log"
         self.port = 0
         self.started = False
+        self.options = ""
 
     def run(self, tool: str, *args: str) -> None:
         argv = [str(self.bindir / tool), *args]
@@ -125,6 +126,7 @@ class _Cluster:
                 f"-c unix_socket_directories='{self.sock}' -c fsync=off "
                 "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
             )
+            self.options = options
             try:
                 self.run(
                     "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,
@@ -141,6 +143,24 @@ class _Cluster:
 
         # Superuser over the private unix socket (trust auth; nobody else can reach it).
         return psycopg2.connect(host=str(self.sock), port=self.port, user="postgres")
+
+    def server_stop(self, mode: str = "fast") -> None:
+        """Stop the server (``pg_ctl stop -m MODE``) but keep the cluster for a restart."""
+        self.run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
+
+    def server_start(self) -> None:
+        """Start a stopped server again, on the same port."""
+        self.run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", self.options,
+            "-w", "-t", "60", "start",
+        )  # fmt: skip
+
+    def server_restart(self, mode: str = "fast") -> None:
+        """``pg_ctl restart -m MODE`` (same port and options)."""
+        self.run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", self.options,
+            "-m", mode, "-w", "-t", "60", "restart",
+        )  # fmt: skip
 
     def stop(self) -> None:
         try:
@@ -228,3 +248,30 @@ def postgres_db_url(postgres_url: str) -> Iterator[str]:
                 )
         finally:
             conn.close()
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[tuple[_Cluster, str]]:
+    """A PostgreSQL cluster of this test's own, which it may stop, restart and kill:
+    (cluster, URL of a database owned by a CREATEDB role). Use ``cluster.server_stop(mode)``,
+    ``server_start()`` and ``server_restart(mode)``; the cluster is removed afterwards."""
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        _unavailable("psycopg2 not installed: pip install psycopg2-binary")
+    bindir = _find_bindir()
+    if bindir is None:
+        _unavailable(NOT_INSTALLED)
+    cluster = _Cluster(bindir)
+    try:
+        try:
+            cluster.start()
+            url = _create_role_and_db(cluster)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            pytest.fail(f"could not start a throwaway PostgreSQL: {exc}", pytrace=False)
+        yield cluster, url
+    finally:
+        try:
+            cluster.stop()
+        except RuntimeError:
+            pass  # the test left the server stopped: nothing to stop, the files are gone
