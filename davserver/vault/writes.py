@@ -23,6 +23,7 @@ from typing import Any
 import peewee as pw
 
 from davserver import crypto
+from davserver.blobs import DIGEST_LEN, DigestingChunks
 from davserver.crypto import blobfmt, envelopes
 from davserver.errors import (
     ChecksumMismatch,
@@ -160,7 +161,8 @@ class _WriteOps(_SessionCore):
         counter = _Counter(chunks, ceiling, self._algorithms(sha1, md5))
         enc = blobfmt.SegmentEncryptor(ck, vault.settings.seg_log2)
         try:
-            vault.blobs.put(blob_id, blobfmt.encrypt_with(enc, counter))
+            stream = DigestingChunks(blobfmt.encrypt_with(enc, counter))
+            vault.blobs.put(blob_id, stream)
             hashes = self._check_body(counter, expected_length, sha1, md5)
             entry, retired_any = self._commit_version(
                 parts,
@@ -170,6 +172,7 @@ class _WriteOps(_SessionCore):
                 counter.count,
                 hashes,
                 mtime,
+                digest=stream.digest(),
             )
         except BaseException:
             self._discard_blob(blob_id)
@@ -205,6 +208,7 @@ class _WriteOps(_SessionCore):
             hashes,
             mtime,
             inline=blob,
+            digest=hashlib.blake2b(blob, digest_size=DIGEST_LEN).digest(),
         )
         if retired_any:
             self.vault.collect_garbage(grace=0)
@@ -253,6 +257,7 @@ class _WriteOps(_SessionCore):
         hashes: dict[str, str],
         mtime: float | None,
         inline: bytes | None = None,
+        digest: bytes | None = None,
     ) -> tuple[Entry, bool]:
         now = time.time()
         with self._db(), self._txn():
@@ -302,6 +307,7 @@ class _WriteOps(_SessionCore):
                         json.dumps(hashes).encode(),
                     ),
                     now,
+                    digest,
                 ),
             )
             retired = version_no > 1 and self._retire_versions(node_id, keep=version_id)
@@ -319,7 +325,7 @@ class _WriteOps(_SessionCore):
             if inline is None:
                 fast.execute("gc_delete", (blob_id,))  # the upload's crash-cleanup row
             else:
-                fast.execute("inline_insert", (blob_id, inline))
+                fast.execute("inline_insert", (blob_id, inline, digest))
             return Entry(
                 id=node_id,
                 parent_id=parent.row.id,
