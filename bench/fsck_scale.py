@@ -127,8 +127,8 @@ class Builder:
                             "digest": None,
                         }
                     )
-                blobs = self.vault.blobs
-                list(pool.map(lambda v: blobs.put(v["blob_id"], [os.urandom(ct_len)]), versions))
+                ids = [v["blob_id"] for v in versions]
+                list(pool.map(self.vault.blobs.put, ids, ([os.urandom(ct_len)] for _ in ids)))
                 with self.vault.index.connection(), self.vault.index.atomic():
                     Node.insert_many(nodes).execute()
                     Version.insert_many(versions).execute()
