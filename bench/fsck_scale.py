@@ -10,8 +10,8 @@ batches, in one transaction each), and one tiny ciphertext object per version pu
 blob store API (``--threads`` at once), with exactly the length DESIGN §5 gives, so that the
 store is consistent and fsck must report nothing. After each step it runs ``davserver fsck
 --json`` (and ``davserver scrub --json`` with ``--scrub``) as a separate process and reports
-its wall time and peak RSS (``ru_maxrss`` of the child, from ``wait4``). A memory-bounded
-fsck shows about the same RSS at every step.
+its wall time and peak RSS (``VmHWM`` of the child, reported by itself as it exits). A
+memory-bounded fsck shows about the same RSS at every step.
 
 The rows are not real ciphertext (names, keys and metadata are random bytes): this measures
 the keyless walk only, which never decrypts.
@@ -39,19 +39,33 @@ FAST_ENV = {
 BATCH = 1000
 
 
+# The child reports its own peak RSS (VmHWM, reset by exec): wait4's ru_maxrss would include
+# the RSS of this process, which Linux carries over into a child across fork and exec.
+_CHILD = (
+    "import atexit, os, runpy, sys\n"
+    "def _hwm():\n"
+    "    for line in open('/proc/self/status'):\n"
+    "        if line.startswith('VmHWM:'):\n"
+    "            open(os.environ['FSCK_SCALE_HWM'], 'w').write(line.split()[1])\n"
+    "atexit.register(_hwm)\n"
+    "sys.argv[0] = 'davserver'\n"
+    "runpy.run_module('davserver.cli', run_name='__main__')\n"
+)
+
+
 def run_cli(data_dir: Path, *args: str) -> tuple[int, float, int, str]:
     """(exit code, seconds, peak RSS in KiB, stdout) of one ``davserver`` process."""
-    env = {**os.environ, **FAST_ENV, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "davserver.cli", *args, "--data-dir", str(data_dir)]
-    started = time.monotonic()
-    with tempfile.TemporaryFile() as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryDirectory() as tmp:
+        hwm = Path(tmp) / "hwm"
+        env = {**os.environ, **FAST_ENV, "PYTHONPATH": str(ROOT), "FSCK_SCALE_HWM": str(hwm)}
+        cmd = [sys.executable, "-c", _CHILD, *args, "--data-dir", str(data_dir)]
+        started = time.monotonic()
+        proc = subprocess.run(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False
+        )
         elapsed = time.monotonic() - started
-        out.seek(0)
-        text = out.read().decode()
-    return proc.returncode, elapsed, usage.ru_maxrss, text
+        rss = int(hwm.read_text()) if hwm.exists() else -1
+    return proc.returncode, elapsed, rss, proc.stdout.decode()
 
 
 class Builder:
