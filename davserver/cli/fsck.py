@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from davserver.admin import Ticker
+from davserver.admin import ProgressFactory, Ticker
 from davserver.admin.fsck import Fsck, Problem
 from davserver.cli import main
 from davserver.cli.common import (
@@ -28,7 +28,7 @@ from davserver.cli.common import (
 from davserver.errors import AuthError
 
 
-def _progress_factory(enabled: bool) -> object:
+def _progress_factory(enabled: bool) -> ProgressFactory:
     def factory(description: str, total: int | None) -> AbstractContextManager[Ticker]:
         return progress(description, total, enabled)
 
@@ -96,7 +96,7 @@ def fsck(
             password = click.prompt(f"Password of {user_name}", hide_input=True, err=True)
     vault = open_vault(load_config(data_dir))
     try:
-        checker = Fsck(vault, repair=repair, progress=_progress_factory(not as_json))  # type: ignore[arg-type]
+        checker = Fsck(vault, repair=repair, progress=_progress_factory(not as_json))
         report = checker.run()
         if deep and user_name and password is not None:
             try:
@@ -146,9 +146,7 @@ def scrub(limit: str | None, as_json: bool, data_dir: Path) -> None:
             fail(f"--limit: {exc}", EXIT_USAGE)
     vault = open_vault(load_config(data_dir))
     try:
-        report = Scrub(vault, progress=_progress_factory(not as_json)).run(  # type: ignore[arg-type]
-            limit_bytes, fraction
-        )
+        report = Scrub(vault, progress=_progress_factory(not as_json)).run(limit_bytes, fraction)
     finally:
         vault.close()
     if as_json:

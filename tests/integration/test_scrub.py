@@ -144,3 +144,26 @@ def test_limit_scrubs_a_rolling_subset_oldest_first(tmp_path: Path) -> None:
     assert 1 <= report["objects"] < n
     bad = s.cli("scrub", "--limit", "lots")
     assert bad.exit_code == 2 and "--limit" in bad.output
+
+
+def test_an_index_of_schema_4_is_migrated_and_scrub_fills_the_digests(tmp_path: Path) -> None:
+    s = build_store(tmp_path / "data", {})
+    with s.db() as db:  # back to schema 4: no digest columns
+        indexes = [r[1] for r in db.execute("PRAGMA index_list(version)")]
+        for name in indexes:
+            if "scrubbed_at" in name:
+                db.execute(f'DROP INDEX "{name}"')
+        db.execute("ALTER TABLE version DROP COLUMN digest")
+        db.execute("ALTER TABLE version DROP COLUMN scrubbed_at")
+        db.execute("ALTER TABLE inline_blob DROP COLUMN digest")
+        db.execute("UPDATE schema_info SET value = '4' WHERE key = 'schema_version'")
+    code, report = scrub(s)
+    assert code == 0, report
+    assert report["recorded"] == len(FILES)
+    with s.db() as db:
+        assert db.execute("SELECT value FROM schema_info").fetchone()[0] == "5"
+        assert db.execute("SELECT COUNT(*) FROM version WHERE digest IS NULL").fetchone()[0] == 0
+        assert (
+            db.execute("SELECT COUNT(*) FROM inline_blob WHERE digest IS NULL").fetchone()[0] == 0
+        )
+    assert s.cli("fsck").exit_code == 0
