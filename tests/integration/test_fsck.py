@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from davserver.blobs import BlobStore
 from davserver.cli import main
 from davserver.config import Config
+from davserver.index.models import Version
 from davserver.runtime import make_blob_store, open_vault
 from tests.harness.davserver import FAST_ENV, make_config, s3_env
 
@@ -87,18 +88,11 @@ def build_store(data_dir: Path, env: dict[str, str]) -> Store:
             s.write_file(path, [data], len(data))
         s.set_props("/g.bin", {"{urn:x}color": "blue"})
         nodes = {p: s.stat(p).id for p in [*FILES, "/d", "/d/sub"]}
+        with vault.index.connection():
+            blobs = {p: Version.get_by_id(s.stat(p).version_id).blob_id for p in FILES}
     finally:
         vault.close()
-    store = Store(data_dir, env, config, nodes, {}, user_id)
-    with store.db() as db:
-        for path in FILES:
-            (blob,) = db.execute(
-                "SELECT v.blob_id FROM version v JOIN node n ON n.current_version = v.id "
-                "WHERE n.id = ?",
-                (nodes[path],),
-            ).fetchone()
-            store.blobs[path] = blob
-    return store
+    return Store(data_dir, env, config, nodes, blobs, user_id)
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -325,3 +319,40 @@ def test_fsck_as_a_real_process(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["clean"] is True
+
+
+@pytest.mark.postgres
+def test_fsck_scrub_and_repair_on_postgresql(tmp_path: Path, postgres_db_url: str) -> None:
+    import psycopg2
+
+    store = build_store(tmp_path / "data", {"DAVSERVER_INDEX_URL": postgres_db_url})
+    code, report = run_json(store, "fsck")
+    assert code == 0, report
+    assert report["checked"]["versions"] == len(FILES)
+    bs = store.blob_store()
+    try:
+        orphan = os.urandom(16).hex()
+        bs.put(orphan, [os.urandom(64)])
+    finally:
+        bs.close()
+    conn = psycopg2.connect(postgres_db_url)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute('UPDATE "user" SET usage_bytes = usage_bytes - 1')
+            cur.execute(
+                "INSERT INTO blob_gc (blob_id, state, since) VALUES (%s, 'dead', 0)",
+                (store.blobs["/d/e.bin"],),
+            )
+    finally:
+        conn.close()
+    code, report = run_json(store, "fsck")
+    assert code == 1 and set(kinds(report)) == {"orphan", "refcount", "usage"}
+    code, report = run_json(store, "fsck", "--repair")
+    assert code == 0, report
+    code, report = run_json(
+        store, "fsck", "--deep", "--user", "alice", "--password-stdin", stdin=PASSWORD + "\n"
+    )
+    assert code == 0, report
+    code = store.cli("scrub").exit_code
+    assert code == 0
