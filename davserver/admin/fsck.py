@@ -285,7 +285,21 @@ class Fsck:
 
     def check_reachable(self) -> None:
         """Every node reachable from its owner's root; what is not lies in a cycle or below a
-        node whose parent is gone (reported already)."""
+        node whose parent is gone (reported already).
+
+        First a count: walking down from the roots with UNION ALL needs no set of visited
+        nodes (a cycle cannot be reached from a root, since every node has one parent), so
+        the database holds only the walk's frontier. Only when the count falls short are
+        the unreachable nodes looked up, with the set the lookup needs."""
+        reached, total = _q(
+            "WITH RECURSIVE reach(id) AS ("
+            'SELECT n.id FROM "node" AS n JOIN "user" AS u ON u.root_id = n.id '
+            "UNION ALL "
+            'SELECT c.id FROM "node" AS c JOIN reach AS r ON c.parent_id = r.id) '
+            'SELECT (SELECT COUNT(*) FROM reach), (SELECT COUNT(*) FROM "node")'
+        ).fetchone()
+        if int(reached) == int(total):
+            return
         cur = _q(
             "WITH RECURSIVE reach(id) AS ("
             'SELECT n.id FROM "node" AS n JOIN "user" AS u ON u.root_id = n.id '
