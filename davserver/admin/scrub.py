@@ -34,6 +34,9 @@ from davserver.errors import BlobNotFound, StorageError
 from davserver.vault import Vault
 
 READ_BLOCK = 1 << 20
+_COLUMNS = 'blob_id, plain_size, header24, digest, scrubbed_at FROM "version"'
+_NEVER_SCRUBBED = f"SELECT {_COLUMNS} WHERE scrubbed_at IS NULL LIMIT ?"
+_OLDEST_SCRUBBED = f"SELECT {_COLUMNS} WHERE scrubbed_at < ? ORDER BY scrubbed_at LIMIT ?"
 
 
 @dataclass
@@ -112,12 +115,12 @@ class Scrub:
         total = rep.total_objects if budget is None else None
         with self.progress("scrub", total) as bar:
             while budget is None or rep.bytes < budget:
-                rows = _q(
-                    "SELECT blob_id, plain_size, header24, digest, scrubbed_at "
-                    'FROM "version" WHERE scrubbed_at IS NULL OR scrubbed_at < ? '
-                    "ORDER BY COALESCE(scrubbed_at, 0), blob_id LIMIT ?",
-                    (start, BATCH),
-                ).fetchall()
+                # Never scrubbed first, then the least recently scrubbed; both read the
+                # index on scrubbed_at, so a batch costs the same at any store size.
+                rows = (
+                    _q(_NEVER_SCRUBBED, (BATCH,)).fetchall()
+                    or _q(_OLDEST_SCRUBBED, (start, BATCH)).fetchall()
+                )
                 if not rows:
                     break
                 seen: dict[str, tuple[int, bytes, bytes | None]] = {}
