@@ -171,6 +171,8 @@ def test_each_fault_is_found_named_and_the_derivable_ones_repaired(store: Store)
     assert found["blob_missing"][0]["blob"] == store.blobs["/big.bin"]
     assert found["blob_truncated"][0]["blob"] == truncated
     assert found["orphan"][0]["blob"] == orphan
+    (orphan_problem,) = [p for p in json.loads(result.stdout)["problems"] if p["kind"] == "orphan"]
+    assert "300 bytes" in orphan_problem["detail"] and " ago" in orphan_problem["detail"]
     assert found["refcount"][0]["blob"] == store.blobs["/g.bin"]
     assert found["usage"][0]["user"] == store.user_id
     assert found["parent_missing"][0] == {
