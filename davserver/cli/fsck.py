@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from davserver.admin import ProgressFactory, Ticker
+from davserver.admin.deep import DeepCheck
 from davserver.admin.fsck import Fsck, Problem
 from davserver.cli import main
 from davserver.cli.common import (
@@ -96,11 +97,11 @@ def fsck(
             password = click.prompt(f"Password of {user_name}", hide_input=True, err=True)
     vault = open_vault(load_config(data_dir))
     try:
-        checker = Fsck(vault, repair=repair, progress=_progress_factory(not as_json))
-        report = checker.run()
+        progress_factory = _progress_factory(not as_json)
+        report = Fsck(vault, repair=repair, progress=progress_factory).run()
         if deep and user_name and password is not None:
             try:
-                checker.deep_check(user_name, password)
+                DeepCheck(vault, report, progress_factory).run(user_name, password)
             except AuthError:
                 fail("wrong user name or password", EXIT_USAGE)
     finally:
