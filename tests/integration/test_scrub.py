@@ -14,7 +14,7 @@ from minio import Minio
 
 from tests.harness.davserver import s3_env
 from tests.harness.minio import make_minio_client
-from tests.integration.test_fsck import FILES, Store, build_store
+from tests.integration.test_fsck import FILES, PASSWORD, Store, build_store
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -166,4 +166,24 @@ def test_an_index_of_schema_4_is_migrated_and_scrub_fills_the_digests(tmp_path: 
         assert (
             db.execute("SELECT COUNT(*) FROM inline_blob WHERE digest IS NULL").fetchone()[0] == 0
         )
+    assert s.cli("fsck").exit_code == 0
+
+
+def test_a_copy_shares_the_object_and_its_digest(tmp_path: Path) -> None:
+    from davserver.runtime import open_vault
+
+    s = build_store(tmp_path / "data", {})
+    vault = open_vault(s.config)
+    try:
+        vault.login("alice", PASSWORD).copy("/big.bin", "/copy.bin")
+    finally:
+        vault.close()
+    with s.db() as db:
+        assert db.execute("SELECT COUNT(*) FROM version").fetchone()[0] == len(FILES) + 1
+        assert db.execute("SELECT COUNT(*) FROM version WHERE digest IS NULL").fetchone()[0] == 0
+    code, report = scrub(s)
+    assert code == 0, report
+    assert report["objects"] == len(FILES)  # the shared object is read once
+    assert report["recorded"] == 0
+    assert "Exit codes: 0" in s.cli("scrub", "--help").output
     assert s.cli("fsck").exit_code == 0
