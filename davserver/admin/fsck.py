@@ -47,6 +47,7 @@ import peewee as pw
 from davserver import crypto
 from davserver.admin import ProgressFactory, no_progress
 from davserver.blobs import BlobStat
+from davserver.blobs.local import LocalBlobStore
 from davserver.crypto import blobfmt
 from davserver.errors import BlobNotFound, StorageError
 from davserver.index.models import BlobGC, database_proxy
@@ -403,7 +404,7 @@ class Fsck:
                     return
                 last = rows[-1][0]
                 stored = [r[2] for r in rows if r[5] is None]
-                stats = dict(zip(stored, pool.map(self._stat, stored), strict=True))
+                stats = dict(zip(stored, self._map(pool, self._stat, stored), strict=True))
                 for rid, owner_id, blob_id, plain, header24, inline_id, inline_len in rows:
                     ids = {labels[0]: rid, labels[1]: owner_id, "blob": blob_id}
                     try:
@@ -428,6 +429,13 @@ class Fsck:
                         self._add(kind, ids, f"{got} bytes {where}, expected {expected}")
                 bar.advance(len(rows))
                 self.report.count(what, len(rows))
+
+    def _map(self, pool: ThreadPoolExecutor, fn: Any, items: list[str]) -> Iterable[Any]:
+        """``fn`` over ``items``: in the pool for a remote store (requests overlap), in this
+        thread for a local one (a ``stat`` is cheaper than handing it to a thread)."""
+        if isinstance(self.vault.blobs, LocalBlobStore):
+            return map(fn, items)
+        return pool.map(fn, items)
 
     @staticmethod
     def _still_there(label: str, row_id: str) -> bool:
