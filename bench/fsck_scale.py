@@ -2,7 +2,7 @@
 """Keyless ``davserver fsck`` and ``davserver scrub`` on a large store: time and peak RSS.
 
 Usage: python bench/fsck_scale.py [--steps 10000,100000] [--dirs 100] [--size 100]
-                                  [--threads 8] [--scrub] [--json PATH] [--keep DIR]
+                                  [--threads 8] [--scrub] [--minio] [--json PATH] [--keep DIR]
 
 It creates a data directory (``davserver init``) with one user, then grows the store to each
 step's number of files: node and version rows inserted directly through the index models (in
@@ -12,6 +12,9 @@ store is consistent and fsck must report nothing. After each step it runs ``davs
 --json`` (and ``davserver scrub --json`` with ``--scrub``) as a separate process and reports
 its wall time and peak RSS (``VmHWM`` of the child, reported by itself as it exits). A
 memory-bounded fsck shows about the same RSS at every step.
+
+With ``--minio`` the objects go to a private MinIO (tests/harness/minio.py, on a free
+loopback port, stopped at the end) instead of the local blob directory.
 
 The rows are not real ciphertext (names, keys and metadata are random bytes): this measures
 the keyless walk only, which never decrypts.
@@ -57,7 +60,12 @@ def run_cli(data_dir: Path, *args: str) -> tuple[int, float, int, str]:
     """(exit code, seconds, peak RSS in KiB, stdout) of one ``davserver`` process."""
     with tempfile.TemporaryDirectory() as tmp:
         hwm = Path(tmp) / "hwm"
-        env = {**os.environ, **FAST_ENV, "PYTHONPATH": str(ROOT), "FSCK_SCALE_HWM": str(hwm)}
+        env = {
+            **os.environ,
+            **FAST_ENV,
+            "PYTHONPATH": str(ROOT),
+            "FSCK_SCALE_HWM": str(hwm),
+        }
         cmd = [sys.executable, "-c", _CHILD, *args, "--data-dir", str(data_dir)]
         started = time.monotonic()
         proc = subprocess.run(
@@ -163,6 +171,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=100, help="plaintext bytes per file")
     ap.add_argument("--threads", type=int, default=8, help="parallel blob puts while building")
     ap.add_argument("--scrub", action="store_true", help="also time a full scrub")
+    ap.add_argument("--minio", action="store_true", help="objects in a private MinIO")
     ap.add_argument("--json", metavar="PATH", help="write the results as JSON")
     ap.add_argument("--keep", metavar="DIR", help="build in DIR and keep it")
     args = ap.parse_args()
@@ -170,6 +179,15 @@ def main() -> int:
 
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="fsck-scale-"))
     data_dir = base / "data"
+    minio = None
+    if args.minio:
+        from tests.harness.davserver import s3_env
+        from tests.harness.minio import ensure_minio_binary, make_minio_client, start_minio
+
+        (base / "minio").mkdir(parents=True)
+        minio = start_minio(ensure_minio_binary(), base / "minio")
+        make_minio_client(minio).make_bucket("fsck-scale")
+        FAST_ENV.update(s3_env(minio, "fsck-scale"))
     code, _, _, _ = run_cli(data_dir, "init")
     if code != 0:
         print(f"davserver init failed (exit {code})", file=sys.stderr)
@@ -201,6 +219,8 @@ def main() -> int:
             print(json.dumps(row), flush=True)
     finally:
         builder.close()
+        if minio is not None:
+            minio.stop()
     cols = list(results[0])
     print()
     print("| " + " | ".join(cols) + " |")

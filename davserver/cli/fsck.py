@@ -83,6 +83,10 @@ def fsck(
     usage totals match the rows, every user has a password envelope, and orphans (objects
     referenced by nothing) are listed with their age. Problems are reported by ids only.
 
+    With --deep --user NAME it also logs in as NAME (password from a prompt or, with
+    --password-stdin, one line of stdin) and authenticates every key, name, property and
+    segment of NAME's files; a wrong password is exit code 2.
+
     With --repair, exit code 1 means problems remain that it could not repair.
     """
     from davserver.runtime import open_vault
