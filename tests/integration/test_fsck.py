@@ -228,18 +228,29 @@ def test_repair_then_a_second_run_exits_0(store: Store) -> None:
     assert usage == sum(len(d) for d in FILES.values())
 
 
-def test_cycle_and_foreign_parent(tmp_path: Path) -> None:
+def test_cycle_foreign_parent_and_missing_envelope(tmp_path: Path) -> None:
     store = build_store(tmp_path / "data", {})
+    assert store.cli("user", "add", "bob", "--password-stdin", stdin="pw\n").exit_code == 0
     with store.db() as db:
+        (bob,) = db.execute("SELECT id FROM user WHERE name = 'bob'").fetchone()
         db.execute("PRAGMA foreign_keys = OFF")
         # /d/sub becomes the parent of /d: a cycle cut off from the root.
         db.execute(
             "UPDATE node SET parent_id = ? WHERE id = ?", (store.nodes["/d/sub"], store.nodes["/d"])
         )
+        # /g.bin handed to bob while it stays in alice's root.
+        db.execute("UPDATE node SET owner_id = ? WHERE id = ?", (bob, store.nodes["/g.bin"]))
+        db.execute("DELETE FROM envelope WHERE user_id = ?", (bob,))
     code, report = run_json(store, "fsck")
     assert code == 1
-    cycles = {ids["node"] for ids in kinds(report).get("cycle", [])}
+    found = kinds(report)
+    cycles = {ids["node"] for ids in found["cycle"]}
     assert {store.nodes["/d"], store.nodes["/d/sub"]} <= cycles
+    assert found["parent_owner"] == [
+        {"node": store.nodes["/g.bin"], "parent": found["parent_owner"][0]["parent"]}
+    ]
+    assert found["no_password_envelope"] == [{"user": bob}]
+    assert found["usage"]  # alice's total still counts /g.bin, bob's does not
 
 
 def test_deep_finds_a_flipped_segment_byte_and_a_damaged_name(store: Store) -> None:
