@@ -20,12 +20,17 @@ time since each last grew, so the maintenance loop can remove those idle for lon
 from __future__ import annotations
 
 import abc
+import hashlib
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from davserver.errors import BlobNotFound
+
+#: Bytes of an object digest: BLAKE2b-256 of the whole ciphertext object, keyless, so that
+#: ``davserver scrub`` can find bit rot without any user's key.
+DIGEST_LEN = 32
 
 _BLOB_ID = re.compile(r"^[0-9a-f]{32}$")
 #: A well-formed blob id that is never stored (ids are random): what ``probe`` asks for.
@@ -164,3 +169,26 @@ def read_all(reader: BinaryIO | BlobReader, block: int = 1 << 20) -> bytes:
         if not b:
             return b"".join(parts)
         parts.append(b)
+
+
+def object_digest() -> hashlib.blake2b:
+    """A fresh hash for an object digest (see ``DIGEST_LEN``)."""
+    return hashlib.blake2b(digest_size=DIGEST_LEN)
+
+
+class DigestingChunks:
+    """Passes ciphertext chunks through to a store's ``put`` while hashing them: the object
+    digest of an upload, computed as it streams, one chunk in memory at a time. ``digest``
+    is valid once the iteration has ended."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = chunks
+        self._hash = object_digest()
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            self._hash.update(chunk)  # hashlib releases the GIL on large buffers
+            yield chunk
+
+    def digest(self) -> bytes:
+        return self._hash.digest()

@@ -22,6 +22,7 @@ from davserver.cli.common import EXIT_CODES_HELP
 COMMAND_MODULES = (
     "davserver.cli.basic",  # init, user add|passwd|list|del, serve
     "davserver.cli.backup",  # gc, backup, restore, index migrate
+    "davserver.cli.fsck",  # fsck, scrub
 )
 
 

@@ -30,7 +30,7 @@ from davserver.index.models import SchemaInfo, database_proxy
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _migrate_v1(db: pw.Database) -> None:
@@ -53,6 +53,27 @@ def _migrate_v4(db: pw.Database) -> None:
     db.create_tables(models.V4_MODELS, safe=True)
 
 
+def _migrate_v5(db: pw.Database) -> None:
+    """Keyless digests of stored objects and when scrub last re-read them (``davserver
+    scrub``): ``version.digest``, ``version.scrubbed_at`` (indexed), ``inline_blob.digest``.
+    A fresh index already has them (its tables are created from the current models)."""
+    from playhouse.migrate import PostgresqlMigrator, SchemaMigrator, SqliteMigrator, migrate
+
+    migrator: SchemaMigrator = (
+        SqliteMigrator(db) if isinstance(db, pw.SqliteDatabase) else PostgresqlMigrator(db)
+    )
+    ops = []
+    have = {c.name for c in db.get_columns("version")}
+    if "digest" not in have:
+        ops.append(migrator.add_column("version", "digest", pw.BlobField(null=True)))
+    if "scrubbed_at" not in have:
+        ops.append(migrator.add_column("version", "scrubbed_at", pw.DoubleField(null=True)))
+        ops.append(migrator.add_index("version", ("scrubbed_at",), False))
+    if "digest" not in {c.name for c in db.get_columns("inline_blob")}:
+        ops.append(migrator.add_column("inline_blob", "digest", pw.BlobField(null=True)))
+    migrate(*ops)
+
+
 # MIGRATIONS[n] brings a schema at version n to version n + 1. Never edit a released one:
 # add the next.
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
@@ -60,6 +81,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _migrate_v2,
     2: _migrate_v3,
     3: _migrate_v4,
+    4: _migrate_v5,
 }
 
 

@@ -70,7 +70,7 @@ _TEMPLATES = {
         'FROM "version" AS v LEFT JOIN "inline_blob" AS i ON i.blob_id = v.blob_id '
         "WHERE v.id = ? AND v.node_id = ?"
     ),
-    "inline_insert": 'INSERT INTO "inline_blob" (blob_id, data) VALUES (?, ?)',
+    "inline_insert": 'INSERT INTO "inline_blob" (blob_id, data, digest) VALUES (?, ?, ?)',
     "user_quota": 'SELECT usage_bytes, quota_bytes FROM "user" WHERE id = ?',
     # PostgreSQL only: the first statement of every write transaction (Index.write).
     "lock_user": 'SELECT usage_bytes, quota_bytes FROM "user" WHERE id = ? FOR NO KEY UPDATE',
@@ -97,7 +97,7 @@ _TEMPLATES = {
     ),
     "version_insert": (
         'INSERT INTO "version" (id, node_id, version_no, blob_id, plain_size, header24, '
-        "ck_env, meta_ct, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "ck_env, meta_ct, created, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ),
     "node_set_version": 'UPDATE "node" SET current_version = ?, size = ? WHERE id = ?',
     "node_set_version_meta": (

@@ -94,6 +94,11 @@ class Version(BaseModel):
     # SHA-1 and MD5 of the plaintext, sealed under the file key and bound to this version.
     meta_ct = pw.BlobField(null=True)
     created = pw.DoubleField()
+    # BLAKE2b-256 of the whole ciphertext object, computed as it was uploaded (keyless: lets
+    # ``davserver scrub`` find bit rot without any user's key); None for versions stored
+    # before schema 5, until scrub records it. ``scrubbed_at``: when scrub last re-read it.
+    digest = pw.BlobField(null=True)
+    scrubbed_at = pw.DoubleField(null=True, index=True)
 
     class Meta:
         indexes = ((("node", "version_no"), True),)
@@ -191,6 +196,7 @@ class InlineBlob(BaseModel):
 
     blob_id = IdField(primary_key=True)
     data = pw.BlobField()
+    digest = pw.BlobField(null=True)  # BLAKE2b-256 of ``data`` (as ``Version.digest``)
 
 
 class LoginFailure(BaseModel):

@@ -214,6 +214,7 @@ class _SubtreeOps(_PropOps):
                     new_key, _VMETA_PURPOSE, _VMETA_LABEL, (_b(row.id), 1, _b(v.blob_id)), hashes
                 ),
                 created=now,
+                digest=v.digest,  # the same object: its keyless digest carries over
             )
             Node.update(current_version=vid, size=v.plain_size).where(Node.id == row.id).execute()
             added += v.plain_size

@@ -23,6 +23,7 @@ from typing import Any
 import peewee as pw
 
 from davserver import crypto
+from davserver.blobs import DIGEST_LEN, DigestingChunks
 from davserver.crypto import blobfmt, envelopes
 from davserver.errors import (
     ChecksumMismatch,
@@ -158,7 +159,8 @@ class _WriteOps(_SessionCore):
         counter = _Counter(chunks, ceiling, self._algorithms(sha1, md5))
         enc = blobfmt.SegmentEncryptor(ck, vault.settings.seg_log2)
         try:
-            vault.blobs.put(blob_id, blobfmt.encrypt_with(enc, counter))
+            stream = DigestingChunks(blobfmt.encrypt_with(enc, counter))
+            vault.blobs.put(blob_id, stream)
             hashes = self._check_body(counter, expected_length, sha1, md5)
             entry, retired_any = self._commit_version(
                 parts,
@@ -168,6 +170,7 @@ class _WriteOps(_SessionCore):
                 counter.count,
                 hashes,
                 mtime,
+                digest=stream.digest(),
             )
         except BaseException:
             self._discard_blob(blob_id)
@@ -203,6 +206,7 @@ class _WriteOps(_SessionCore):
             hashes,
             mtime,
             inline=blob,
+            digest=hashlib.blake2b(blob, digest_size=DIGEST_LEN).digest(),
         )
         if retired_any:
             self._collect()
@@ -251,6 +255,7 @@ class _WriteOps(_SessionCore):
         hashes: dict[str, str],
         mtime: float | None,
         inline: bytes | None = None,
+        digest: bytes | None = None,
     ) -> tuple[Entry, bool]:
         """One transaction: insert the version and make it current (creating the node if
         the name is new). Two PUTs of one name both succeed, in commit order: they queue on
@@ -258,7 +263,7 @@ class _WriteOps(_SessionCore):
         node and version number (the last commit wins)."""
         return self._retried(
             lambda: self._commit_version_once(
-                parts, blob_id, ck, header24, size, hashes, mtime, inline
+                parts, blob_id, ck, header24, size, hashes, mtime, inline, digest
             )
         )
 
@@ -272,6 +277,7 @@ class _WriteOps(_SessionCore):
         hashes: dict[str, str],
         mtime: float | None,
         inline: bytes | None,
+        digest: bytes | None,
     ) -> tuple[Entry, bool]:
         now = time.time()
         with self._db(), self._txn() as locked:
@@ -323,6 +329,7 @@ class _WriteOps(_SessionCore):
                             json.dumps(hashes).encode(),
                         ),
                         now,
+                        digest,
                     ),
                 )
             )
@@ -340,7 +347,7 @@ class _WriteOps(_SessionCore):
             if inline is None:
                 batch.append(("gc_delete", (blob_id,)))  # the upload's crash-cleanup row
             else:
-                batch.append(("inline_insert", (blob_id, inline)))
+                batch.append(("inline_insert", (blob_id, inline, digest)))
             fast.batch(batch)
             return Entry(
                 id=node_id,
