@@ -21,6 +21,8 @@ from davserver.cli.common import EXIT_CODES_HELP
 # The modules whose commands ``davserver`` has, in the order ``--help`` should read.
 COMMAND_MODULES = (
     "davserver.cli.basic",  # init, user add|passwd|list|del, serve
+    "davserver.cli.quota",  # user quota
+    "davserver.cli.locks",  # locks list|break
 )
 
 

@@ -26,7 +26,7 @@ from davserver.index.models import SchemaInfo, database_proxy
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _SQLITE_FULL = 13  # "database or disk is full" (primary result code)
 # The -shm file could not grow: SQLite creates it (32 KiB) with the first connection after
 # the last one closed, so a server started on a full disk meets this on its first read.
@@ -80,6 +80,18 @@ def _migrate_v4(db: pw.Database) -> None:
     db.create_tables(models.V4_MODELS, safe=True)
 
 
+def _migrate_v5(db: pw.Database) -> None:
+    """``user.last_login`` (``davserver user list``). An index created at this version got
+    the column from the model in ``_migrate_v1`` already."""
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    table = models.User._meta.table_name  # type: ignore[attr-defined]
+    if "last_login" in {c.name for c in db.get_columns(table)}:
+        return
+    migrator = SchemaMigrator.from_database(db)
+    migrate(migrator.add_column(table, "last_login", pw.DoubleField(null=True)))
+
+
 # MIGRATIONS[n] brings a schema at version n to version n + 1. Never edit a released one:
 # add the next.
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
@@ -87,6 +99,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     1: _migrate_v2,
     2: _migrate_v3,
     3: _migrate_v4,
+    4: _migrate_v5,
 }
 
 
