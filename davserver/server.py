@@ -317,7 +317,12 @@ def _serve_one(
     limit_malloc_arenas()
     server, url = make_server(config, host=host, port=port, reuse_port=reuse_port)
     vault: Vault = server.vault
-    listener = start_metrics(config, vault) if maintenance else None
+    try:
+        listener = start_metrics(config, vault) if maintenance else None
+    except ConfigError:
+        server.stop()
+        vault.close()
+        raise
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

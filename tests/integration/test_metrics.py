@@ -250,3 +250,31 @@ def test_integrity_failure_is_counted_by_kind(tmp_path: Path) -> None:
         assert total(got, "davserver_integrity_failures_total") == 1
     finally:
         served.stop()
+
+
+def _yaml_block(text: str, first_line: str) -> str:
+    """The fenced yaml block of docs/operations.md that starts with ``first_line``."""
+    for block in text.split("```yaml\n")[1:]:
+        body = block.split("```", 1)[0]
+        if body.startswith(first_line):
+            return body
+    raise AssertionError(f"no yaml block starting with {first_line!r}")
+
+
+def test_documented_scrape_config_and_alert_rules_pass_promtool(tmp_path: Path) -> None:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: scripts/setup installs the Debian package prometheus"
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    rules = tmp_path / "davserver.yml"
+    rules.write_text(_yaml_block(docs, "# rules/davserver.yml"))
+    config = tmp_path / "prometheus.yml"
+    config.write_text(_yaml_block(docs, "# prometheus.yml\nscrape_configs:"))
+    outputs = []
+    for args in (["check", "rules", str(rules)], ["check", "config", str(config)]):
+        done = subprocess.run(
+            [promtool, *args], text=True, capture_output=True, timeout=60, cwd=tmp_path
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        outputs.append(done.stdout)
+    alerts = rules.read_text().count("- alert: ")
+    assert alerts >= 5 and f"SUCCESS: {alerts} rules found" in outputs[0]
