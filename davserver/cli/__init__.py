@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "davserver.cli.basic",  # init, user add|passwd|list|del, serve
     "davserver.cli.quota",  # user quota
     "davserver.cli.locks",  # locks list|break
+    "davserver.cli.audit",  # audit tag
 )
 
 

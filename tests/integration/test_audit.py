@@ -117,7 +117,13 @@ def test_security_events_are_json_lines_with_ids_and_no_names(tmp_path: Path) ->
     failed = by_kind["login_failed"]
     assert [e["user_id"] for e in failed] == [ids[USER], ids[USER], None]
     addr_tags = {e["addr_mac"] for e in failed + by_kind["login_throttled"]}
-    assert len(addr_tags) == 1 and TAG.match(addr_tags.pop() or "")  # one client address
+    assert len(addr_tags) == 1 and TAG.match(next(iter(addr_tags)))  # one client address
+    # The operator finds an address's or a tried name's lines by computing their tags.
+    tags = json.loads(
+        ok(cli(data, env, "audit", "tag", "--addr", "127.0.0.1", "--user", UNKNOWN, "--json"))
+    )
+    assert {tags["addr_mac"]["127.0.0.1"]} == addr_tags
+    assert tags["user_tag"][UNKNOWN] == failed[2]["user_tag"]
     assert failed[0]["user_tag"] == failed[1]["user_tag"] != failed[2]["user_tag"]
     (throttle,) = by_kind["login_throttled"]
     assert throttle["limit"] == "pair" and throttle["retry_after"] >= 1
