@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import peewee as pw
 import pytest
 from click.testing import CliRunner
 from playhouse.migrate import SchemaMigrator, migrate
@@ -223,19 +222,32 @@ def test_locks_list_filter_and_break(served: DavServer, runner: CliRunner) -> No
     assert [lk["token"] for lk in json.loads(out)] == [tokens["bob"]]
 
 
-def test_migration_adds_last_login_to_an_older_index(tmp_path: Path) -> None:
-    config = make_config(tmp_path / "data")
-    index = open_index(config.index.url, config.data_dir)
+def _downgrade_and_migrate(url: str, base: Path) -> None:
+    """Drop ``user.last_login`` and mark the index schema 4, then open it again: migration 5
+    must bring the column back, with the rows intact."""
+    index = open_index(url, base)
     with index.db.connection_context():
+        User.create(id="ab" * 16, name="old", created=1.0)
         migrate(SchemaMigrator.from_database(index.db).drop_column("user", "last_login"))
         SchemaInfo.update(value="4").where(SchemaInfo.key == "schema_version").execute()
         assert "last_login" not in {c.name for c in index.db.get_columns("user")}
     index.close()
-    index = open_index(config.index.url, config.data_dir)  # migrates
+    index = open_index(url, base)  # migrates
     try:
         with index.db.connection_context():
             assert index.schema_version() == SCHEMA_VERSION
             assert "last_login" in {c.name for c in index.db.get_columns("user")}
-            assert isinstance(index.db, pw.SqliteDatabase)
+            assert User.get(User.name == "old").last_login is None
     finally:
         index.close()
+
+
+def test_migration_adds_last_login_to_an_older_sqlite_index(tmp_path: Path) -> None:
+    _downgrade_and_migrate("sqlite:///index.db", tmp_path)
+
+
+@pytest.mark.postgres
+def test_migration_adds_last_login_to_an_older_postgres_index(
+    tmp_path: Path, postgres_db_url: str
+) -> None:
+    _downgrade_and_migrate(postgres_db_url, tmp_path)
