@@ -11,6 +11,7 @@ import click
 from davserver.cli import main
 from davserver.cli.common import (
     CONFIG_NAME,
+    EXIT_CODES_HELP,
     ask_new_password,
     data_dir_option,
     emit_json,
@@ -127,7 +128,7 @@ def user_passwd(name: str, password_stdin: bool, data_dir: Path) -> None:
     click.echo(f"Password of '{name}' changed.")
 
 
-@user.command("list")
+@user.command("list", epilog=EXIT_CODES_HELP)
 @json_option
 @data_dir_option
 @handle_errors
