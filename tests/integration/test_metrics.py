@@ -23,7 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness.davserver import DavClient, s3_env
-from tests.harness.minio import free_port
+from tests.harness.minio import ensure_minio_binary, free_port, start_minio
 from tests.harness.serve import ServeProcess, process_env
 
 USER = "qzmetricsuser7x"
@@ -279,3 +279,47 @@ def test_documented_scrape_config_and_alert_rules_pass_promtool(tmp_path: Path) 
         outputs.append(done.stdout)
     alerts = rules.read_text().count("- alert: ")
     assert alerts >= 5 and f"SUCCESS: {alerts} rules found" in outputs[0]
+
+
+@pytest.mark.s3
+def test_a_stopped_blob_store_shows_as_down_and_failed_calls(tmp_path: Path) -> None:
+    """A private MinIO, stopped under a running server: davserver_blobstore_up turns 0 and
+    the failed upload is counted as an unavailable put; the index stays up."""
+    minio = start_minio(ensure_minio_binary(), tmp_path / "minio")
+    port = free_port()
+    env = {
+        **s3_env(minio, "metrics-down"),
+        "DAVSERVER_STORAGE_S3_CREATE_BUCKET": "true",
+        "DAVSERVER_METRICS_PORT": str(port),
+    }
+    data = tmp_path / "data"
+    served = None
+    try:
+        _init(data, env)
+        served = ServeProcess(data, env)
+        client = DavClient(served.url, USER, PASSWORD)
+        assert client.put("/before.bin", BODY).status == 201
+        assert value(samples(scrape(port)), "davserver_blobstore_up") == 1
+        minio.stop()
+        assert client.put("/after.bin", BODY).status == 503
+
+        def down() -> dict[Any, float] | None:
+            got = samples(scrape(port))
+            return got if value(got, "davserver_blobstore_up") == 0 else None
+
+        got = wait_for(down, timeout=60)  # the probe result is reused for 5 s
+        assert got, "davserver_blobstore_up stayed 1 with the store stopped"
+        assert value(got, "davserver_index_up") == 1
+        failed = sum(
+            v
+            for (name, labels), v in got.items()
+            if name == "davserver_blobstore_requests_total"
+            and dict(labels)["operation"] == "put"
+            and dict(labels)["result"] == "unavailable"
+        )
+        assert failed >= 1
+        assert value(got, "davserver_uploads_total", result="ok") == 1
+    finally:
+        if served is not None:
+            served.stop()
+        minio.stop()
