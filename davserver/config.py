@@ -559,6 +559,42 @@ class HealthConfig:
     )
 
 
+@dataclass(frozen=True)
+class MetricsConfig:
+    """Prometheus metrics on a listener of their own (off unless a port is set)."""
+
+    host: str = _opt(
+        "127.0.0.1",
+        _SOME_STR,
+        "Address of the metrics listener; keep it on loopback or a private network (the "
+        "metrics need no login).",
+    )
+    port: int = _opt(
+        0,
+        _integer(0, 65535),
+        "TCP port of the metrics listener (GET /metrics, Prometheus text format); 0 = no "
+        "metrics listener.",
+    )
+
+
+def _resolve_audit(value: str, data_dir: Path) -> str:
+    return value if value in ("", "-") else _resolve_path(value, data_dir)
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The audit log of security events (JSON lines)."""
+
+    file: str = _opt(
+        "",
+        _string(),
+        "File the audit log is appended to (relative to data_dir), - for stderr, empty for "
+        "none: failed and throttled logins, users created or deleted, passwords and quotas "
+        "changed, locks broken; with user ids and keyed address tags, never names.",
+        resolve=_resolve_audit,
+    )
+
+
 _DATA_DIR = Option(
     "Directory that relative paths below resolve against; itself relative to the "
     "directory holding this file.",
@@ -578,6 +614,8 @@ class Config:
     quota: QuotaConfig = field(default_factory=QuotaConfig)
     gc: GcConfig = field(default_factory=GcConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     def resolve_path(self, p: str | os.PathLike[str]) -> Path:
         """``p`` relative to data_dir (absolute paths are returned unchanged)."""

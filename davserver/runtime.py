@@ -10,7 +10,9 @@ import os
 import stat
 from pathlib import Path
 
+from davserver import audit
 from davserver.blobs import BlobStore
+from davserver.blobs.metered import MeteredBlobStore
 from davserver.config import Config
 from davserver.errors import ConfigError, DiskFull, StorageError
 from davserver.index import IndexSettings, is_disk_full, open_index
@@ -129,8 +131,14 @@ def open_vault(config: Config) -> Vault:
         if reserve is None or not full or not reserve.release():
             raise
         index = open_index(config.index.url, config.data_dir, settings=settings)
-    blobs = make_blob_store(config)
-    return Vault(index, blobs, pepper, vault_settings(config), reserve)
+    blobs = MeteredBlobStore(make_blob_store(config))  # davserver_blobstore_* metrics
+    vault = Vault(index, blobs, pepper, vault_settings(config), reserve)
+    try:
+        audit.configure(config.audit.file, vault.server_key(audit.KEY_PURPOSE))
+    except OSError as exc:
+        vault.close()
+        raise ConfigError(f"audit.file: cannot open it: {exc.strerror or exc}") from exc
+    return vault
 
 
 def space_reserve(config: Config) -> SpaceReserve | None:

@@ -21,18 +21,21 @@ import ctypes.util
 import logging
 import os
 import select
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wsgidav import util as wsgidav_util
 from wsgidav.request_resolver import RequestResolver
 from wsgidav.wsgidav_app import WsgiDAVApp
 
+from davserver import metrics
 from davserver.config import Config
 from davserver.dav import handlers
 from davserver.dav.auth import DavAuthenticator, VaultDomainController
@@ -44,12 +47,16 @@ from davserver.dav.pages import DirBrowser, ErrorPages
 from davserver.dav.provider import VaultProvider
 from davserver.errors import ConfigError
 from davserver.http.connections import Deadlines, SelectingServer, raise_open_file_limit
+from davserver.http.instrument import RequestMetrics
 from davserver.http.request import GuardedGateway
 from davserver.httpio import DavConnection
 from davserver.vault import Vault
 from davserver.vault.locks import LockStore
 from davserver.vault.throttle import LoginThrottle
 from davserver.web import routes
+
+if TYPE_CHECKING:
+    from davserver.monitoring import MetricsListener
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +100,10 @@ class DavHTTPServer(SelectingServer):  # type: ignore[misc]
 
 
 def build_app(config: Config, vault: Vault) -> Callable[..., Any]:
-    """The complete WSGI application: guard → router (``davserver.web.routes``) → health
-    probes, or WsgiDAV for everything else."""
-    return RequestGuard(
-        RequestScoped(routes.router(config, vault, dav=build_dav_app(config, vault)), vault)
-    )
+    """The complete WSGI application: metrics → guard → one index connection per request →
+    router (``davserver.web.routes``) → health probes, or WsgiDAV for everything else."""
+    router = routes.router(config, vault, dav=build_dav_app(config, vault))
+    return RequestMetrics(RequestGuard(RequestScoped(router, vault)))
 
 
 def build_dav_app(config: Config, vault: Vault) -> Callable[..., Any]:
@@ -353,6 +359,12 @@ def _serve_one(
     limit_malloc_arenas()
     server, url = make_server(config, host=host, port=port, reuse_port=reuse_port)
     vault: Vault = server.vault
+    try:
+        listener = start_metrics(config, vault) if maintenance else None
+    except ConfigError:
+        server.stop()
+        vault.close()
+        raise
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -379,6 +391,8 @@ def _serve_one(
         stop.set()
         server.stop()
         worker.join(10)
+        if listener is not None:
+            listener.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
         vault.close()
@@ -407,6 +421,7 @@ def _serve_forked(
         holder.close()
         raise ConfigError(f"cannot listen on {bind_host}: {exc.strerror or exc}") from exc
     actual_port = int(holder.getsockname()[1])
+    metrics_dir = _merged_metrics(config)
     stop = threading.Event()
     ready_r, ready_w = os.pipe()  # each worker writes one byte once it listens
 
@@ -430,6 +445,8 @@ def _serve_forked(
                 log.exception("server worker %d failed", index)
                 code = 1
             finally:
+                with contextlib.suppress(Exception):
+                    metrics.mark_process_dead(os.getpid())
                 os._exit(code)
         return pid
 
@@ -448,6 +465,7 @@ def _serve_forked(
                 done, status = os.waitpid(pid, os.WNOHANG)
                 if done:
                     del children[pid]
+                    metrics.mark_process_dead(pid)
                     log.error("server worker %d exited (status %d); restarting it", index, status)
                     time.sleep(1)  # a worker failing at start must not spin
                     children[spawn(index)] = index
@@ -469,8 +487,45 @@ def _serve_forked(
         holder.close()
         os.close(ready_r)
         os.close(ready_w)
+        if metrics_dir is not None:
+            os.environ.pop(metrics.MULTIPROC_ENV, None)
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def start_metrics(config: Config, vault: Vault) -> MetricsListener | None:
+    """The Prometheus listener (``metrics.host``/``metrics.port``), or None when
+    ``metrics.port`` is 0. In ``server.workers`` mode the worker that runs the maintenance
+    loop serves it, with every worker's values merged (``_merged_metrics``)."""
+    opts = config.metrics
+    if not opts.port:
+        return None
+    from davserver.monitoring import start_metrics_listener
+
+    try:
+        listener = start_metrics_listener(opts.host, opts.port, vault)
+    except OSError as exc:
+        raise ConfigError(
+            f"metrics: cannot listen on {opts.host}:{opts.port}: {exc.strerror or exc}"
+        ) from exc
+    log.info("metrics at %s", listener.url)
+    return listener
+
+
+def _merged_metrics(config: Config) -> str | None:
+    """Before forking workers: prometheus_client's multiprocess mode, its files in a private
+    temporary directory (removed at the end; a worker's live gauges go when it exits)."""
+    if not config.metrics.port:
+        return None
+    directory = tempfile.mkdtemp(prefix="davserver-metrics-")
+    try:
+        metrics.enable_multiprocess(directory)
+    except RuntimeError as exc:
+        log.warning("metrics of the workers cannot be merged: %s", exc)
+        shutil.rmtree(directory, ignore_errors=True)
+        return None
+    return directory
 
 
 def _say_ready(fd: int) -> None:

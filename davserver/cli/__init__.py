@@ -23,6 +23,9 @@ COMMAND_MODULES = (
     "davserver.cli.basic",  # init, user add|passwd|list|del, serve
     "davserver.cli.backup",  # gc, backup, restore, index migrate
     "davserver.cli.fsck",  # fsck, scrub
+    "davserver.cli.quota",  # user quota
+    "davserver.cli.locks",  # locks list|break
+    "davserver.cli.audit",  # audit tag
 )
 
 

@@ -11,11 +11,15 @@ import click
 from davserver.cli import main
 from davserver.cli.common import (
     CONFIG_NAME,
+    EXIT_CODES_HELP,
     ask_new_password,
     data_dir_option,
+    emit_json,
     fail,
     handle_errors,
+    json_option,
     load_config,
+    print_table,
     read_stdin_password,
 )
 from davserver.config import load, render_for_init
@@ -124,25 +128,59 @@ def user_passwd(name: str, password_stdin: bool, data_dir: Path) -> None:
     click.echo(f"Password of '{name}' changed.")
 
 
-@user.command("list")
+@user.command("list", epilog=EXIT_CODES_HELP)
+@json_option
 @data_dir_option
 @handle_errors
-def user_list(data_dir: Path) -> None:
-    """List users with their usage."""
+def user_list(as_json: bool, data_dir: Path) -> None:
+    """List users with their usage, quota and last login.
+
+    QUOTA is the user's own quota, or the server default (quota.default_bytes) marked
+    "default"; LAST LOGIN is the last login that checked the password (to the minute;
+    requests served from the login cache are not counted), in UTC.
+    """
+    from davserver.cli.sizes import describe_quota, format_size, format_time
     from davserver.runtime import open_vault
 
-    vault = open_vault(load_config(data_dir))
+    config = load_config(data_dir)
+    vault = open_vault(config)
     try:
         users = vault.list_users()
     finally:
         vault.close()
+    default = config.quota.default_bytes
+    if as_json:
+        emit_json(
+            [
+                {
+                    "name": u.name,
+                    "id": u.id,
+                    "usage_bytes": u.usage_bytes,
+                    "quota_bytes": u.quota_bytes if u.quota_bytes is not None else default,
+                    "quota_is_default": u.quota_bytes is None,
+                    "created": format_time(u.created),
+                    "last_login": format_time(u.last_login),
+                }
+                for u in users
+            ]
+        )
+        return
     if not users:
         click.echo("No users. Add one with: davserver user add NAME")
         return
-    click.echo(f"{'NAME':<24} {'USED BYTES':>14} {'QUOTA':>14}")
-    for u in users:
-        quota = "default" if u.quota_bytes is None else (str(u.quota_bytes) or "unlimited")
-        click.echo(f"{u.name:<24} {u.usage_bytes:>14} {quota:>14}")
+    print_table(
+        ["NAME", "ID", "USED", "QUOTA", "LAST LOGIN"],
+        [
+            [
+                u.name,
+                u.id,
+                format_size(u.usage_bytes),
+                describe_quota(u.quota_bytes, default),
+                format_time(u.last_login) or "never",
+            ]
+            for u in users
+        ],
+    )
 
 
 @user.command("del")

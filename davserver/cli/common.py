@@ -134,7 +134,9 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: st
     table = Table(title=title or None, show_edge=False, header_style="bold")
     for i, name in enumerate(columns):
         numeric = bool(rows) and all(isinstance(r[i], int | float) for r in rows)
-        table.add_column(name, justify="right" if numeric else "left")
+        # Fold long values (tokens, ids) onto more lines rather than cut them: an operator
+        # copies them into the next command.
+        table.add_column(name, justify="right" if numeric else "left", overflow="fold")
     for r in rows:
         table.add_row(*("" if v is None else str(v) for v in r))
     Console(soft_wrap=True).print(table)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from wsgidav.dc.base_dc import BaseDomainController
 from wsgidav.http_authenticator import HTTPAuthenticator
 
+from davserver import audit, metrics
 from davserver.dav.errors import to_dav_error
 from davserver.dav.resources import SESSION_KEY
 from davserver.errors import AuthError, DavServerError
@@ -173,12 +174,28 @@ class DavAuthenticator(HTTPAuthenticator):  # type: ignore[misc]
         except DavServerError as exc:
             log.warning("could not update the failed-login counters: %s", exc.reason)
 
+    @staticmethod
+    def _audit_failure(dc: VaultDomainController, addr: str, user_name: str) -> None:
+        if not audit.enabled():
+            return
+        try:
+            user_id = dc.vault.user_id_of(user_name)
+        except DavServerError:
+            user_id = None
+        audit.emit(
+            "login_failed",
+            user_id=user_id,
+            user_tag=audit.user_tag(user_name),
+            addr_mac=audit.addr_mac(addr),
+        )
+
     def handle_basic_auth_request(self, environ: dict[str, Any], start_response: Any) -> Any:
         realm = self.domain_controller.get_domain_realm(environ["PATH_INFO"], environ)
         creds = parse_basic(str(environ.get("HTTP_AUTHORIZATION", "")))
         addr = client_address(environ, self.trusted_proxies)
         environ[ADDR_KEY] = addr
         if creds is None:  # no password was tried: counted against nobody
+            metrics.get().logins.labels("password", "malformed").inc()
             return self._respond(start_response, "400 Bad Request", body=b"malformed credentials\n")
         user_name, password = creds
         dc: VaultDomainController = self.domain_controller
@@ -191,6 +208,14 @@ class DavAuthenticator(HTTPAuthenticator):  # type: ignore[misc]
                 refusal.reason,
                 self.throttle.log_tag(user_name),
                 refusal.retry_after,
+            )
+            metrics.get().logins.labels("password", "throttled").inc()
+            audit.emit(
+                "login_throttled",
+                user_tag=audit.user_tag(user_name),
+                addr_mac=audit.addr_mac(addr),
+                limit=refusal.reason,
+                retry_after=refusal.retry_after,
             )
             return self._respond(
                 start_response,
@@ -206,6 +231,7 @@ class DavAuthenticator(HTTPAuthenticator):  # type: ignore[misc]
         else:
             self._record(self.throttle.login_failed, addr, user_name)
             log.info("login failed from %s (user tag %s)", addr, self.throttle.log_tag(user_name))
+            self._audit_failure(dc, addr, user_name)
             return self.send_basic_auth_response(environ, start_response)
         environ["wsgidav.auth.realm"] = realm
         environ["wsgidav.auth.user_name"] = user_name

@@ -18,6 +18,7 @@ from typing import Any
 from wsgidav.dav_error import ERROR_DESCRIPTIONS, DAVError, DAVErrorCondition
 from wsgidav.mw.base_mw import BaseMiddleware
 
+from davserver import metrics
 from davserver.errors import (
     DavServerError,
     DiskFull,
@@ -47,6 +48,7 @@ def to_dav_error(exc: DavServerError) -> DAVError:
     status = exc.status
     if isinstance(exc, IntegrityError):
         log.error("integrity failure answered with 500: %s", exc.reason)
+        metrics.get().integrity_failures.labels(metrics.integrity_kind(exc.reason)).inc()
         return DAVError(status, "stored data failed an integrity check")
     if isinstance(exc, StorageError) and status >= 500:
         log.error("storage failure answered with %d: %s", status, exc.reason)

@@ -30,7 +30,7 @@ from davserver.index.models import SchemaInfo, database_proxy
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def _migrate_v1(db: pw.Database) -> None:
@@ -74,6 +74,18 @@ def _migrate_v5(db: pw.Database) -> None:
     migrate(*ops)
 
 
+def _migrate_v6(db: pw.Database) -> None:
+    """``user.last_login`` (``davserver user list``). An index created at this version got
+    the column from the model in ``_migrate_v1`` already."""
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    table = models.User._meta.table_name  # type: ignore[attr-defined]
+    if "last_login" in {c.name for c in db.get_columns(table)}:
+        return
+    migrator = SchemaMigrator.from_database(db)
+    migrate(migrator.add_column(table, "last_login", pw.DoubleField(null=True)))
+
+
 # MIGRATIONS[n] brings a schema at version n to version n + 1. Never edit a released one:
 # add the next.
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
@@ -82,6 +94,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     2: _migrate_v3,
     3: _migrate_v4,
     4: _migrate_v5,
+    5: _migrate_v6,
 }
 
 

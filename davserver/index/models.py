@@ -46,6 +46,8 @@ class User(BaseModel):
     usage_bytes = pw.BigIntegerField(default=0)
     # None: the server-wide default quota applies; 0: unlimited.
     quota_bytes = pw.BigIntegerField(null=True)
+    #: Unix time of the last password login (written at most once a minute; schema v5).
+    last_login = pw.DoubleField(null=True)
 
 
 class Envelope(BaseModel):

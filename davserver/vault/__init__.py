@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import peewee as pw
 
-from davserver import crypto
+from davserver import audit, crypto, metrics
 from davserver.blobs import BlobStore, PartialUpload
 from davserver.crypto import envelopes, kdf
 from davserver.errors import (
@@ -45,6 +45,7 @@ from davserver.errors import (
     DavServerError,
     DiskFull,
     NotFound,
+    StorageError,
 )
 from davserver.index import Index
 from davserver.index.models import (
@@ -72,6 +73,9 @@ KIND_TOKEN = "token"  # noqa: S105
 
 T = TypeVar("T")
 
+#: ``User.last_login`` is written at most this often per user (seconds).
+LAST_LOGIN_RESOLUTION = 60.0
+
 
 @dataclass(frozen=True)
 class UserInfo:
@@ -80,6 +84,9 @@ class UserInfo:
     created: float
     usage_bytes: int
     quota_bytes: int | None
+    #: When the user last logged in with a password (Argon2id; logins served from the
+    #: login cache are not recorded), to within ``LAST_LOGIN_RESOLUTION``; None = never.
+    last_login: float | None = None
 
 
 def new_id() -> str:
@@ -188,6 +195,7 @@ class Vault:
                 )
 
         self.index.run(once)
+        audit.emit("user_created", user_id=user_id)
         return user_id
 
     def _user(self, name: str) -> User:
@@ -199,19 +207,30 @@ class Vault:
     def list_users(self) -> list[UserInfo]:
         with self.index.connection():
             return [
-                UserInfo(u.name, u.id, u.created, u.usage_bytes, u.quota_bytes)
+                UserInfo(u.name, u.id, u.created, u.usage_bytes, u.quota_bytes, u.last_login)
                 for u in User.select().order_by(User.name)
             ]
 
     def user_info(self, name: str) -> UserInfo:
         with self.index.connection():
             u = self._user(name)
-            return UserInfo(u.name, u.id, u.created, u.usage_bytes, u.quota_bytes)
+            return UserInfo(u.name, u.id, u.created, u.usage_bytes, u.quota_bytes, u.last_login)
+
+    def user_id_of(self, name: str) -> str | None:
+        """The id of the user with this name, or None (audit records of failed logins)."""
+        with self.index.connection():
+            u = User.get_or_none(User.name == unicodedata.normalize("NFC", name))
+            return None if u is None else str(u.id)
 
     def set_quota(self, name: str, quota_bytes: int | None) -> None:
+        """Set a user's quota in bytes: None = the server default (``quota.default_bytes``),
+        0 = unlimited whatever the default."""
+        if quota_bytes is not None and quota_bytes < 0:
+            raise BadRequest("a quota cannot be negative")
         with self.index.connection():
             u = self._user(name)
             User.update(quota_bytes=quota_bytes).where(User.id == u.id).execute()
+        audit.emit("quota_changed", user_id=u.id, quota_bytes=quota_bytes)
 
     def _unlock_master_key(self, user: User, password: str) -> bytes | None:
         """Try every password envelope of a user; return the master key or None."""
@@ -257,26 +276,57 @@ class Vault:
         name = unicodedata.normalize("NFC", name)
         key = self._cache.key(name, _password_bytes(password))
         cached = self._cache.get(key)
+        m = metrics.get()
         if cached is not None:
+            m.login_cache.labels("hit").inc()
             return cached
-        with self.index.connection():
-            user = User.get_or_none(User.name == name)
-            if user is None:
-                self._burn_kdf(_password_bytes(password))
-                raise AuthError("wrong user name or password")
-            mk = self._unlock_master_key(user, password)
-            if mk is None:
-                raise AuthError("wrong user name or password")
-            session = Session(self, user.id, user.name, mk, user.root_id)
+        m.login_cache.labels("miss").inc()
+        try:
+            with self.index.connection():
+                user = User.get_or_none(User.name == name)
+                if user is None:
+                    self._burn_kdf(_password_bytes(password))
+                    m.logins.labels(KIND_PASSWORD, "failure").inc()
+                    raise AuthError("wrong user name or password")
+                mk = self._unlock_master_key(user, password)
+                if mk is None:
+                    m.logins.labels(KIND_PASSWORD, "failure").inc()
+                    raise AuthError("wrong user name or password")
+                session = Session(self, user.id, user.name, mk, user.root_id)
+                self._note_login(user)
+        except StorageError:
+            m.logins.labels(KIND_PASSWORD, "error").inc()
+            raise
+        m.logins.labels(KIND_PASSWORD, "success").inc()
         self._cache.put(key, user.id, session)
         return session
+
+    def _note_login(self, user: User) -> None:
+        """Record ``last_login``, at most once per ``LAST_LOGIN_RESOLUTION`` per user (the
+        row was just read: a login within the resolution writes nothing). Best effort: a
+        write the index cannot take (a full disk, a busy database) never fails the login."""
+        now = time.time()
+        last = user.last_login
+        if last is not None and now - last < LAST_LOGIN_RESOLUTION:
+            return
+        try:
+            with self.index.atomic():
+                User.update(last_login=now).where(
+                    (User.id == user.id)
+                    & (User.last_login.is_null() | (User.last_login < now - LAST_LOGIN_RESOLUTION))
+                ).execute()
+        except (pw.DatabaseError, DavServerError) as exc:
+            log.warning("could not record a login time: %s", exc)
 
     def login_cached(self, name: str, password: str) -> Session | None:
         """The session of a recent successful login with exactly these credentials, or None.
         Costs one keyed hash, never Argon2id (lets a rate-limited user with the right
         password straight in)."""
         key = self._cache.key(unicodedata.normalize("NFC", name), _password_bytes(password))
-        return self._cache.get(key)
+        session = self._cache.get(key)
+        if session is not None:  # a miss is counted by the login that follows
+            metrics.get().login_cache.labels("hit").inc()
+        return session
 
     def server_key(self, purpose: bytes) -> bytes:
         """A server-wide key for one purpose, derived from the pepper (which never leaves
@@ -303,6 +353,7 @@ class Vault:
 
             self.index.run(once)
         self._cache.forget_user(user.id)
+        audit.emit("password_changed", user_id=user.id)
 
     def delete_user(self, name: str) -> None:
         """Remove a user and their whole tree (index first; blobs collected afterwards)."""
@@ -310,6 +361,7 @@ class Vault:
             user = self._user(name)
         self.index.run(lambda: self._delete_user_rows(user))
         self._cache.forget_user(user.id)
+        audit.emit("user_deleted", user_id=user.id)
         self.collect_garbage(grace=0)
 
     def _delete_user_rows(self, user: User) -> None:
@@ -417,6 +469,7 @@ class Vault:
                     deleted += 1
         except (DavServerError, pw.DatabaseError) as exc:
             log.warning("garbage collection stopped early (%s); the next run retries", exc)
+        metrics.get().gc_collected_blobs.inc(deleted)
         self._restore_reserve()
         return deleted
 
@@ -464,6 +517,7 @@ class Vault:
             size += p.size
         if count:
             log.info("removed %d partial uploads (%d bytes) left by crashes", count, size)
+            metrics.get().gc_reclaimed_bytes.inc(size)
         return count, size
 
     # -- full disks ------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from davserver import metrics
+
 T = TypeVar("T")
 
 
@@ -82,15 +84,26 @@ class LoginCache(Generic[T]):
 
 
 class KdfGate:
-    """Bounds concurrent Argon2id computations (each allocates its memlimit, 64 MiB by default)."""
+    """Bounds concurrent Argon2id computations (each allocates its memlimit, 64 MiB by default).
+
+    Callers wait here for a slot (``davserver_argon2id_queue_depth``) and hold it for
+    exactly one Argon2id computation (``davserver_argon2id_duration_seconds``)."""
 
     def __init__(self, concurrency: int = 0) -> None:
         n = concurrency if concurrency > 0 else (os.cpu_count() or 1)
         self._sem = threading.BoundedSemaphore(n)
+        self._m = metrics.get()
+        self._local = threading.local()
 
     def __enter__(self) -> KdfGate:
-        self._sem.acquire()
+        self._m.argon2_queue.inc()
+        try:
+            self._sem.acquire()
+        finally:
+            self._m.argon2_queue.dec()
+        self._local.started = time.monotonic()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._m.argon2_duration.observe(time.monotonic() - self._local.started)
         self._sem.release()

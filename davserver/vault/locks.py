@@ -35,9 +35,10 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from davserver import crypto
+from davserver import audit, crypto
 from davserver.crypto.primitives import keyed_hash
 from davserver.errors import IntegrityError, LockLimit
 from davserver.index import fast
@@ -60,6 +61,19 @@ MAX_TIMEOUT = 4 * 7 * 86400.0
 DEFAULT_TIMEOUT = 7 * 86400.0
 
 LockRecord = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """What an administrator may see of a lock (``davserver locks list``): never its path,
+    owner text or principal, which hold names. A lock is attached to a path, not to a node,
+    so there is no node id to show."""
+
+    token: str
+    user_id: str
+    scope: str
+    depth: str
+    expire: float
 
 
 def canonical_path(path: str) -> str:
@@ -245,6 +259,52 @@ class LockStore:
                 log.error("integrity failure: lock record of another namespace")
                 raise IntegrityError("lock record does not belong to this user")
         return out
+
+    def iter_live(self, user_id: str | None = None, batch: int = 500) -> Iterator[LockInfo]:
+        """Every live lock (of ``user_id`` only, if given), in token order, read in batches:
+        memory stays bounded however many locks there are."""
+        after = ""
+        while True:
+            with self._db():
+                rows = list(
+                    Lock.select()
+                    .where(Lock.token > after, Lock.expire >= time.time())
+                    .order_by(Lock.token)
+                    .limit(batch)
+                )
+            for row in rows:
+                rec = self._open(row)
+                if user_id is not None and rec.get("user_id") != user_id:
+                    continue
+                yield LockInfo(
+                    token=str(row.token),
+                    user_id=str(rec.get("user_id", "")),
+                    scope=str(rec.get("scope", "")),
+                    depth=str(rec.get("depth", "")),
+                    expire=float(row.expire),
+                )
+            if len(rows) < batch:
+                return
+            after = str(rows[-1].token)
+
+    def break_lock(self, token: str) -> str | None:
+        """Remove a lock whatever its owner (an administrator's ``locks break``); returns the
+        user id it belonged to, or None if there is no such lock. Audited."""
+
+        def drop() -> str | None:
+            row = Lock.get_or_none(Lock.token == token)
+            if row is None:
+                return None
+            owner = str(self._open(row).get("user_id", ""))
+            self._delete_rows([token])
+            return owner
+
+        with self._db():
+            user_id = self._write(drop)
+        if user_id is None:
+            return None
+        audit.emit("lock_broken", user_id=user_id, token=token)
+        return user_id
 
     def purge_expired(self) -> int:
         """Delete every expired lock; return how many."""

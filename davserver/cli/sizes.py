@@ -1,0 +1,50 @@
+"""How the CLI reads and shows sizes, quotas and times (``user quota``, ``user list``)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(I?B?)\s*$", re.IGNORECASE)
+_POWERS = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5}
+CLEAR = ("none", "default")
+UNLIMITED = ("unlimited", "0")
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``10G``, ``500M``, ``1.5TiB``, ``10GB`` (decimal), ``4096``; ValueError."""
+    m = _SIZE.match(text)
+    if m is None:
+        raise ValueError(f"not a size: {text!r} (examples: 500M, 10G, 1073741824)")
+    number, unit, suffix = m.group(1), m.group(2).upper(), m.group(3).upper()
+    if not unit and suffix not in ("", "B"):
+        raise ValueError(f"not a size: {text!r}")
+    base = 1000 if suffix == "B" and unit else 1024
+    value = float(number) * base ** _POWERS[unit]
+    if value != int(value) and not unit:
+        raise ValueError(f"a size in bytes is a whole number: {text!r}")
+    return int(value)
+
+
+def format_size(n: int) -> str:
+    """``1.5 GiB``; bytes below 1 KiB as a plain number."""
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        value /= 1024
+        if value < 1024 or unit == "PiB":
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def describe_quota(own: int | None, default: int) -> str:
+    if own is None:
+        return "unlimited (default)" if default == 0 else f"{format_size(default)} (default)"
+    return "unlimited" if own == 0 else format_size(own)
+
+
+def format_time(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
