@@ -136,3 +136,13 @@ class BlobNotFound(StorageError):
     """A blob the index refers to is missing."""
 
     status = 500
+
+
+class VersionGone(StorageError):
+    """The file version a read announced (size, ETag) was replaced and removed before its
+    bytes could be read; a new attempt reads the current one."""
+
+    status = 503
+
+    def __init__(self, message: str = "the file changed while it was read") -> None:
+        super().__init__(message, retry_after=1)

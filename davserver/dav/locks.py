@@ -14,6 +14,7 @@ segment picks the user's namespace, the rest is the path in that user's tree.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from typing import Any
 from urllib.parse import unquote
@@ -132,6 +133,13 @@ class DavLockManager(LockManager):  # type: ignore[misc]
 
     def __init__(self, storage: VaultLockStorage) -> None:
         super().__init__(storage)
+
+    def atomic(self, user_id: str | None) -> contextlib.AbstractContextManager[None]:
+        """One index transaction serialised with every lock grant of ``user_id`` (in every
+        server process): a tree change runs its lock checks, its changes and the removal of
+        the locks of what it removed in it, so no lock is granted between check and change
+        (a LOCK waits, then sees the changed tree). Nested vault transactions join it."""
+        return self.storage.store.transaction(user_id)
 
     def acquire(self, *, url: str, **kw: Any) -> dict[str, Any]:
         user_id, _ = split_lock_url(url)

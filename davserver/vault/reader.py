@@ -28,7 +28,7 @@ import io
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from davserver import crypto
@@ -121,8 +121,10 @@ class FileReader(io.RawIOBase):
         header24: bytes,
         size: int,
         version_id: str,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
+        self._on_close = on_close  # called once, on close (Session.open_file unpins the blob)
         self._blobs = blobs
         self._blob_id = blob_id
         self._ck = ck
@@ -314,4 +316,7 @@ class FileReader(io.RawIOBase):
 
     def close(self) -> None:
         self._drop_stream()
+        on_close, self._on_close = getattr(self, "_on_close", None), None
+        if on_close is not None:
+            on_close()
         super().close()
