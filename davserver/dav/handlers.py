@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import unicodedata
 from collections.abc import Generator, Iterator
@@ -58,6 +59,7 @@ from davserver.dav.resources import (
     _VaultResource,
     forget_resources,
     parse_mtime,
+    ref_url,
     session_of,
 )
 from davserver.errors import BlobNotFound, DavServerError, NotFound, VersionGone
@@ -441,15 +443,33 @@ def put(provider: VaultProvider, server: Any, environ: dict[str, Any], start_res
         util.parse_if_header_dict(environ)
     # Held while the body streams in: no other request of this process can LOCK the URL
     # between the check and the commit (WsgiDAV's TOCTOU guard).
+    tokens, principal = environ["wsgidav.ifLockTokenList"], environ["wsgidav.user_name"]
+    session = session_of(environ)
+    # The locks are checked again in the commit's transaction (``DavLockManager.checked``):
+    # a lock granted by another server process while the body streamed in is seen there.
+    urls = [ref_url(session.user_id, path)]
+    if res is None:
+        urls.append(target.get_ref_url())
+
+    def commit_guard() -> contextlib.AbstractContextManager[None]:
+        guard: contextlib.AbstractContextManager[None] = lock_manager.checked(
+            session.user_id, urls, tokens, principal
+        )
+        return guard
+
     with lock_manager.write_transaction(
-        url=target.get_ref_url(),
-        token_list=environ["wsgidav.ifLockTokenList"],
-        principal=environ["wsgidav.user_name"],
+        url=target.get_ref_url(), token_list=tokens, principal=principal
     ):
         body = _body(environ, length, provider.block_size, limit)
         with vault_call():
-            entry = session_of(environ).write_file(
-                path, body, expected_length=expected, mtime=mtime, sha1=sha1, md5=md5
+            entry = session.write_file(
+                path,
+                body,
+                expected_length=expected,
+                mtime=mtime,
+                sha1=sha1,
+                md5=md5,
+                commit_guard=commit_guard,
             )
     forget_resources(environ)
     headers = [("ETag", f'"{entry.etag}"'), ("Content-Length", "0")]

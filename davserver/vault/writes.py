@@ -11,13 +11,14 @@ chunked uploads (``davserver.vault.uploads``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import peewee as pw
@@ -46,6 +47,9 @@ from davserver.vault.nodes import (
 )
 
 log = logging.getLogger(__name__)
+
+# Entered around a write's commit transaction (see ``write_file``).
+CommitGuard = Callable[[], contextlib.AbstractContextManager[None]]
 
 
 class _Counter:
@@ -128,6 +132,7 @@ class _WriteOps(_SessionCore):
         mtime: float | None = None,
         sha1: str | None = None,
         md5: str | None = None,
+        commit_guard: CommitGuard | None = None,
     ) -> Entry:
         """Store ``chunks`` as the new current version of the file at ``path``.
 
@@ -135,11 +140,13 @@ class _WriteOps(_SessionCore):
         directory). ``expected_length`` (Content-Length / X-Expected-Entity-Length) and the
         optional hex ``sha1``/``md5`` are checked before anything is committed
         (``LengthMismatch``, ``ChecksumMismatch``); a quota overrun is ``InsufficientStorage``.
+        ``commit_guard`` (the DAV layer's lock check) is entered around the commit
+        transaction: what it raises aborts the write, and the commit joins its transaction.
         """
         parts = split_path(path)
         vault = self.vault
         if expected_length is not None and expected_length <= vault.settings.inline_max:
-            return self._write_small(parts, chunks, expected_length, mtime, sha1, md5)
+            return self._write_small(parts, chunks, expected_length, mtime, sha1, md5, commit_guard)
         with self._db():
             parent = self._parent_dir(parts)
             name = parts[-1]
@@ -170,6 +177,7 @@ class _WriteOps(_SessionCore):
                 counter.count,
                 hashes,
                 mtime,
+                commit_guard=commit_guard,
             )
         except BaseException:
             self._discard_blob(blob_id)
@@ -186,6 +194,7 @@ class _WriteOps(_SessionCore):
         mtime: float | None,
         sha1: str | None,
         md5: str | None,
+        commit_guard: CommitGuard | None = None,
     ) -> Entry:
         """``write_file`` for a body of known length up to ``storage.inline_max``: encrypted in
         memory into the same blob bytes a stored object would hold, and committed with its
@@ -205,6 +214,7 @@ class _WriteOps(_SessionCore):
             hashes,
             mtime,
             inline=blob,
+            commit_guard=commit_guard,
         )
         if retired_any:
             self.vault.collect_garbage(grace=0)
@@ -253,9 +263,11 @@ class _WriteOps(_SessionCore):
         hashes: dict[str, str],
         mtime: float | None,
         inline: bytes | None = None,
+        commit_guard: CommitGuard | None = None,
     ) -> tuple[Entry, bool]:
         now = time.time()
-        with self._db(), self._txn():
+        guard = commit_guard() if commit_guard is not None else contextlib.nullcontext()
+        with self._db(), guard, self._txn():
             # Re-resolve inside the transaction: the tree may have changed during the upload.
             parent = self._parent_dir(parts)
             name = parts[-1]

@@ -4,7 +4,7 @@ belongs to one state of the tree, no refused request leaves a trace, no lock is 
 - a GET (whole, ranged, HEAD) serves exactly the version whose size and ETag it announces
   while another client keeps overwriting the file;
 - a LOCK answered 423 on an unmapped URL leaves no empty file behind;
-- a MOVE, COPY or DELETE racing a LOCK either sees the lock (423) or happens before it is
+- a PUT, MOVE, COPY or DELETE racing a LOCK either sees the lock (423) or happens before it is
   granted: a granted lock is never dropped under its holder (who then PUTs and UNLOCKs with
   it), also with two server processes on one index;
 - a lock whose resource is being removed never turns a LOCK response into a 500;
@@ -299,11 +299,14 @@ def _lock_holder(raw: Raw, path: str, cycles: int, problems: list[str]) -> None:
 
 
 def _tree_changer(raw: Raw, target: str, stop: threading.Event, problems: list[str]) -> None:
-    """COPY, MOVE onto and DELETE of ``target``, without its lock token."""
+    """PUT, COPY, MOVE onto and DELETE of ``target``, without its lock token."""
     n = 0
     while not stop.is_set():
         n += 1
         raw.request("PUT", "/src", body_of(n, 200))
+        status, _, body = raw.request("PUT", target, body_of(n, 5000))
+        if status >= 500 or status < 0:
+            problems.append(f"PUT {status}: {body[:200]!r}")
         dest = {"Destination": raw.base + quote(target), "Overwrite": "T"}
         for method, path, hdrs in (
             ("COPY", "/src", dest),
