@@ -19,6 +19,8 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+import peewee as pw
+
 from davserver import crypto
 from davserver.crypto import envelopes
 from davserver.errors import AlreadyExists, Conflict, IntegrityError, NotFound, VersionGone
@@ -201,13 +203,18 @@ class Session(_WriteOps, _SubtreeOps, _PropOps):
         parent is missing."""
         parts = split_path(path)
         now = time.time()
-        with self._db(), self._txn():
-            parent = self._parent_dir(parts)
-            name = parts[-1]
-            if self._child(parent, name) is not None:
-                raise AlreadyExists("already exists")
-            row = self._insert_node(parent, name, DIR, crypto.random_key(), mtime or now, now)
-            return self._entry(row, parent.key, name)
+        try:
+            with self._db(), self._txn():
+                parent = self._parent_dir(parts)
+                name = parts[-1]
+                if self._child(parent, name) is not None:
+                    raise AlreadyExists("already exists")
+                row = self._insert_node(parent, name, DIR, crypto.random_key(), mtime or now, now)
+                return self._entry(row, parent.key, name)
+        except pw.IntegrityError as exc:
+            # A concurrent MKCOL of the name committed after our check (PostgreSQL: read
+            # committed); the unique (parent, name MAC) index refused the second row.
+            raise AlreadyExists("already exists") from exc
 
     def _touch(self, ref: _Ref, mtime: float | None = None) -> None:
         """Set a node's modification time.

@@ -20,7 +20,7 @@ import http.client
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote, urlsplit
 
@@ -378,7 +378,27 @@ def test_lock_atomicity_across_two_server_processes(tmp_path: Path) -> None:
 
 
 def test_concurrent_mkcol_of_one_name_is_201_and_405(dav_any: DavServer) -> None:
-    client = dav_any.client("alice")
+    _race_mkcol(dav_any.client("alice"))
+
+
+@pytest.fixture
+def dav_pg(tmp_path: Path, postgres_db_url: str) -> Iterator[DavServer]:
+    """A server on a PostgreSQL index (read committed: the races differ from SQLite's)."""
+    dav = start_dav_server(tmp_path / "data", {"DAVSERVER_INDEX_URL": postgres_db_url})
+    try:
+        yield dav
+    finally:
+        dav.stop()
+
+
+def test_races_on_postgres(dav_pg: DavServer) -> None:
+    """MKCOL (a unique-index violation was a 500 there) and lock atomicity."""
+    client = dav_pg.client("alice")
+    _race_mkcol(client)
+    _race_lock_with_tree_changes(client, client)
+
+
+def _race_mkcol(client: DavClient) -> None:
     statuses: dict[str, list[int]] = {}
     names = [f"/c{i}" for i in range(40)]
 
