@@ -18,6 +18,7 @@
     ├── IntegrityError (500)            ciphertext, envelope or index row failed authentication
     └── StorageError (503)              the blob store or database is unreachable or failing;
         │                               carries retry_after seconds (Retry-After header)
+        ├── VersionGone (503)           the version a GET announced was replaced and removed
         └── BlobNotFound (500)          an object the index points at is missing from the store
 
 Lower layers raise these; the DAV layer converts them to ``DAVError`` in one place and the CLI
@@ -132,12 +133,6 @@ class StorageError(DavServerError):
         self.retry_after = retry_after
 
 
-class BlobNotFound(StorageError):
-    """A blob the index refers to is missing."""
-
-    status = 500
-
-
 class VersionGone(StorageError):
     """The file version a read announced (size, ETag) was replaced and removed before its
     bytes could be read; a new attempt reads the current one."""
@@ -146,3 +141,9 @@ class VersionGone(StorageError):
 
     def __init__(self, message: str = "the file changed while it was read") -> None:
         super().__init__(message, retry_after=1)
+
+
+class BlobNotFound(StorageError):
+    """A blob the index refers to is missing."""
+
+    status = 500
