@@ -30,8 +30,9 @@
         ├── BlobNotFound (500)          an object the index points at is missing from the store
         ├── StoreUnavailable (503)      the blob store timed out, refused or lost the
         │                               connection, or the guard fails fast (blobs/guard.py)
-        └── IndexFailure (500)          the index database refused a statement (a bug or a
-                                        damaged schema; unavailability is StorageError)
+        ├── IndexFailure (500)          the index database refused a statement (a bug or a
+        │                               damaged schema; unavailability is StorageError)
+        └── VersionGone (503)           the version a GET announced was replaced and removed
 
 Lower layers raise these; the DAV layer converts them to ``DAVError`` in one place and the CLI
 to a message and exit code. Messages must never contain keys, passwords, file names or contents.
@@ -196,6 +197,16 @@ class StorageError(DavServerError):
     def __init__(self, message: str = "", retry_after: int = 5) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class VersionGone(StorageError):
+    """The file version a read announced (size, ETag) was replaced and removed before its
+    bytes could be read; a new attempt reads the current one."""
+
+    status = 503
+
+    def __init__(self, message: str = "the file changed while it was read") -> None:
+        super().__init__(message, retry_after=1)
 
 
 class BlobNotFound(StorageError):

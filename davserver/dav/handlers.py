@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import unicodedata
 from collections.abc import Generator, Iterator
@@ -47,7 +48,7 @@ from wsgidav.util import etree
 
 from davserver.dav import destination
 from davserver.dav import propfind as fast_propfind
-from davserver.dav.errors import vault_call
+from davserver.dav.errors import to_dav_error, vault_call
 from davserver.dav.resources import (
     COMPUTED_PROPS,
     CREATED_KEY,
@@ -58,8 +59,11 @@ from davserver.dav.resources import (
     _VaultResource,
     forget_resources,
     parse_mtime,
+    ref_url,
     session_of,
 )
+from davserver.errors import BlobNotFound, DavServerError, NotFound, VersionGone
+from davserver.vault.tree import Entry, Session
 
 if TYPE_CHECKING:
     from davserver.dav.resources import Provider
@@ -199,6 +203,12 @@ def _not_modified(server: Any, res: FileResource, environ: dict[str, Any]) -> bo
     return False
 
 
+# A GET whose version is replaced and removed between its lookup and its first read starts
+# again from the lookup (it then serves the new version, with the new size and ETag); after
+# this many attempts it answers 503 with Retry-After.
+GET_ATTEMPTS = 5
+
+
 def get(
     provider: Provider,
     server: Any,
@@ -207,6 +217,27 @@ def get(
     *,
     head: bool,
 ) -> Any:
+    """GET/HEAD of a file: status, headers and body all belong to one version (the one the
+    lookup found), never to a newer one that a concurrent PUT committed meanwhile."""
+    for _attempt in range(GET_ATTEMPTS):
+        answer = _get_once(provider, server, environ, start_response, head=head)
+        if answer is not None:
+            return answer
+        forget_resources(environ)
+    with vault_call():
+        raise VersionGone()
+
+
+def _get_once(
+    provider: Provider,
+    server: Any,
+    environ: dict[str, Any],
+    start_response: Any,
+    *,
+    head: bool,
+) -> Any:
+    """One attempt at a GET/HEAD; None when the version looked up was removed before its
+    bytes could be read (the caller looks up again)."""
     path = environ["PATH_INFO"]
     res = provider.get_resource_inst(path, environ)
     if res is None:
@@ -224,48 +255,71 @@ def get(
     if _not_modified(server, res, environ):
         start_response("304 Not Modified", [*validators, ("Content-Length", "0")])
         return [b""]
-    reader = None
-    etag = entry.etag
-    if not head:
-        with vault_call():
-            reader = session_of(environ).open_file(path)
-        if reader.version_id != entry.version_id:
-            # A PUT replaced the file after its entry was read: describe what is sent (a
-            # Content-Length of the old size would leave the client waiting for bytes).
-            size, etag = reader.size, reader.version_id
-            validators[1] = ("ETag", f'"{etag}"')
     headers = [("Content-Type", res.get_content_type()), *validators, ("Accept-Ranges", "bytes")]
     start, end = 0, size - 1
     status = "200 OK"
-    if "HTTP_RANGE" in environ and _if_range_matches(environ, etag, entry.mtime):
+    if "HTTP_RANGE" in environ and _if_range_matches(environ, entry.etag, entry.mtime):
         wanted = parse_range(environ["HTTP_RANGE"], size)
         if wanted == _UNSATISFIABLE:
-            if reader is not None:
-                reader.close()
             raise DAVError(416, add_headers=[("Content-Range", f"bytes */{size}")])
         if wanted is not None:
             start, end = wanted
             status = "206 Partial Content"
             headers.append(("Content-Range", f"bytes {start}-{end}/{size}"))
     headers.append(("Content-Length", str(end - start + 1)))
-    if reader is None or (end < start and size > 0):  # an empty file is still read: checked
-        if reader is not None:
-            reader.close()
+    if head or (end < start and size > 0):  # an empty file is still read: it is checked
         start_response(status, headers)
         return [b""]
-    body = _stream(reader, start, end)
-    # The first block is made before the status line: the blob header, the object's size
-    # and the first segment are checked by then, so a damaged object is a clean 500 (the
-    # vault logs it) and not a 200 that breaks off.
-    first = next(body, b"")
+    opened = _open_version(session_of(environ), path, entry, start, end)
+    if opened is None:
+        return None
+    first, body = opened
     start_response(status, headers)
     return _primed(first, body)
 
 
+def _open_version(
+    session: Session, path: str, entry: Entry, start: int, end: int
+) -> tuple[bytes, Generator[bytes, None, None]] | None:
+    """(first block, the rest) of bytes ``start..end`` of exactly ``entry``'s version; None
+    when that version is gone (replaced, its blob collected by another process).
+
+    The first block is made before the status line: the blob header, the object's size and
+    the first segment are checked by then, so a damaged object is a clean 500 (the vault
+    logs it) and not a 200 that breaks off."""
+    try:
+        reader = session.open_file(path, version_id=entry.version_id)
+    except (VersionGone, NotFound):
+        return None
+    except DavServerError as exc:
+        raise to_dav_error(exc) from None
+    body = _stream(reader, start, end)
+    try:
+        first = next(body, b"")
+    except DAVError as exc:
+        body.close()
+        if isinstance(exc.__cause__, BlobNotFound) and not _version_exists(session, path, entry):
+            return None  # removed between the version lookup and the blob read
+        raise
+    return first, body
+
+
+def _version_exists(session: Session, path: str, entry: Entry) -> bool:
+    try:
+        session.open_file(path, version_id=entry.version_id).close()
+    except (VersionGone, NotFound):
+        return False
+    except DavServerError:
+        return True
+    return True
+
+
 def _stream(reader: Any, start: int, end: int) -> Generator[bytes, None, None]:
     try:
-        with vault_call():
+        try:
             yield from reader.iter_range(start, end)
+        except DavServerError as exc:
+            raise to_dav_error(exc) from exc
     finally:
         reader.close()
 
@@ -387,15 +441,33 @@ def put(provider: Provider, server: Any, environ: dict[str, Any], start_response
         util.parse_if_header_dict(environ)
     # Held while the body streams in: no other request of this process can LOCK the URL
     # between the check and the commit (WsgiDAV's TOCTOU guard).
+    tokens, principal = environ["wsgidav.ifLockTokenList"], environ["wsgidav.user_name"]
+    session = session_of(environ)
+    # The locks are checked again in the commit's transaction (``DavLockManager.checked``):
+    # a lock granted by another server process while the body streamed in is seen there.
+    urls = [ref_url(session.user_id, path)]
+    if res is None:
+        urls.append(target.get_ref_url())
+
+    def commit_guard() -> contextlib.AbstractContextManager[None]:
+        guard: contextlib.AbstractContextManager[None] = lock_manager.checked(
+            session.user_id, urls, tokens, principal
+        )
+        return guard
+
     with lock_manager.write_transaction(
-        url=target.get_ref_url(),
-        token_list=environ["wsgidav.ifLockTokenList"],
-        principal=environ["wsgidav.user_name"],
+        url=target.get_ref_url(), token_list=tokens, principal=principal
     ):
         body = _body(environ, length, provider.block_size, limit)
         with vault_call():
-            entry = session_of(environ).write_file(
-                path, body, expected_length=expected, mtime=mtime, sha1=sha1, md5=md5
+            entry = session.write_file(
+                path,
+                body,
+                expected_length=expected,
+                mtime=mtime,
+                sha1=sha1,
+                md5=md5,
+                commit_guard=commit_guard,
             )
     forget_resources(environ)
     headers = [("ETag", f'"{entry.etag}"'), ("Content-Length", "0")]
@@ -597,7 +669,8 @@ def lock(
     # LOCK on an unmapped URL creates an empty file (RFC 4918 §7.3): creating a member needs
     # the parent's lock token, checked here before WsgiDAV creates it.
     path = environ["PATH_INFO"]
-    if provider.get_resource_inst(path, environ) is None:
+    unmapped = provider.get_resource_inst(path, environ) is None
+    if unmapped:
         parent = provider.get_resource_inst(_parent_path(path), environ)
         if parent is not None and isinstance(parent, _VaultResource):
             server._check_write_permission(parent, "0", environ)
@@ -607,7 +680,20 @@ def lock(
         captured[:] = [status, headers, exc_info]
         return lambda data: None
 
-    body = b"".join(default(environ, capture))
+    if unmapped and provider.lock_manager is not None:
+        # WsgiDAV creates the empty file, then asks for the lock: both in one transaction,
+        # so a refused lock (423) rolls the creation back (no empty file appears), and the
+        # parent's locks are checked again inside it.
+        forget_resources(environ)
+        with provider.lock_manager.atomic(session_of(environ).user_id):
+            parent = provider.get_resource_inst(_parent_path(path), environ)
+            if parent is not None and isinstance(parent, _VaultResource):
+                server._check_write_permission(parent, "0", environ)
+            body = b"".join(default(environ, capture))
+        forget_resources(environ)
+        session_of(environ).vault.collect_garbage(grace=0)
+    else:
+        body = b"".join(default(environ, capture))
     status, headers, exc_info = captured
     token = next((v for k, v in headers if k.lower() == "lock-token"), None)
     if token and status[:3] in ("200", "201") and body:

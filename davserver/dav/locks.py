@@ -14,7 +14,9 @@ segment picks the user's namespace, the rest is the path in that user's tree.
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote
 
@@ -132,6 +134,27 @@ class DavLockManager(LockManager):  # type: ignore[misc]
 
     def __init__(self, storage: VaultLockStorage) -> None:
         super().__init__(storage)
+
+    def atomic(self, user_id: str | None) -> contextlib.AbstractContextManager[None]:
+        """One index transaction serialised with every lock grant of ``user_id`` (in every
+        server process): a tree change runs its lock checks, its changes and the removal of
+        the locks of what it removed in it, so no lock is granted between check and change
+        (a LOCK waits, then sees the changed tree). Nested vault transactions join it."""
+        return self.storage.store.transaction(user_id)
+
+    @contextlib.contextmanager
+    def checked(
+        self, user_id: str, urls: list[str], token_list: list[str], principal: str
+    ) -> Iterator[None]:
+        """``atomic`` with a depth-0 write check of each of ``urls`` first (423 on a
+        conflict): a PUT commits in it, so a lock granted by another process while the body
+        streamed in is seen."""
+        with self.atomic(user_id):
+            for url in urls:
+                self.check_write_permission(
+                    url=url, depth="0", token_list=token_list, principal=principal
+                )
+            yield
 
     def acquire(self, *, url: str, **kw: Any) -> dict[str, Any]:
         user_id, _ = split_lock_url(url)

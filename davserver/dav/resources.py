@@ -12,18 +12,28 @@ WsgiDAV would otherwise do per member are therefore done here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 import unicodedata
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from wsgidav import util, xml_tools
-from wsgidav.dav_error import HTTP_INTERNAL_ERROR, HTTP_NOT_FOUND, DAVError
+from wsgidav.dav_error import (
+    HTTP_CONFLICT,
+    HTTP_INTERNAL_ERROR,
+    HTTP_METHOD_NOT_ALLOWED,
+    HTTP_NOT_FOUND,
+    HTTP_PRECONDITION_FAILED,
+    DAVError,
+)
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, _DAVResource
 from wsgidav.util import etree
 
 from davserver.dav.errors import vault_call
+from davserver.dav.locks import lock_href
 from davserver.vault.tree import Entry, Session
 
 if TYPE_CHECKING:
@@ -234,19 +244,41 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
         if name == "{DAV:}lockdiscovery" and self.known_lock_roots is not None:
             if self.get_ref_url().rstrip("/") not in self.known_lock_roots:
                 return etree.Element(name)  # no lock here: known without a query
-        if name == "{DAV:}lockdiscovery":
-            try:
-                return super().get_property_value(name)
-            except AttributeError:
-                # WsgiDAV looks up each lock's root resource and dereferences None when a
-                # concurrent DELETE or MOVE took it away after the lock was granted.
-                raise DAVError(HTTP_NOT_FOUND, "the locked resource is gone") from None
+        if name == "{DAV:}lockdiscovery" and self._lock_manager() is not None:
+            return self._lockdiscovery()
         if name.startswith("{DAV:}"):
             return super().get_property_value(name)
         value = self.dead_props().get(name)
         if value is None:
             raise DAVError(HTTP_NOT_FOUND)
         return xml_tools.string_to_xml(value)
+
+    def _lockdiscovery(self) -> Any:
+        """``{DAV:}lockdiscovery`` as WsgiDAV builds it, except that the lock root's href is
+        made from the lock's own root URL: WsgiDAV looks the root up as a resource and fails
+        (500) when a concurrent request has just removed it."""
+        lm = self._lock_manager()
+        assert lm is not None
+        disco = etree.Element("{DAV:}lockdiscovery")
+        prefix = str(self.environ.get(HREF_PREFIX_KEY, ""))
+        base = prefix + self.provider.mount_path + self.provider.share_path
+        for lock in lm.get_url_lock_list(self.get_ref_url()):
+            active = etree.SubElement(disco, "{DAV:}activelock")
+            etree.SubElement(etree.SubElement(active, "{DAV:}locktype"), "{DAV:}" + lock["type"])
+            scope = etree.SubElement(active, "{DAV:}lockscope")
+            etree.SubElement(scope, "{DAV:}" + lock["scope"])
+            etree.SubElement(active, "{DAV:}depth").text = lock["depth"]
+            if lock["owner"]:
+                active.append(xml_tools.string_to_xml(lock["owner"]))
+            remaining = max(0, int(lock["expire"] - time.time()))
+            left = "Infinite" if lock["timeout"] < 0 else f"Second-{remaining}"
+            etree.SubElement(active, "{DAV:}timeout").text = left
+            token_el = etree.SubElement(active, "{DAV:}locktoken")
+            etree.SubElement(token_el, "{DAV:}href").text = lock["token"]
+            root_path = unquote(lock_href(str(lock["root"])))
+            root_el = etree.SubElement(active, "{DAV:}lockroot")
+            etree.SubElement(root_el, "{DAV:}href").text = quote(base + root_path, safe=_HREF_SAFE)
+        return disco
 
     # -- tree operations -------------------------------------------------------------------
     def _lock_manager(self) -> DavLockManager | None:
@@ -259,29 +291,64 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
         tokens: list[str] = self.environ["wsgidav.ifLockTokenList"]
         return tokens
 
-    def _check_tree_unlocked(self) -> None:
-        """423 unless every lock on this node, above it (depth infinity) or below it was
-        submitted by its owner (RFC 4918 §7.4: removing a member modifies the collection)."""
+    def _check_unlocked(self, path: str, depth: str) -> None:
+        """423 unless every lock on ``path``, on an ancestor (depth infinity) and, for depth
+        infinity, below it was submitted by its owner (RFC 4918 §7.4: removing a member
+        modifies the collection)."""
         lm = self._lock_manager()
         if lm is not None:
             lm.check_write_permission(
-                url=self.get_ref_url(),
-                depth="infinity",
+                url=ref_url(session_of(self.environ).user_id, path),
+                depth=depth,
                 token_list=self._tokens(),
                 principal=self.environ["wsgidav.user_name"],
             )
+
+    def _check_tree_unlocked(self) -> None:
+        self._check_unlocked(self.path, "infinity")
 
     def _drop_locks(self, path: str) -> None:
         lm = self._lock_manager()
         if lm is not None:
             lm.remove_locks_below(session_of(self.environ).user_id, path)
 
-    def handle_delete(self) -> bool:
-        self._check_tree_unlocked()
-        with vault_call():
-            session_of(self.environ).delete(self.path)
+    @contextlib.contextmanager
+    def _locked_step(self) -> Iterator[None]:
+        """One index transaction around a tree change, its lock checks and the removal of the
+        locks of what it removed, serialised with lock grants (``DavLockManager.atomic``): a
+        LOCK granted while a DELETE, MOVE or COPY is under way is either seen by its check
+        (423) or granted after the change, on what the change left. Blobs the change freed
+        are collected after the commit."""
+        lm = self._lock_manager()
+        session = session_of(self.environ)
+        if lm is None:
+            yield
+        else:
+            with lm.atomic(session.user_id):
+                yield
         forget_resources(self.environ)
-        self._drop_locks(self.path)
+        session.vault.collect_garbage(grace=0)
+
+    def _destination_checks(self, session: Session, dest_path: str) -> None:
+        """Locks on the destination (if it exists: on it and below it) or on its parent."""
+        if session.lookup(dest_path) is not None:
+            self._check_unlocked(dest_path, "infinity")
+        else:
+            self._check_unlocked(util.get_uri_parent(dest_path) or "/", "0")
+
+    def handle_delete(self) -> bool:
+        session = session_of(self.environ)
+
+        def step() -> None:
+            with self._locked_step():
+                self._check_tree_unlocked()
+                self._check_unlocked(util.get_uri_parent(self.path) or "/", "0")
+                with vault_call():
+                    session.delete(self.path)
+                self._drop_locks(self.path)
+
+        with vault_call():
+            session.vault.freeing_space(step)  # a full disk cannot stop a DELETE
         return True
 
     def support_recursive_delete(self) -> bool:
@@ -294,13 +361,15 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
         return str(self.environ.get("HTTP_OVERWRITE", "T")).upper() != "F"
 
     def handle_copy(self, dest_path: str, *, depth_infinity: bool) -> bool:
-        with vault_call():
-            existed = session_of(self.environ).copy(
-                self.path, dest_path, overwrite=self._overwrite(), depth_infinity=depth_infinity
-            )
-        forget_resources(self.environ)
-        if existed:
-            self._drop_locks(dest_path)
+        session = session_of(self.environ)
+        with self._locked_step():
+            self._destination_checks(session, dest_path)
+            with vault_call():
+                existed = session.copy(
+                    self.path, dest_path, overwrite=self._overwrite(), depth_infinity=depth_infinity
+                )
+            if existed:
+                self._drop_locks(dest_path)
         self._finish_copy_move(dest_path, existed)
         return True
 
@@ -314,16 +383,18 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
             self.environ[MTIME_ACCEPTED_KEY] = True
 
     def handle_move(self, dest_path: str) -> bool:
-        # WsgiDAV checked the source (depth infinity), its parent and the destination.
-        with vault_call():
-            existed = session_of(self.environ).move(
-                self.path, dest_path, overwrite=self._overwrite()
-            )
-        forget_resources(self.environ)
-        # RFC 4918 §9.9.4: locks stay behind (they belong to URLs, not to the moved node).
-        self._drop_locks(self.path)
-        if existed:
-            self._drop_locks(dest_path)
+        # WsgiDAV's checks ran before; they are made again in the transaction that moves.
+        session = session_of(self.environ)
+        with self._locked_step():
+            self._check_tree_unlocked()
+            self._check_unlocked(util.get_uri_parent(self.path) or "/", "0")
+            self._destination_checks(session, dest_path)
+            with vault_call():
+                existed = session.move(self.path, dest_path, overwrite=self._overwrite())
+            # RFC 4918 §9.9.4: locks stay behind (they belong to URLs, not to the moved node).
+            self._drop_locks(self.path)
+            if existed:
+                self._drop_locks(dest_path)
         self._finish_copy_move(dest_path, existed)
         return True
 
@@ -358,8 +429,10 @@ class FileResource(_VaultResource, DAVNonCollection):  # type: ignore[misc]
         return True
 
     def get_content(self) -> Any:
+        # The version whose size and ETag this resource announced, not whatever is current
+        # by now (VersionGone, a 503 with Retry-After, if it has been removed meanwhile).
         with vault_call():
-            return session_of(self.environ).open_file(self.path)
+            return session_of(self.environ).open_file(self.path, version_id=self.entry.version_id)
 
     def begin_write(self, *, content_type: str | None = None) -> Any:  # pragma: no cover
         raise DAVError(500, "PUT is handled by the provider")
@@ -457,16 +530,30 @@ class DirResource(_VaultResource, DAVCollection):  # type: ignore[misc]
         return res
 
     def create_empty_resource(self, name: str) -> FileResource:
-        """An empty file (LOCK on an unmapped URL, RFC 4918 §7.3)."""
+        """An empty file (LOCK on an unmapped URL, RFC 4918 §7.3). The LOCK handler runs
+        this and the lock grant in one transaction (``handlers.lock``): a refused lock
+        leaves nothing behind. A file another request created meanwhile is kept as it is."""
         path = util.join_uri(self.path, name)
+        session = session_of(self.environ)
         with vault_call():
-            entry = session_of(self.environ).write_file(path, [], expected_length=0)
+            entry = session.lookup(path)
+            if entry is None:
+                entry = session.write_file(path, [], expected_length=0)
+            elif entry.is_dir:
+                raise DAVError(HTTP_CONFLICT, "a collection was created meanwhile")
         forget_resources(self.environ)
         return FileResource(path, self.environ, entry)
 
     def create_collection(self, name: str) -> None:
-        with vault_call():
-            session_of(self.environ).mkdir(util.join_uri(self.path, name))
+        try:
+            with vault_call():
+                session_of(self.environ).mkdir(util.join_uri(self.path, name))
+        except DAVError as exc:
+            if exc.value == HTTP_PRECONDITION_FAILED:
+                # Created by a concurrent MKCOL since WsgiDAV looked: RFC 4918 §9.3.1 says
+                # 405 when the resource exists.
+                raise DAVError(HTTP_METHOD_NOT_ALLOWED, "the resource exists") from None
+            raise
         forget_resources(self.environ)
 
 

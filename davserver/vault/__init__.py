@@ -21,6 +21,7 @@ so that nothing below this package imports it back.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hmac
 import logging
@@ -59,7 +60,6 @@ from davserver.index.models import (
     Version,
 )
 from davserver.vault.auth import KdfGate, LoginCache
-from davserver.vault.engine import ReaderCount
 from davserver.vault.engine import VaultSettings as VaultSettings  # re-exported
 from davserver.vault.reserve import SpaceReserve
 
@@ -139,7 +139,10 @@ class Vault:
         )
         self._gate = KdfGate(self.settings.argon2_concurrency)
         self._gc_lock = threading.Lock()
-        self.readers = ReaderCount()
+        # Blob ids being read by this process (open FileReaders): collect_garbage leaves
+        # them for a later run, so a GET of a version replaced meanwhile still reads it.
+        self._reading: collections.Counter[str] = collections.Counter()
+        self._reading_lock = threading.Lock()
         # Spent on unknown user names, so they cost the same time as wrong passwords.
         self._dummy_params = kdf.KdfParams.for_password(
             self.settings.argon2_opslimit, self.settings.argon2_memlimit
@@ -414,6 +417,29 @@ class Vault:
                     update={BlobGC.state: "dead", BlobGC.since: now},
                 ).execute()
 
+    def pin_blob(self, blob_id: str) -> Callable[[], None]:
+        """Keep ``blob_id`` from being collected by this process until the returned function
+        is called (a reader of it is open)."""
+        with self._reading_lock:
+            self._reading[blob_id] += 1
+        done = False
+
+        def unpin() -> None:
+            nonlocal done
+            if done:
+                return
+            done = True
+            with self._reading_lock:
+                self._reading[blob_id] -= 1
+                if self._reading[blob_id] <= 0:
+                    del self._reading[blob_id]
+
+        return unpin
+
+    def _being_read(self, blob_id: str) -> bool:
+        with self._reading_lock:
+            return blob_id in self._reading
+
     def collect_garbage(self, grace: float = 0.0) -> int:
         """Delete queued blobs that no version references; return how many were deleted.
 
@@ -426,6 +452,10 @@ class Vault:
         never raised, since callers run this after their own commit.
         """
         deleted = 0
+        if self.index.db.in_transaction():
+            # Inside a caller's transaction (a DAV request that changes the tree and its
+            # locks in one step): nothing it queued is committed yet; it collects after.
+            return 0
         try:
             with self._gc_lock, self.index.connection():
                 now = time.time()
@@ -438,6 +468,8 @@ class Vault:
                 )
                 partials: dict[str, list[PartialUpload]] | None = None
                 for row in rows:
+                    if self._being_read(row.blob_id):
+                        continue  # a reader of it is open here; the next run collects it
                     with self.index.atomic():
                         if (
                             Version.select().where(Version.blob_id == row.blob_id).exists()

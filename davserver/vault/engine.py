@@ -9,7 +9,6 @@ engine's tunables, live here for the same reason (``davserver.vault`` re-exports
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -43,39 +42,17 @@ class VaultSettings:
     max_shared_locks: int = 64  # locks rooted at one path (LockLimit beyond)
 
 
-class ReaderCount:
-    """How many readers of stored blobs are open in this process (see ``_collect``)."""
-
-    def __init__(self) -> None:
-        self._n = 0
-        self._lock = threading.Lock()
-
-    def opened(self) -> Callable[[], None]:
-        """Count one more open reader; returns the function that counts it closed (once)."""
-        with self._lock:
-            self._n += 1
-        done = False
-
-        def closed() -> None:
-            nonlocal done
-            with self._lock:
-                if not done:
-                    done = True
-                    self._n -= 1
-
-        return closed
-
-    def busy(self) -> bool:
-        return self._n > 0
-
-
 class Engine(Protocol):
     """The part of ``Vault`` that sessions use: rows, objects, tunables, collection."""
 
     index: Index
     blobs: BlobStore
     settings: VaultSettings
-    readers: ReaderCount
+
+    def pin_blob(self, blob_id: str) -> Callable[[], None]:
+        """Keep a blob from this process's collection while a reader of it is open; call
+        the returned function (once or more) when it closes."""
+        ...
 
     def mark_blobs_dead(self, blob_ids: list[str]) -> None:
         """Queue blobs that no version references any more for collection."""

@@ -152,6 +152,20 @@ class LockStore:
         return self._index.run(once)
 
     @contextlib.contextmanager
+    def transaction(self, user_id: str | None) -> Iterator[None]:
+        """One write transaction that a tree change shares with its lock checks and with
+        the removal of the locks of what it removed (``DavLockManager.atomic``). It is
+        serialised with every lock change of ``user_id`` (the advisory lock ``atomically``
+        takes, first) and with every write of that user (their row, second: the order in
+        which every transaction that takes both takes them, so none deadlocks). Vault
+        transactions inside it join it. SQLite's ``BEGIN IMMEDIATE`` serialises all."""
+        with self._index.connection(), self._index.atomic():
+            if user_id is not None and not self._index.is_sqlite:
+                fast.execute("lock_advisory", (_advisory_key(user_id),))
+                fast.execute("lock_user", (user_id,))
+            yield
+
+    @contextlib.contextmanager
     def _db(self) -> Iterator[None]:
         with self._index.connection():
             yield

@@ -363,13 +363,9 @@ class _SessionCore:
         """Collect garbage after a committed change. The change stands whatever happens
         here: a failure is logged and left to the maintenance loop, never answered.
 
-        While this process streams any stored blob, collection is left to the maintenance
-        loop: the change may have retired the very blob a concurrent GET is reading (an
-        overwrite or DELETE of a file being downloaded), and deleting it would cut that
-        response off. Readers in other processes are not seen: the loop's run may still
-        race one, rarely (``gc.interval`` apart, not after every change)."""
-        if self.vault.readers.busy():
-            return
+        Blobs that a reader in this process has open (a GET of a version this change just
+        retired) are pinned (``Vault.pin_blob``) and left for a later run. Readers in other
+        processes are not seen; their GET looks the file up again if its version is gone."""
         try:
             self.vault.collect_garbage(grace=0)
         except DavServerError as exc:

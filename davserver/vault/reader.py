@@ -124,7 +124,7 @@ class FileReader(io.RawIOBase):
         on_close: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
-        self._on_close = on_close  # called once, when the reader is closed
+        self._on_close = on_close  # called once, on close (Session.open_file unpins the blob)
         self._blobs = blobs
         self._blob_id = blob_id
         self._ck = ck

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from davserver import crypto
 from davserver.crypto import envelopes
-from davserver.errors import AlreadyExists, Conflict, IntegrityError, NotFound
+from davserver.errors import AlreadyExists, Conflict, IntegrityError, NotFound, VersionGone
 from davserver.index import fast
 from davserver.index.models import Node, User
 from davserver.vault.nodes import DIR, FILE, MAX_NAME_BYTES, Entry, NodeLike, _b, _Ref, split_path
@@ -145,19 +145,24 @@ class Session(_WriteOps, _SubtreeOps, _PropOps):
             user = User.get_by_id(self.user_id)
             return user.usage_bytes, self._quota(user)
 
-    def open_file(self, path: str) -> FileReader:
-        """A seekable reader of the current version of the file at ``path``."""
-        parts = split_path(path)
+    def open_file(self, path: str, version_id: str | None = None) -> FileReader:
+        """A seekable reader of the current version of the file at ``path``, or of the
+        version ``version_id`` of it: a GET serves the version whose size and ETag it
+        announced (``VersionGone`` when that version has meanwhile been replaced and
+        removed). The reader pins its blob against this process's garbage collection
+        until it is closed."""
         with self._db():
-            for _ in range(3):
-                ref = self._walk(parts)
+            for _attempt in range(3):
+                ref = self._walk(split_path(path))
                 if ref.row.kind != FILE:
                     raise Conflict("not a file")
-                v = fast.version(ref.row.current_version or "", ref.row.id)
+                v = fast.version(version_id or ref.row.current_version or "", ref.row.id)
                 if v is not None:
                     break
-                # The walk and this lookup are two statements: a PUT that committed between
-                # them replaced the version the walk saw. Walk again to the new one.
+                if version_id is not None:
+                    raise VersionGone()
+                # The node row and the version are two reads: a write that committed in
+                # between replaced (and removed) the version the node row named.
             else:
                 raise IntegrityError("file has no current version")
             header24 = v.header24
@@ -174,11 +179,15 @@ class Session(_WriteOps, _SubtreeOps, _PropOps):
             except crypto.AuthenticationFailed as exc:
                 log.error("integrity failure: content key of node %s", ref.row.id)
                 raise IntegrityError("content key failed authentication") from exc
-            if v.inline is not None:
-                source = InlineBlob(v.blob_id, v.inline)
-                return FileReader(source, v.blob_id, ck, header24, v.plain_size, v.id)
-            done = self.vault.readers.opened()
-            return FileReader(self.vault.blobs, v.blob_id, ck, header24, v.plain_size, v.id, done)
+            source = self.vault.blobs if v.inline is None else InlineBlob(v.blob_id, v.inline)
+            unpin = self.vault.pin_blob(v.blob_id)
+            try:
+                return FileReader(
+                    source, v.blob_id, ck, header24, v.plain_size, v.id, on_close=unpin
+                )
+            except BaseException:
+                unpin()
+                raise
 
     # -- directories -------------------------------------------------------------------------
     def mkdir(self, path: str, mtime: float | None = None) -> Entry:

@@ -11,13 +11,14 @@ chunked uploads (``davserver.vault.uploads``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import peewee as pw
@@ -47,6 +48,9 @@ from davserver.vault.nodes import (
 )
 
 log = logging.getLogger(__name__)
+
+# Entered around a write's commit transaction (see ``write_file``).
+CommitGuard = Callable[[], contextlib.AbstractContextManager[None]]
 
 
 class _Counter:
@@ -129,6 +133,7 @@ class _WriteOps(_SessionCore):
         mtime: float | None = None,
         sha1: str | None = None,
         md5: str | None = None,
+        commit_guard: CommitGuard | None = None,
     ) -> Entry:
         """Store ``chunks`` as the new current version of the file at ``path``.
 
@@ -136,11 +141,13 @@ class _WriteOps(_SessionCore):
         directory). ``expected_length`` (Content-Length / X-Expected-Entity-Length) and the
         optional hex ``sha1``/``md5`` are checked before anything is committed
         (``LengthMismatch``, ``ChecksumMismatch``); a quota overrun is ``InsufficientStorage``.
+        ``commit_guard`` (the DAV layer's lock check) is entered around the commit
+        transaction: what it raises aborts the write, and the commit joins its transaction.
         """
         parts = split_path(path)
         vault = self.vault
         if expected_length is not None and expected_length <= vault.settings.inline_max:
-            return self._write_small(parts, chunks, expected_length, mtime, sha1, md5)
+            return self._write_small(parts, chunks, expected_length, mtime, sha1, md5, commit_guard)
         with self._db():
             _, existing = self._parent_and_child(parts)
             if existing is not None and existing.row.kind == DIR:
@@ -171,6 +178,7 @@ class _WriteOps(_SessionCore):
                 hashes,
                 mtime,
                 digest=stream.digest(),
+                commit_guard=commit_guard,
             )
         except BaseException:
             self._discard_blob(blob_id)
@@ -187,6 +195,7 @@ class _WriteOps(_SessionCore):
         mtime: float | None,
         sha1: str | None,
         md5: str | None,
+        commit_guard: CommitGuard | None = None,
     ) -> Entry:
         """``write_file`` for a body of known length up to ``storage.inline_max``: encrypted in
         memory into the same blob bytes a stored object would hold, and committed with its
@@ -207,6 +216,7 @@ class _WriteOps(_SessionCore):
             mtime,
             inline=blob,
             digest=hashlib.blake2b(blob, digest_size=DIGEST_LEN).digest(),
+            commit_guard=commit_guard,
         )
         if retired_any:
             self._collect()
@@ -256,14 +266,16 @@ class _WriteOps(_SessionCore):
         mtime: float | None,
         inline: bytes | None = None,
         digest: bytes | None = None,
+        commit_guard: CommitGuard | None = None,
     ) -> tuple[Entry, bool]:
         """One transaction: insert the version and make it current (creating the node if
         the name is new). Two PUTs of one name both succeed, in commit order: they queue on
         the user's row, and the later one re-resolves the name and finds the earlier one's
-        node and version number (the last commit wins)."""
+        node and version number (the last commit wins). ``commit_guard`` (the DAV layer's
+        lock re-check) is entered around the transaction, on every attempt."""
         return self._retried(
             lambda: self._commit_version_once(
-                parts, blob_id, ck, header24, size, hashes, mtime, inline, digest
+                parts, blob_id, ck, header24, size, hashes, mtime, inline, digest, commit_guard
             )
         )
 
@@ -278,9 +290,11 @@ class _WriteOps(_SessionCore):
         mtime: float | None,
         inline: bytes | None,
         digest: bytes | None,
+        commit_guard: CommitGuard | None,
     ) -> tuple[Entry, bool]:
         now = time.time()
-        with self._db(), self._txn() as locked:
+        guard = commit_guard() if commit_guard is not None else contextlib.nullcontext()
+        with self._db(), guard, self._txn() as locked:
             # Re-resolve inside the transaction: the tree may have changed during the upload.
             parent, ref = self._parent_and_child(parts)
             name = parts[-1]
