@@ -26,6 +26,7 @@ from davserver.cli.common import (
     print_table,
     progress,
 )
+from davserver.cli.fsck import closing_fsck
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -166,13 +167,16 @@ def restore(
     src: Path, pepper_file: Path | None, index_url: str | None, as_json: bool, data_dir: Path
 ) -> None:
     """Restore the backup SRC into the new or empty --data-dir, then verify it: row counts
-    against the manifest, every referenced object present with its exact length."""
+    against the manifest, every referenced object present with its exact length, and a
+    keyless fsck (when the pepper is there)."""
     from davserver.admin.backup import restore as run_restore
 
     with progress("verifying objects", None, not as_json) as bar:
         report = run_restore(src, data_dir, pepper_file, index_url, bar.advance)
+    # A keyless fsck of the restored directory ends it (it opens the vault: needs the pepper).
+    checked = None if report.pepper == "missing" else closing_fsck(data_dir, as_json)
     if as_json:
-        emit_json(report.as_dict())
+        emit_json({**report.as_dict(), "fsck": None if checked is None else checked.to_json()})
     else:
         click.echo(f"Restored {src} into {data_dir} ({report.objects_checked} objects checked).")
         if report.pepper == "missing":
@@ -183,7 +187,7 @@ def restore(
             )
         for p in report.problems:
             click.echo(f"problem: {p}", err=True)
-    if report.problems:
+    if report.problems or (checked is not None and checked.remaining):
         raise SystemExit(EXIT_PROBLEMS)
 
 
@@ -204,7 +208,8 @@ def index() -> None:
 @handle_errors
 @database_errors
 def index_migrate(to_url: str, as_json: bool, data_dir: Path) -> None:
-    """Move the index into another, empty database and point the config at it.
+    """Move the index into another, empty database and point the config at it; row counts
+    are compared and a keyless fsck of the new index ends it.
 
     Stop the server first. The old config is kept as davserver.yaml.bak-<time>; the old
     index is left as it was (delete it once the new one serves).
@@ -225,9 +230,12 @@ def index_migrate(to_url: str, as_json: bool, data_dir: Path) -> None:
     finally:
         for b in bars:
             b.close()
+    if not as_json:
+        print_table(["TABLE", "ROWS"], sorted(result.tables.items()))
+        click.echo(f"Copied the index to {result.target}; row counts verified.")
+        click.echo(f"The config now points there; the old one is {result.config_backup}.")
+    checked = closing_fsck(data_dir, as_json)  # keyless, on the new index
     if as_json:
-        emit_json(result.as_dict())
-        return
-    print_table(["TABLE", "ROWS"], sorted(result.tables.items()))
-    click.echo(f"Copied the index to {result.target}; row counts verified.")
-    click.echo(f"The config now points there; the old one is {result.config_backup}.")
+        emit_json({**result.as_dict(), "fsck": checked.to_json()})
+    if checked.remaining:
+        raise SystemExit(EXIT_PROBLEMS)

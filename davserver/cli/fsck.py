@@ -9,7 +9,7 @@ import click
 
 from davserver.admin import ProgressFactory, Ticker
 from davserver.admin.deep import DeepCheck
-from davserver.admin.fsck import Fsck, Problem
+from davserver.admin.fsck import Fsck, FsckReport, Problem
 from davserver.cli import main
 from davserver.cli.common import (
     EXIT_CODES_HELP,
@@ -48,6 +48,23 @@ def _print_problems(problems: list[Problem], title: str) -> None:
         for p in problems
     ]
     print_table(["kind", "ids", "detail", "repairable"], rows, title=title)
+
+
+def closing_fsck(data_dir: Path, as_json: bool) -> FsckReport:
+    """The keyless fsck that ``restore`` and ``index migrate`` end with (printed unless
+    ``as_json``; the caller puts the report in its JSON and picks the exit code)."""
+    from davserver.runtime import open_vault
+
+    vault = open_vault(load_config(data_dir))
+    try:
+        report = Fsck(vault, progress=_progress_factory(not as_json)).run()
+    finally:
+        vault.close()
+    if not as_json:
+        _print_problems(report.problems, "fsck")
+        checked = ", ".join(f"{n} {what}" for what, n in report.checked.items())
+        click.echo(f"fsck: checked {checked}: {len(report.problems)} problems")
+    return report
 
 
 @main.command(epilog=EXIT_CODES_HELP)

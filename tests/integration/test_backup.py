@@ -131,6 +131,8 @@ def test_backup_of_a_live_server_restores_every_acknowledged_file(
     report = json.loads(result.stdout)
     assert report["problems"] == []
     assert report["objects_checked"] > 20
+    # The keyless fsck that ends the restore ran and found the copy clean.
+    assert report["fsck"]["clean"] is True and report["fsck"]["checked"]["versions"] > 20
     assert stat.S_IMODE((restored / "pepper").stat().st_mode) == 0o400
 
     dav2 = _serve_and_check(restored, password, expected)
@@ -206,6 +208,7 @@ def test_restore_reports_a_missing_object(tmp_path: Path) -> None:
     )
     assert r.returncode == 1
     assert f"object {objects[0].name} is missing" in r.stderr
+    assert "blob_missing" in r.stdout  # the closing fsck names it too
 
 
 @pytest.mark.s3

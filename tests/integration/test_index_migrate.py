@@ -56,6 +56,7 @@ def test_restore_then_migrate_to_postgresql_and_back(tmp_path: Path, postgres_db
     result = json.loads(r.stdout)
     manifest = json.loads((bk / "manifest.json").read_text())
     assert result["tables"] == manifest["tables"]
+    assert result["fsck"]["clean"] is True  # the keyless fsck of the new index
     assert _pg_rows(postgres_db_url, "version") == manifest["tables"]["version"]
     secret = urlsplit(postgres_db_url).password
     assert not secret or secret not in r.stdout + r.stderr  # the URL is shown masked
