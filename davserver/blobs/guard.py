@@ -310,6 +310,11 @@ class GuardedBlobStore(BlobStore):
     def discard_partial(self, partial: PartialUpload) -> None:
         self._call(lambda: self.inner.discard_partial(partial))
 
+    def probe(self) -> None:
+        # The wrapped store's own probe (the local one checks its directory is writable),
+        # asked directly: readiness wants the store's state, not the breaker's.
+        self.inner.probe()
+
     def close(self) -> None:
         self.inner.close()
 

@@ -128,5 +128,8 @@ class MeteredBlobStore(BlobStore):
     def discard_partial(self, partial: PartialUpload) -> None:
         self._call("discard_partial", lambda: self.inner.discard_partial(partial))
 
+    def probe(self) -> None:
+        self._call("probe", self.inner.probe)
+
     def close(self) -> None:
         self.inner.close()
