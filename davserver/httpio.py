@@ -51,6 +51,9 @@ class SocketReader(cheroot_makefile.StreamReader):
     min_rate: float = 1024.0
     recv_timeout: float | None = None  # the socket's own timeout, per recv (server.timeout)
     failure: BadFraming | None = None
+    #: Set by the selector: it sent ``100 Continue`` if the request asked for one, so
+    #: cheroot must not (see ``DavRequest.read_request_headers``).
+    expect_handled: bool = False
 
     def preload(self, data: bytes) -> None:
         """Put ``data`` in front of whatever is buffered (bytes read by the selector)."""

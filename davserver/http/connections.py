@@ -10,8 +10,10 @@ its blank line (:func:`~davserver.http.head.scan_head`: sizes and framing, answe
 with 400/408/414/431/501 before any authentication work), then the first
 ``min(Content-Length, 64 KiB)`` bytes of the body (a chunked body: 64 KiB or its end), and
 only then hands the connection to a worker, the bytes preloaded into its reader (pipelined
-requests behind it included). A request with ``Expect: 100-continue`` is handed over at once
-so that the worker can send ``100 Continue``.
+requests behind it included). A request with ``Expect: 100-continue`` (HTTP/1.1) is answered
+``100 Continue`` by the selector once its head has passed those checks, and its body is then
+buffered like any other (a client that sends its body without waiting for the 100 is fine
+too); the worker's request is told (``SocketReader.expect_handled``) not to send a second one.
 
 Deadlines (:class:`Deadlines`, from ``server.*``) are totals, not per ``recv``: the TLS
 handshake and first head within ``head_timeout`` of the accept; the next head on a
@@ -61,6 +63,7 @@ LINGER_BYTES = 256 << 10
 #: answered 503 (Retry-After) as it grows, while small heads still pass.
 BUFFER_BUDGET = 256 << 20
 BIG_BUFFER = 16 << 10
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 _HANDSHAKE, _HEAD, _LINGER = 0, 1, 2
 _WAIT, _DISPATCH, _EOF = "wait", "dispatch", "eof"
@@ -87,6 +90,7 @@ class _Waiting:
         "buf",
         "closed",
         "conn",
+        "continued",
         "deadline",
         "events",
         "fd",
@@ -116,6 +120,7 @@ class _Waiting:
         self.events = selectors.EVENT_READ
         self.closed = False
         self.accounted = 0  # bytes of buf counted in the manager's budget
+        self.continued = False  # 100 Continue sent for the current head
 
     def close(self) -> None:
         self.closed = True
@@ -277,6 +282,10 @@ class SelectorConnections(cheroot_connections.ConnectionManager):  # type: ignor
                     return _DISPATCH
             except BadFraming as exc:
                 return exc
+            head = waiting.head
+            if head is not None and head.expect_continue and not waiting.continued:
+                if not self._send_continue(waiting):
+                    return _EOF
             if not read:
                 return _WAIT
             try:
@@ -316,7 +325,7 @@ class SelectorConnections(cheroot_connections.ConnectionManager):  # type: ignor
                 body = len(buf) - head.size
                 d = self.deadlines
                 waiting.deadline = time.monotonic() + d.body_timeout + body / d.body_min_rate
-        if head.expect_continue or not (head.chunked or head.content_length):
+        if not (head.chunked or head.content_length):
             return True
         body = len(buf) - head.size
         if body >= BODY_PREBUFFER:
@@ -325,6 +334,16 @@ class SelectorConnections(cheroot_connections.ConnectionManager):  # type: ignor
             done, waiting.body_pos = chunked_body_scan(buf, waiting.body_pos)
             return done
         return body >= head.content_length
+
+    def _send_continue(self, waiting: _Waiting) -> bool:
+        """Send ``100 Continue`` without blocking; False (the connection is dropped) if the
+        socket would not take these 25 bytes at once: a client that does not read."""
+        waiting.continued = True
+        try:
+            sent: int = waiting.sock.send(CONTINUE)
+        except (*_WOULD_BLOCK, OSError):
+            return False
+        return sent == len(CONTINUE)
 
     def _dispatch(self, waiting: _Waiting) -> None:
         """Hand the connection, its bytes preloaded, to a worker thread."""
@@ -335,6 +354,7 @@ class SelectorConnections(cheroot_connections.ConnectionManager):  # type: ignor
         rfile.preload(bytes(waiting.buf))
         self._release(waiting)
         rfile.failure = None
+        rfile.expect_handled = True  # the selector sent 100 Continue if one was due
         rfile.recv_timeout = float(self.server.timeout)
         rfile.min_rate = self.deadlines.body_min_rate
         has_body = head is not None and (head.chunked or head.content_length > 0)

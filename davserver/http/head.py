@@ -121,7 +121,14 @@ def _parse(head: bytes, size: int) -> Head:
         if len(codings) > 1:
             raise UnsupportedCoding("unsupported transfer coding")
         chunked = True
-    return Head(size, content_length, chunked, b", ".join(expect) == b"100-continue")
+    # RFC 9110 §10.1.1: a 100-continue expectation in an HTTP/1.0 request is ignored.
+    expect_continue = b", ".join(expect).lower() == b"100-continue"
+    return Head(
+        size,
+        content_length,
+        chunked,
+        expect_continue and not request_line.endswith(b" HTTP/1.0"),
+    )
 
 
 def _refuse(head: bytes) -> NoReturn:

@@ -12,7 +12,9 @@
   outermost guard: an exception before the response started is answered with 500 (logged
   once, with the stack but not the message, which may hold a name; nothing of it reaches the
   client); one after it started closes the connection without the final chunk, so the
-  client sees a cut-off answer, not a complete-looking one.
+  client sees a cut-off answer, not a complete-looking one. It does not send cheroot's
+  ``100 Continue`` for a request whose expectation the selector thread already answered
+  (it sends the 100 itself, then buffers the start of the body before a worker is taken).
 - :class:`GuardedGateway` fixes cheroot's ``Gateway.respond``, which on an exception in the
   body iterator still sent the headers of the failed answer from its ``finally``.
 """
@@ -163,6 +165,15 @@ _CLIENT_GONE = (
 _WRITE_FAILED = (OSError, cheroot_errors.FatalSSLAlert, cheroot_errors.NoSSLError)
 
 
+def _headers_without_continue(rfile: Any, hdict: Any = None) -> Any:
+    """cheroot's header reader, less an ``Expect: 100-continue`` already answered (cheroot
+    sends ``100 Continue`` when it sees one)."""
+    hdict = cheroot_server.HTTPRequest.header_reader(rfile, hdict)
+    if hdict.get(b"Expect", b"").lower() == b"100-continue":
+        del hdict[b"Expect"]
+    return hdict
+
+
 class DavRequest(cheroot_server.HTTPRequest):  # type: ignore[misc]
     """See the module docstring."""
 
@@ -175,6 +186,12 @@ class DavRequest(cheroot_server.HTTPRequest):  # type: ignore[misc]
             self._send_error(BadRequest("the request path is not valid UTF-8"))
             return False
         return True
+
+    def read_request_headers(self) -> bool:
+        if getattr(self.conn.rfile, "expect_handled", False):
+            self.header_reader = _headers_without_continue
+        ok: bool = super().read_request_headers()  # type: ignore[no-untyped-call]
+        return ok
 
     def respond(self) -> None:
         if self.chunked_read:

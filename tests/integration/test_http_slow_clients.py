@@ -322,20 +322,122 @@ def test_keepalive_pipelining_and_expect_continue(short_server: DavServer) -> No
     assert statuses == [b"200", b"200", b"200", b"201", b"200"]
     assert [b[:15] for b in bodies[:3]] == [b"oneoneone", b"twotwotwo", b"threethreethree"]
     assert bodies[4] == b"four"
-    # Expect: 100-continue is handed to a worker at once, which asks for the body.
+    # Expect: 100-continue: the selector sends the one 100, buffers the body, then a worker
+    # answers; the file reads back byte for byte.
+    body = bytes(range(256)) * 800  # 200 KiB: more than the selector buffers
     s = _connect(dav)
     s.sendall(
-        f"PUT /five.txt HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n"
-        "Content-Length: 4\r\nExpect: 100-continue\r\n\r\n".encode()
+        f"PUT /five.bin HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n"
+        f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n".encode()
     )
     s.settimeout(15)
     interim = s.recv(4096)
-    assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
-    s.sendall(b"five")
-    final = s.recv(4096)
+    assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+    s.sendall(body + b"GET /five.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answer = _recv_all(s, 20)
     s.close()
-    assert final.startswith(b"HTTP/1.1 201 ")
-    assert alice.get("/five.txt").body == b"five"
+    assert answer.count(b"100 Continue") == 0  # the worker did not send a second one
+    assert answer.startswith(b"HTTP/1.1 201 "), answer[:80]
+    assert alice.get("/five.bin").body == body
+    # A client that sends its body without waiting for the 100 is answered too.
+    s = _connect(dav)
+    s.sendall(
+        f"PUT /six.txt HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n"
+        "Content-Length: 3\r\nExpect: 100-continue\r\nConnection: close\r\n\r\nsix".encode()
+    )
+    answer = _recv_all(s, 20)
+    s.close()
+    assert answer.count(b"HTTP/1.1 ") == 1 and answer.startswith(b"HTTP/1.1 201 "), answer[:80]
+    assert alice.get("/six.txt").body == b"six"
+
+
+def test_expect_continue_slow_bodies_wait_in_the_selector(slow_server: DavServer) -> None:
+    """40 clients get their 100 Continue, then send their bodies a byte a second: with 8
+    threads, a legitimate client is still answered within 1 s (issue 9 point 5)."""
+    dav = slow_server
+    alice = dav.client("alice")
+    assert alice.put("/hello.txt", b"hello").status == 201
+    auth = basic("alice", dav.users["alice"])
+    clients = [_connect(dav) for _ in range(40)]
+    for i, s in enumerate(clients):
+        s.sendall(
+            f"PUT /expect-{i}.txt HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\n"
+            "Content-Length: 100000\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+    for s in clients:
+        s.settimeout(15)
+        assert s.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(1.0):
+            for s in clients:
+                with contextlib.suppress(OSError):
+                    s.send(b"x")
+
+    sender = threading.Thread(target=trickle, daemon=True)
+    sender.start()
+    try:
+        time.sleep(2.5)  # a few body bytes sent by every client
+        assert _waiting_connections(dav) >= 40  # all in the selector, none in a worker
+        timings = []
+        for i in range(5):
+            status, took = _timed_request(dav, "GET", "/hello.txt")
+            assert status == 200
+            timings.append(took)
+            status, took = _timed_request(dav, "PUT", f"/legit-{i}.txt", b"legit")
+            assert status == 201
+            timings.append(took)
+        print(f"legitimate request times beside 40 slow 100-continue bodies: {timings}")
+        assert max(timings) < 1.0, timings
+        for s in clients:  # still unanswered: really waiting
+            s.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                s.recv(1)
+    finally:
+        stop.set()
+        sender.join(5)
+        for s in clients:
+            s.close()
+    assert alice.get("/expect-0.txt").status == 404  # nothing committed
+
+
+def test_curl_upload_with_expect_continue(short_server: DavServer, tmp_path: Path) -> None:
+    dav = short_server
+    upload = tmp_path / "upload.bin"
+    data = bytes(range(256)) * 1000
+    upload.write_bytes(data)
+    url = f"http://{dav.host}:{dav.port}/curl.bin"
+    base = ["curl", "-sS", "--max-time", "30", "-u", f"alice:{dav.users['alice']}"]
+    if _has_curl():
+        done = subprocess.run(
+            [*base, "-v", "-T", str(upload), "-H", "Expect: 100-continue", url],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        assert done.stderr.count(b"< HTTP/1.1 100 Continue") == 1, done.stderr[-2000:]
+        assert b"< HTTP/1.1 201 " in done.stderr
+    else:
+        print("curl not installed: uploading with http.client instead")
+        conn = http.client.HTTPConnection(dav.host, dav.port, timeout=30)
+        conn.request(
+            "PUT",
+            "/curl.bin",
+            body=data,
+            headers={"Authorization": basic("alice", dav.users["alice"]), "Expect": "100-continue"},
+        )
+        assert conn.getresponse().status == 201
+        conn.close()
+    assert dav.client("alice").get("/curl.bin").body == data
+
+
+def _has_curl() -> bool:
+    try:
+        subprocess.run(["curl", "--version"], capture_output=True, check=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return True
 
 
 def test_tls_handshakes_do_not_block_the_selector(tmp_path: Path) -> None:

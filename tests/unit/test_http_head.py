@@ -22,6 +22,12 @@ def test_complete_head_and_its_framing() -> None:
     assert scan_head(b"\r\nGET / HTTP/1.1\r\n\r\n") == Head(20, 0, False, False)  # one CRLF
 
 
+def test_expect_continue_only_for_http_1_1() -> None:
+    for version, expected in ((b"1.1", True), (b"1.0", False)):
+        head = b"PUT /a HTTP/" + version + b"\r\nContent-Length: 3\r\nExpect: 100-Continue\r\n\r\n"
+        assert scan_head(head) == Head(len(head), 3, False, expected)
+
+
 @pytest.mark.parametrize(
     "partial", [b"", b"GET / HT", b"GET / HTTP/1.1\r\nHost: x\r\n", b"GET / HTTP/1.1\r\nA: b\r\n\r"]
 )
