@@ -139,7 +139,7 @@ def user_list(as_json: bool, data_dir: Path) -> None:
     "default"; LAST LOGIN is the last login that checked the password (to the minute;
     requests served from the login cache are not counted), in UTC.
     """
-    from davserver.cli.sizes import describe_quota, format_size, format_time
+    from davserver.cli.sizes import describe_quota, format_size, format_time, user_json
     from davserver.runtime import open_vault
 
     config = load_config(data_dir)
@@ -153,11 +153,7 @@ def user_list(as_json: bool, data_dir: Path) -> None:
         emit_json(
             [
                 {
-                    "name": u.name,
-                    "id": u.id,
-                    "usage_bytes": u.usage_bytes,
-                    "quota_bytes": u.quota_bytes if u.quota_bytes is not None else default,
-                    "quota_is_default": u.quota_bytes is None,
+                    **user_json(u, default),
                     "created": format_time(u.created),
                     "last_login": format_time(u.last_login),
                 }

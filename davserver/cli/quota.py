@@ -24,7 +24,14 @@ from davserver.cli.common import (
     json_option,
     load_config,
 )
-from davserver.cli.sizes import CLEAR, UNLIMITED, describe_quota, format_size, parse_size
+from davserver.cli.sizes import (
+    CLEAR,
+    UNLIMITED,
+    describe_quota,
+    format_size,
+    parse_size,
+    user_json,
+)
 from davserver.errors import NotFound
 
 
@@ -66,15 +73,7 @@ def user_quota(name: str, size: str, as_json: bool, data_dir: Path) -> None:
         vault.close()
     default = config.quota.default_bytes
     if as_json:
-        emit_json(
-            {
-                "name": info.name,
-                "id": info.id,
-                "usage_bytes": info.usage_bytes,
-                "quota_bytes": info.quota_bytes if info.quota_bytes is not None else default,
-                "quota_is_default": info.quota_bytes is None,
-            }
-        )
+        emit_json(user_json(info, default))
         return
     shown = describe_quota(info.quota_bytes, default)
     click.echo(f"Quota of '{name}': {shown} (using {format_size(info.usage_bytes)}).")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import re
 import time
+from typing import Any
+
+from davserver.vault import UserInfo
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(I?B?)\s*$", re.IGNORECASE)
 _POWERS = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4, "P": 5}
@@ -48,3 +51,15 @@ def format_time(ts: float | None) -> str | None:
     if ts is None:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def user_json(u: UserInfo, default: int) -> dict[str, Any]:
+    """A user's usage and quota for ``--json`` (the quota in effect, and whether it is the
+    server default)."""
+    return {
+        "name": u.name,
+        "id": u.id,
+        "usage_bytes": u.usage_bytes,
+        "quota_bytes": u.quota_bytes if u.quota_bytes is not None else default,
+        "quota_is_default": u.quota_bytes is None,
+    }
