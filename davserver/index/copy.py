@@ -50,6 +50,14 @@ def _order(model: type[BaseModel]) -> str:
     return ", ".join(_q(n) for n in names)
 
 
+def _bool_columns(model: type[BaseModel]) -> set[str]:
+    return {
+        f.column_name
+        for f in model._meta.sorted_fields  # type: ignore[attr-defined]
+        if isinstance(f, pw.BooleanField)
+    }
+
+
 def _self_refs(model: type[BaseModel]) -> list[str]:
     return [
         f.column_name
@@ -169,11 +177,16 @@ def copy_table(
     marks = ", ".join([dst.param] * len(cols))
     insert = f"INSERT INTO {_q(name)} ({', '.join(_q(c) for c in cols)}) VALUES ({marks})"  # noqa: S608
     nulled = [i for i, c in enumerate(cols) if c in refs]
+    # SQLite keeps a boolean as 0 or 1, which PostgreSQL refuses for a boolean column.
+    flags = {i for i, c in enumerate(cols) if c in _bool_columns(model)}
     copied = 0
     batch: list[tuple[Any, ...]] = []
     for row in iter_rows(src, select):
-        if nulled:
-            row = tuple(None if i in nulled else v for i, v in enumerate(row))
+        if nulled or flags:
+            row = tuple(
+                None if i in nulled else bool(v) if i in flags and v is not None else v
+                for i, v in enumerate(row)
+            )
         batch.append(row)
         if len(batch) >= BATCH:
             _write_batch(dst, insert, batch)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from davserver.vault import Vault
 from tests.harness.davserver import DavServer, s3_env, start_dav_server
 from tests.integration.test_gc_cli import run_cli
 
@@ -41,11 +42,22 @@ class Writer(threading.Thread):
                 self.errors.append(f"PUT {path}: {r.status}")
                 return
             self.acked[path] = data
-            if i % 5 == 4:  # objects vanish while the backup copies
+            if i % 5 == 4:  # objects vanish while the backup copies (not into the trash)
                 victim = f"/live/f{i - 2:05d}.bin"
-                if self.client.delete(victim).status == 204:
+                final = {"X-Delete-Permanently": "true"}
+                if self.client.delete(victim, final).status == 204:
                     self.deleted.add(victim)
             i += 1
+
+
+# Versions and the trash (schema 7), made by _populate: the old contents of an overwritten
+# file, and what went into the trash, by original location.
+OLD_VERSION = os.urandom(65_000)
+TRASHED = {
+    "bin/inner/x.bin": os.urandom(40_000),
+    "bin/y.txt": b"small, kept in the index",
+    "gone.bin": os.urandom(90_000),
+}
 
 
 def _populate(dav: DavServer) -> dict[str, bytes]:
@@ -64,7 +76,32 @@ def _populate(dav: DavServer) -> dict[str, bytes]:
         assert alice.put(path, data).status == 201, path
     assert alice.copy("/docs/report.bin", "/docs/report-copy.bin").status == 201
     files["/docs/report-copy.bin"] = files["/docs/report.bin"]
+    assert alice.put("/docs/versioned.bin", OLD_VERSION).status == 201
+    files["/docs/versioned.bin"] = os.urandom(66_000)
+    assert alice.put("/docs/versioned.bin", files["/docs/versioned.bin"]).status == 204
+    for d in ("/bin", "/bin/inner"):
+        assert alice.mkcol(d).status == 201
+    for path, data in TRASHED.items():
+        assert alice.put("/" + path, data).status == 201, path
+    assert alice.delete("/bin").status == 204
+    assert alice.delete("/gone.bin").status == 204
     return files
+
+
+def _check_history(vault: Vault, password: str) -> None:
+    """The old version and the trash came along: readable with the password, intact."""
+    s = vault.login("alice", password)
+    items = {i.original_location: i.name for i in s.trash_items()}
+    # Beside what the Writer deleted, if the server does not know X-Delete-Permanently yet.
+    assert {p for p in items if not p.startswith("live/")} == {"bin", "gone.bin"}
+    for path, data in TRASHED.items():
+        top, _, rest = path.partition("/")
+        where = f"{items[top]}/{rest}" if rest else items[top]
+        assert s.trash_open(where).read_all() == data, path
+    fileid = s.stat("/docs/versioned.bin").fileid
+    _, kept = s.versions(fileid)
+    assert len(kept) == 2 and kept[0].current
+    assert s.open_version(fileid, kept[-1].version_no).read_all() == OLD_VERSION
 
 
 def _serve_and_check(data_dir: Path, password: str, files: dict[str, bytes]) -> DavServer:
@@ -146,6 +183,8 @@ def test_backup_of_a_live_server_restores_every_acknowledged_file(
             assert got.status in (200, 404), path
             if got.status == 200:
                 assert got.body == data, path
+        _check_history(dav2.vault, password)
+        assert manifest["tables"]["trash_item"] >= 2
         # The restored server accepts new writes.
         assert alice.put("/after-restore.txt", b"new").status == 201
         assert dav2.client("alice", "wrong-password").get("/hello.txt").status == 401
@@ -288,5 +327,6 @@ def test_backup_with_s3_then_rclone_sync_then_restore(
             got = alice.get(path)
             assert got.status == 200, path
             assert got.body == data, path
+        _check_history(dav2.vault, password)
     finally:
         dav2.stop()

@@ -13,7 +13,7 @@ import psycopg2
 
 from davserver.config import load
 from tests.harness.davserver import start_dav_server
-from tests.integration.test_backup import Writer, _populate, _serve_and_check
+from tests.integration.test_backup import Writer, _check_history, _populate, _serve_and_check
 from tests.integration.test_gc_cli import run_cli
 
 
@@ -58,6 +58,7 @@ def test_restore_then_migrate_to_postgresql_and_back(tmp_path: Path, postgres_db
     assert result["tables"] == manifest["tables"]
     assert result["fsck"]["clean"] is True  # the keyless fsck of the new index
     assert _pg_rows(postgres_db_url, "version") == manifest["tables"]["version"]
+    assert _pg_rows(postgres_db_url, "trash_item") == manifest["tables"]["trash_item"] == 2
     secret = urlsplit(postgres_db_url).password
     assert not secret or secret not in r.stdout + r.stderr  # the URL is shown masked
     backups = list(restored.glob("davserver.yaml.bak-*"))
@@ -68,6 +69,7 @@ def test_restore_then_migrate_to_postgresql_and_back(tmp_path: Path, postgres_db
 
     dav2 = _serve_and_check(restored, password, files)
     try:
+        _check_history(dav2.vault, password)  # on PostgreSQL now
         alice = dav2.client("alice")
         listing = alice.propfind("/docs", depth="1")
         assert listing.status == 207
@@ -122,7 +124,11 @@ def test_restore_then_migrate_to_postgresql_and_back(tmp_path: Path, postgres_db
         ]
     )
     assert r.returncode == 0, r.stderr
-    _serve_and_check(tmp_path / "from-pg", password, files).stop()
+    dav4 = _serve_and_check(tmp_path / "from-pg", password, files)
+    try:
+        _check_history(dav4.vault, password)
+    finally:
+        dav4.stop()
 
     # And back: PostgreSQL -> a new SQLite file.
     r = run_cli(
@@ -131,7 +137,10 @@ def test_restore_then_migrate_to_postgresql_and_back(tmp_path: Path, postgres_db
     assert r.returncode == 0, r.stderr
     assert (restored / "index-back.db").is_file()
     dav3 = _serve_and_check(restored, password, files)
-    dav3.stop()
+    try:
+        _check_history(dav3.vault, password)
+    finally:
+        dav3.stop()
 
 
 def test_migrate_refuses_a_non_empty_target(tmp_path: Path, postgres_db_url: str) -> None:
