@@ -1,12 +1,14 @@
 """``davserver fsck --deep``: authenticate everything of one user, with their password.
 
 Logs in through ``Vault.login`` and walks the user's tree by node ids (a directory at a time,
-a stack of directory keys), using the session's and the reader's own code: every key envelope
-is unwrapped, every name, metadata record, property set and checksum record opened, every
-name MAC compared with the sealed name, and every segment of every version read and
-authenticated (``FileReader``). No cryptography is written here. Problems go by node, version
-and blob id into the keyless run's report (``davserver.admin.fsck``); a node whose key fails
-is not descended.
+a stack of directory keys), then the user's trash the same way from its own key (wrapped
+under the master key as ``wdv/trash/v1``), using the session's and the reader's own code:
+every key envelope is unwrapped, every name, metadata record, property set and checksum
+record opened, every name MAC compared with the sealed name, every version label and every
+trash item's origin record opened, and every segment of every version (old ones and those in
+the trash too) read and authenticated (``FileReader``). No cryptography is written here.
+Problems go by node, version and blob id into the keyless run's report
+(``davserver.admin.fsck``); a node whose key fails is not descended.
 """
 
 from __future__ import annotations
@@ -48,11 +50,14 @@ class DeepCheck:
             with self.vault.index.connection():
                 total = _q('SELECT COUNT(*) FROM "node" WHERE owner_id = ?', (uid,)).fetchone()[0]
                 root = fast.node_by_id(session.root_id, uid)
-                if root is None:
-                    self._add("root_missing", {"user": uid}, "root directory is missing")
-                    return
+                trash_id = _q('SELECT trash_id FROM "user" WHERE id = ?', (uid,)).fetchone()[0]
                 with self.progress("deep", int(total)) as bar:
-                    self._deep_tree(session, root, bar)
+                    if root is None:
+                        self._add("root_missing", {"user": uid}, "root directory is missing")
+                    else:
+                        self._deep_tree(session, root, bar)
+                    if trash_id is not None:
+                        self._deep_trash(session, trash_id, bar)
         except (pw.OperationalError, pw.InterfaceError) as exc:
             raise StorageError("cannot read the index database") from exc
 
@@ -62,10 +67,40 @@ class DeepCheck:
         except IntegrityError:
             self._add("key_envelope", {"node": root.id}, "the root's key failed authentication")
             return
-        self._deep_props(session, root, key, None)
+        self._deep_below(session, root, key, bar)
+
+    def _deep_trash(self, session: Session, trash_id: str, bar: Ticker) -> None:
+        """The trash directory, its items' origin records, and everything below it."""
+        uid = session.user_id
+        row = fast.node_by_id(trash_id, uid)
+        if row is None:
+            return  # reported by the keyless run (trash_missing)
+        try:
+            key = session._node_key(row, None)
+        except IntegrityError:
+            self._add(
+                "trash_key",
+                {"user": uid, "node": trash_id},
+                "the trash's key failed authentication",
+            )
+            return
+        trash = _Ref(row, key, None, "")
+        for (node_id,) in _q(
+            'SELECT node_id FROM "trash_item" WHERE owner_id = ? ORDER BY node_id', (uid,)
+        ).fetchall():
+            self.report.count("deep origins")
+            try:
+                session._origin(trash, node_id)
+            except IntegrityError:
+                self._add("origin", {"node": node_id}, "the trash item's origin record failed")
+        self._deep_below(session, row, key, bar)
+
+    def _deep_below(self, session: Session, top: fast.NodeRow, key: bytes, bar: Ticker) -> None:
+        """A parentless directory (root or trash) whose key is ``key``, and its subtree."""
+        self._deep_props(session, top, key, None)
         bar.advance()
         self.report.count("deep nodes")
-        stack: list[tuple[str, bytes]] = [(root.id, key)]
+        stack: list[tuple[str, bytes]] = [(top.id, key)]
         while stack:
             dir_id, dir_key = stack.pop()
             for row in fast.children(dir_id, session.user_id):
@@ -94,8 +129,9 @@ class DeepCheck:
             self._add("metadata", ids, "the node's metadata failed authentication")
         self._deep_props(session, row, key, parent_key)
         if row.kind == "file":
+            ref = _Ref(row, key, parent_key, "")
             for (vid,) in _q('SELECT id FROM "version" WHERE node_id = ?', (row.id,)).fetchall():
-                self._deep_version(session, row.id, key, vid)
+                self._deep_version(session, ref, vid)
         return key
 
     def _deep_props(
@@ -109,7 +145,8 @@ class DeepCheck:
         except IntegrityError:
             self._add("properties", {"node": row.id}, "the node's properties failed authentication")
 
-    def _deep_version(self, session: Session, node_id: str, key: bytes, version_id: str) -> None:
+    def _deep_version(self, session: Session, ref: _Ref, version_id: str) -> None:
+        node_id, key = ref.row.id, ref.key
         v = fast.version(version_id, node_id)
         if v is None:
             return  # retired meanwhile
@@ -128,7 +165,16 @@ class DeepCheck:
         except crypto.AuthenticationFailed:
             self._add("content_key", ids, "the version's content key failed authentication")
             return
-        meta = Version.select(Version.meta_ct).where(Version.id == v.id).scalar()
+        row = Version.get_or_none(Version.id == v.id)
+        if row is None:
+            return  # retired meanwhile
+        if row.labelled:
+            self.report.count("deep labels")
+            try:
+                session._version_label(ref, row)
+            except IntegrityError:
+                self._add("label", ids, "the version's label failed authentication")
+        meta = row.meta_ct
         if meta is not None:
             try:
                 session._open_hashes(key, node_id, v.version_no, v.blob_id, _bytes(meta))

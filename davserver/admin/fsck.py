@@ -6,19 +6,24 @@ Keyless checks (no password; read-only and safe on a live server):
   (``blobfmt.ciphertext_size``), whether in the blob store or kept in the index (inline);
   the blobs of waiting upload chunks likewise;
 - every node's parent exists, is a directory and has the same owner; every parentless node is
-  its owner's root; every node is reachable from a root (no cycles); ``(parent, name_mac)``
-  is unique; every file points at a version of its own whose size it records;
+  its owner's root or its owner's trash directory; every node is reachable from one of the
+  two (no cycles); ``(parent, name_mac)`` is unique; every file points at a version of its
+  own whose size it records; every node has a positive ``fileid`` that no other node has;
+- the trash: each ``trash_item`` row names a direct child of its owner's trash directory,
+  and each direct child of a trash directory has its ``trash_item`` row;
 - blob reference counts: the schema keeps no counter, a blob's count *is* the number of
   version and chunk rows naming it, so what can disagree is its tracking row (``blob_gc``):
   a blob queued as unreferenced ("dead") or as an upload in flight while rows reference it
-  has a wrong count;
-- per-user usage totals equal the sum of their files' sizes; every user has a password
-  envelope;
+  has a wrong count. Several version rows naming one blob is normal (COPY, and restoring an
+  old version, share the blob);
+- per-user usage totals equal the sum of ``plain_size`` over every version row of the
+  user's nodes — the tree and the trash, current and older versions alike; every user has a
+  password envelope; a version's ``labelled`` flag and its sealed label go together;
 - orphans: objects in the store (and blobs in the index) that nothing references or tracks,
   and partial uploads idle past ``gc.upload_grace`` that nothing tracks, with their age.
 
 ``davserver.admin.deep`` (with one user's password, through ``Vault.login``) also unwraps
-every key of that user's tree and authenticates every name, metadata record, property set,
+every key of that user's tree and trash and authenticates every name, metadata record, property set,
 checksum record and every segment of every version, using the session's and the reader's own
 code; its problems join this module's report.
 
@@ -63,6 +68,17 @@ _KNOWN_SQL = (
     'SELECT blob_id FROM "version" WHERE blob_id IN (@) '
     'UNION SELECT blob_id FROM "upload_chunk" WHERE blob_id IN (@) '
     'UNION SELECT blob_id FROM "blob_gc" WHERE blob_id IN (@)'
+)
+# What a user's usage total must be ("user" is the outer row: a SELECT or an UPDATE of it).
+_USAGE_SQL = (
+    'SELECT COALESCE(SUM(v.plain_size), 0) FROM "version" AS v JOIN "node" AS n '
+    'ON n.id = v.node_id WHERE n.owner_id = "user".id'
+)
+# The nodes every walk starts from: each user's root and trash directory (owned by that user:
+# a foreign node named as someone's root is no start; check_users reports it).
+_TOPS = (
+    'SELECT n.id FROM "node" AS n JOIN "user" AS u ON n.owner_id = u.id '
+    "AND (n.id = u.root_id OR n.id = u.trash_id) WHERE n.parent_id IS NULL"
 )
 
 
@@ -172,8 +188,11 @@ class Fsck:
                 self.check_nodes()
                 self.check_reachable()
                 self.check_duplicate_names()
+                self.check_fileids()
+                self.check_trash()
                 self.check_usage()
                 self.check_versions()
+                self.check_labels()
                 self.check_chunks()
                 self.check_tracking()
                 self.check_inline_orphans()
@@ -186,11 +205,13 @@ class Fsck:
     def check_users(self) -> None:
         rows = _q(
             "SELECT u.id, u.root_id, r.id, r.owner_id, r.parent_id, r.kind, "
-            '(SELECT COUNT(*) FROM "envelope" AS e WHERE e.user_id = u.id AND e.kind = ?) '
-            'FROM "user" AS u LEFT JOIN "node" AS r ON r.id = u.root_id',
+            '(SELECT COUNT(*) FROM "envelope" AS e WHERE e.user_id = u.id AND e.kind = ?), '
+            "u.trash_id, t.id, t.owner_id, t.parent_id, t.kind "
+            'FROM "user" AS u LEFT JOIN "node" AS r ON r.id = u.root_id '
+            'LEFT JOIN "node" AS t ON t.id = u.trash_id',
             ("password",),
         ).fetchall()  # one row per user: users are few
-        for uid, root_id, rid, rowner, rparent, rkind, envs in rows:
+        for uid, root_id, rid, rowner, rparent, rkind, envs, trash_id, *trash in rows:
             self.report.count("users")
             if not envs:
                 self._add(
@@ -208,6 +229,19 @@ class Fsck:
                     {"user": uid, "node": rid},
                     "the root is not a parentless directory of its user",
                 )
+            if trash_id is None:
+                continue  # no trash yet: it is made at the first DELETE that keeps anything
+            tid, towner, tparent, tkind = trash
+            if tid is None:
+                self._add(
+                    "trash_missing", {"user": uid, "node": trash_id}, "trash directory is missing"
+                )
+            elif towner != uid or tparent is not None or tkind != "dir" or tid == rid:
+                self._add(
+                    "trash_invalid",
+                    {"user": uid, "node": tid},
+                    "the trash is not a parentless directory of its user apart from the root",
+                )
 
     def check_nodes(self) -> None:
         total = _q('SELECT COUNT(*) FROM "node"').fetchone()[0]
@@ -217,9 +251,9 @@ class Fsck:
                 rows = _q(
                     "SELECT n.id, n.owner_id, n.parent_id, n.kind, n.current_version, n.size, "
                     "p.id, p.owner_id, p.kind, v.id, v.node_id, v.plain_size, "
-                    '(SELECT root_id FROM "user" WHERE id = n.owner_id), '
-                    '(SELECT trash_id FROM "user" WHERE id = n.owner_id) '
+                    "u.root_id, u.trash_id "
                     'FROM "node" AS n LEFT JOIN "node" AS p ON p.id = n.parent_id '
+                    'LEFT JOIN "user" AS u ON u.id = n.owner_id '
                     'LEFT JOIN "version" AS v ON v.id = n.current_version '
                     "WHERE n.id > ? ORDER BY n.id LIMIT ?",
                     (last, BATCH),
@@ -247,11 +281,13 @@ class Fsck:
         vnode: str | None,
         vsize: int | None,
         root_id: str | None,
-        trash_id: str | None = None,
+        trash_id: str | None,
     ) -> None:
         if parent_id is None:
-            if nid not in (root_id, trash_id):  # the trash is a root of its own
-                self._add("parentless", {"node": nid}, "a node without parent that is no root")
+            if nid != root_id and nid != trash_id:
+                self._add(
+                    "parentless", {"node": nid}, "a node without parent that is no root or trash"
+                )
         elif pid is None:
             self._add("parent_missing", {"node": nid, "parent": parent_id}, "its parent is gone")
         elif powner != owner:
@@ -285,28 +321,24 @@ class Fsck:
                 self._fixed(p, n == 1)
 
     def check_reachable(self) -> None:
-        """Every node reachable from its owner's root; what is not lies in a cycle or below a
-        node whose parent is gone (reported already).
+        """Every node reachable from its owner's root or trash directory; what is not lies
+        in a cycle or below a node whose parent is gone (reported already).
 
         First a count: walking down from the roots with UNION ALL needs no set of visited
         nodes (a cycle cannot be reached from a root, since every node has one parent), so
         the database holds only the walk's frontier. Only when the count falls short are
         the unreachable nodes looked up, with the set the lookup needs."""
         reached, total = _q(
-            "WITH RECURSIVE reach(id) AS ("
-            'SELECT n.id FROM "node" AS n JOIN "user" AS u '
-            "ON u.root_id = n.id OR u.trash_id = n.id "
-            "UNION ALL "
+            "WITH RECURSIVE reach(id) AS ("  # noqa: S608 - constants
+            f"{_TOPS} UNION ALL "
             'SELECT c.id FROM "node" AS c JOIN reach AS r ON c.parent_id = r.id) '
             'SELECT (SELECT COUNT(*) FROM reach), (SELECT COUNT(*) FROM "node")'
         ).fetchone()
         if int(reached) == int(total):
             return
         cur = _q(
-            "WITH RECURSIVE reach(id) AS ("
-            'SELECT n.id FROM "node" AS n JOIN "user" AS u '
-            "ON u.root_id = n.id OR u.trash_id = n.id "
-            "UNION "
+            "WITH RECURSIVE reach(id) AS ("  # noqa: S608 - constants
+            f"{_TOPS} UNION "
             'SELECT c.id FROM "node" AS c JOIN reach AS r ON c.parent_id = r.id) '
             'SELECT n.id FROM "node" AS n WHERE n.parent_id IS NOT NULL '
             "AND n.id NOT IN (SELECT id FROM reach) ORDER BY n.id"
@@ -351,12 +383,66 @@ class Fsck:
                     f"{n} members of the directory share one name MAC",
                 )
 
+    def check_fileids(self) -> None:
+        """Every node has a positive ``fileid`` (the FILEID clients keep) that no other node
+        shares; the unique index says so too, unless it was dropped or never built."""
+        cur = _q('SELECT id FROM "node" WHERE fileid IS NULL OR fileid <= 0 ORDER BY id')
+        while rows := cur.fetchmany(BATCH):
+            for (nid,) in rows:
+                self._add("fileid_missing", {"node": nid}, "the node has no valid fileid")
+        cur = _q(
+            'SELECT n.fileid, n.id FROM "node" AS n WHERE n.fileid IN (SELECT fileid FROM '
+            '"node" WHERE fileid IS NOT NULL GROUP BY fileid HAVING COUNT(*) > 1) '
+            "ORDER BY n.fileid, n.id"
+        )
+        while rows := cur.fetchmany(BATCH):
+            for fileid, nid in rows:
+                self._add(
+                    "fileid_duplicate",
+                    {"node": nid, "fileid": str(fileid)},
+                    "another node has the same fileid",
+                )
+
+    def check_trash(self) -> None:
+        """``trash_item`` rows and the children of the trash directories describe the same
+        nodes: each row names a direct child of its owner's trash, each child has a row."""
+        cur = _q(
+            "SELECT t.node_id, t.owner_id, n.id, n.owner_id, n.parent_id, u.trash_id "
+            'FROM "trash_item" AS t LEFT JOIN "node" AS n ON n.id = t.node_id '
+            'LEFT JOIN "user" AS u ON u.id = t.owner_id ORDER BY t.node_id'
+        )
+        while rows := cur.fetchmany(BATCH):
+            for nid, owner, found, nowner, parent, trash_id in rows:
+                self.report.count("trash items")
+                ids = {"node": nid, "user": owner}
+                if found is None:
+                    self._add("trash_item_orphan", ids, "a trash item whose node is gone")
+                elif nowner != owner:
+                    self._add("trash_item_owner", ids, "the trash item's node has another owner")
+                elif trash_id is None or parent != trash_id:
+                    self._add(
+                        "trash_item_misplaced",
+                        {**ids, "parent": parent or ""},
+                        "the trash item's node is not a direct child of its owner's trash",
+                    )
+        cur = _q(
+            'SELECT n.id, u.id FROM "node" AS n JOIN "user" AS u ON n.parent_id = u.trash_id '
+            'WHERE NOT EXISTS (SELECT 1 FROM "trash_item" AS t WHERE t.node_id = n.id) '
+            "ORDER BY n.id"
+        )
+        while rows := cur.fetchmany(BATCH):
+            for nid, uid in rows:
+                self._add(
+                    "trash_untracked",
+                    {"node": nid, "user": uid},
+                    "a node in the trash without its trash item (no origin record)",
+                )
+
     def check_usage(self) -> None:
-        rows = _q(
-            'SELECT u.id, u.usage_bytes, (SELECT COALESCE(SUM(v.plain_size), 0) FROM "version" '
-            'AS v JOIN "node" AS n ON n.id = v.node_id WHERE n.owner_id = u.id) '
-            'FROM "user" AS u'
-        ).fetchall()
+        """``usage_bytes`` is what the user's versions hold: every version row of every node
+        of theirs (the tree and the trash, the current version and the older ones). Rows
+        that share a blob count once each, as the quota does."""
+        rows = _q(f'SELECT id, usage_bytes, ({_USAGE_SQL}) FROM "user"').fetchall()  # noqa: S608
         for uid, recorded, actual in rows:
             if int(recorded) == int(actual):
                 continue
@@ -369,12 +455,8 @@ class Fsck:
             if self.repair:
                 with self.vault.index.atomic():
                     # One statement: a write committed meanwhile is counted either way.
-                    _q(
-                        'UPDATE "user" SET usage_bytes = (SELECT COALESCE(SUM(v.plain_size), 0) '
-                        'FROM "version" AS v JOIN "node" AS n ON n.id = v.node_id '
-                        'WHERE n.owner_id = "user".id) WHERE id = ?',
-                        (uid,),
-                    )
+                    sql = f'UPDATE "user" SET usage_bytes = ({_USAGE_SQL}) WHERE id = ?'  # noqa: S608
+                    _q(sql, (uid,))
                 self._fixed(p, True)
 
     # -- blobs -----------------------------------------------------------------------------
@@ -389,6 +471,19 @@ class Fsck:
             "WHERE v.id > ? ORDER BY v.id LIMIT ?",
             ("version", "node"),
         )
+
+    def check_labels(self) -> None:
+        """The clear ``labelled`` flag (expiry reads it without a key) and the sealed label
+        agree: a flag without a label, or a label without the flag, is reported."""
+        cur = _q(
+            'SELECT id, node_id, labelled FROM "version" WHERE (labelled = ? AND label_ct IS '
+            "NULL) OR (labelled = ? AND label_ct IS NOT NULL) ORDER BY id",
+            (True, False),
+        )
+        while rows := cur.fetchmany(BATCH):
+            for vid, nid, labelled in rows:
+                what = "labelled without a label" if labelled else "a label without the flag"
+                self._add("version_label", {"version": vid, "node": nid}, f"the version has {what}")
 
     def check_chunks(self) -> None:
         total = _q('SELECT COUNT(*) FROM "upload_chunk"').fetchone()[0]

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from davserver.blobs import BlobStore
 from davserver.cli import main
 from davserver.config import Config
-from davserver.index.models import Version
+from davserver.index.models import User, Version
 from davserver.runtime import make_blob_store, open_vault
 from tests.harness.davserver import FAST_ENV, make_config, s3_env
 
@@ -298,6 +298,170 @@ def test_deep_on_a_clean_store_and_usage_errors(tmp_path: Path) -> None:
     assert "Exit codes: 0" in helptext.output
 
 
+# -- versions and trash ----------------------------------------------------------------------
+@dataclass
+class History:
+    trash_id: str
+    trashed: dict[str, str]  # original path -> node id (the top-level items)
+    versions: int  # version rows in all
+    usage: int  # bytes of every version row
+
+
+def add_history(store: Store) -> History:
+    """Old versions (one restored: two rows share a blob, one labelled) and the trash: a
+    folder with a nested folder and a file below it, and a lone file."""
+    vault = open_vault(store.config)
+    try:
+        s = vault.login("alice", PASSWORD)
+        for k in range(2):
+            data = os.urandom(30_000 + k)
+            s.write_file("/g.bin", [data], len(data))
+        fileid = s.stat("/g.bin").fileid
+        _, kept = s.versions(fileid)
+        s.restore_version(fileid, kept[-1].version_no)
+        s.set_version_label(fileid, kept[-1].version_no, "first")
+        s.delete("/d/sub")
+        s.delete("/big.bin")
+        trashed = {"/d/sub": store.nodes["/d/sub"], "/big.bin": store.nodes["/big.bin"]}
+        assert {i.entry.id for i in s.trash_items()} == set(trashed.values())
+        with vault.index.connection():
+            user = User.get_by_id(store.user_id)
+            versions = Version.select().count()
+            usage = sum(v.plain_size for v in Version.select(Version.plain_size))
+        assert user.usage_bytes == usage
+        return History(user.trash_id, trashed, versions, usage)
+    finally:
+        vault.close()
+
+
+def test_versions_and_trash_are_clean_keyless_and_deep(store: Store) -> None:
+    h = add_history(store)
+    with store.db() as db:
+        shared = db.execute(
+            "SELECT COUNT(*) FROM (SELECT blob_id FROM version GROUP BY blob_id "
+            "HAVING COUNT(*) > 1)"
+        ).fetchone()[0]
+        (nodes,) = db.execute("SELECT COUNT(*) FROM node").fetchone()
+    assert shared >= 1  # the restored version shares its blob with the old one
+    code, report = run_json(store, "fsck")
+    assert code == 0, report
+    assert report["checked"]["nodes"] == nodes == len(FILES) + 4  # + the trash directory
+    assert report["checked"]["versions"] == h.versions
+    assert report["checked"]["trash items"] == len(h.trashed)
+    code, report = run_json(
+        store, "fsck", "--deep", "--user", "alice", "--password-stdin", stdin=PASSWORD + "\n"
+    )
+    assert code == 0, report
+    assert report["checked"]["deep nodes"] == nodes
+    assert report["checked"]["deep versions"] == h.versions
+    assert report["checked"]["deep origins"] == len(h.trashed)
+    assert report["checked"]["deep labels"] == 1
+
+
+def test_trash_faults_and_fileids_are_found(tmp_path: Path) -> None:
+    store = build_store(tmp_path / "data", {})
+    h = add_history(store)
+    with store.db() as db:
+        db.execute("PRAGMA foreign_keys = OFF")
+        # A trash item for a node of the live tree, and a trashed node without its row.
+        db.execute(
+            "INSERT INTO trash_item (node_id, owner_id, deleted_at, origin_ct) "
+            "VALUES (?, ?, 0, x'00')",
+            (store.nodes["/g.bin"], store.user_id),
+        )
+        db.execute("DELETE FROM trash_item WHERE node_id = ?", (h.trashed["/big.bin"],))
+        # Two nodes with one fileid, one without any (the unique index dropped first).
+        (index,) = db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'node' "
+            "AND sql LIKE '%fileid%'"
+        ).fetchone()
+        db.execute(f'DROP INDEX "{index}"')
+        db.execute(
+            "UPDATE node SET fileid = (SELECT fileid FROM node WHERE id = ?) WHERE id = ?",
+            (store.nodes["/d/e.bin"], store.nodes["/small.txt"]),
+        )
+        db.execute("UPDATE node SET fileid = NULL WHERE id = ?", (store.nodes["/d"],))
+    code, report = run_json(store, "fsck")
+    assert code == 1
+    found = kinds(report)
+    assert set(found) == {
+        "trash_item_misplaced",
+        "trash_untracked",
+        "fileid_duplicate",
+        "fileid_missing",
+    }, report
+    assert found["trash_item_misplaced"][0]["node"] == store.nodes["/g.bin"]
+    assert found["trash_untracked"] == [{"node": h.trashed["/big.bin"], "user": store.user_id}]
+    assert {i["node"] for i in found["fileid_duplicate"]} == {
+        store.nodes["/d/e.bin"],
+        store.nodes["/small.txt"],
+    }
+    assert found["fileid_missing"] == [{"node": store.nodes["/d"]}]
+    assert_no_names(json.dumps(report))
+
+
+def test_a_lost_trash_directory_and_usage_repair_with_versions(tmp_path: Path) -> None:
+    store = build_store(tmp_path / "data", {})
+    h = add_history(store)
+    live = sum(len(d) for p, d in FILES.items() if p not in ("/big.bin", "/d/sub/f.bin"))
+    assert h.usage > live  # old versions and the trash count
+    with store.db() as db:
+        db.execute("UPDATE user SET usage_bytes = ?", (live,))  # the old definition's total
+    code, report = run_json(store, "fsck", "--repair")
+    assert code == 0, report
+    assert set(kinds(report)) == {"usage"}
+    with store.db() as db:
+        assert db.execute("SELECT usage_bytes FROM user").fetchone()[0] == h.usage
+        # The user forgets their trash: it becomes a parentless node that is no root.
+        db.execute("UPDATE user SET trash_id = NULL")
+    code, report = run_json(store, "fsck")
+    assert code == 1
+    found = kinds(report)
+    assert found["parentless"] == [{"node": h.trash_id}], report
+    assert {i["node"] for i in found["trash_item_misplaced"]} == set(h.trashed.values())
+    assert "unreachable" not in found and "cycle" not in found  # below a parentless node
+
+
+def test_deep_finds_damaged_origin_label_and_trash_key(tmp_path: Path) -> None:
+    store = build_store(tmp_path / "data", {})
+    h = add_history(store)
+
+    def flip(sql_get: str, sql_set: str, *ids: str) -> None:
+        with store.db() as db:
+            (value,) = db.execute(sql_get, ids).fetchone()
+            damaged = bytearray(value)
+            damaged[-1] ^= 0x01
+            db.execute(sql_set, (bytes(damaged), *ids))
+
+    flip(
+        "SELECT origin_ct FROM trash_item WHERE node_id = ?",
+        "UPDATE trash_item SET origin_ct = ? WHERE node_id = ?",
+        h.trashed["/big.bin"],
+    )
+    flip(
+        "SELECT label_ct FROM version WHERE label_ct IS NOT NULL",
+        "UPDATE version SET label_ct = ? WHERE label_ct IS NOT NULL",
+    )
+    code, report = run_json(store, "fsck")
+    assert code == 0, report  # sealed records: only a key can tell
+    deep = ("fsck", "--deep", "--user", "alice", "--password-stdin")
+    code, report = run_json(store, *deep, stdin=PASSWORD + "\n")
+    assert code == 1
+    found = kinds(report)
+    assert set(found) == {"origin", "label"}, report
+    assert found["origin"] == [{"node": h.trashed["/big.bin"]}]
+    assert found["label"][0]["node"] == store.nodes["/g.bin"]
+    flip(
+        "SELECT key_env FROM node WHERE id = ?",
+        "UPDATE node SET key_env = ? WHERE id = ?",
+        h.trash_id,
+    )
+    code, report = run_json(store, *deep, stdin=PASSWORD + "\n")
+    assert code == 1
+    assert kinds(report)["trash_key"] == [{"user": store.user_id, "node": h.trash_id}]
+    assert_no_names(json.dumps(report))
+
+
 def test_unreachable_store_exits_3(tmp_path: Path, minio_server: Any, s3_bucket: str) -> None:
     env = s3_env(minio_server, s3_bucket)
     store = build_store(tmp_path / "data", env)
@@ -339,9 +503,11 @@ def test_fsck_scrub_and_repair_on_postgresql(tmp_path: Path, postgres_db_url: st
     import psycopg2
 
     store = build_store(tmp_path / "data", {"DAVSERVER_INDEX_URL": postgres_db_url})
+    h = add_history(store)  # the trash and old versions, on PostgreSQL
     code, report = run_json(store, "fsck")
     assert code == 0, report
-    assert report["checked"]["versions"] == len(FILES)
+    assert report["checked"]["versions"] == h.versions
+    assert report["checked"]["trash items"] == len(h.trashed)
     bs = store.blob_store()
     try:
         orphan = os.urandom(16).hex()
