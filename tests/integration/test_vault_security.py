@@ -18,6 +18,8 @@ from tests.harness.vaults import make_vault, stored_blob_ids
 MARK_CONTENT = b"PLAINTEXT-CONTENT-MARKER-7f3a"
 MARK_NAME = "PlainNameMarker"
 MARK_PROP = "PlainPropertyMarker"
+MARK_LABEL = "PlainLabelMarker"
+MARK_TRASHED = "PlainTrashedMarker"  # only in names of what went to the trash
 
 
 def _fill(vault: Vault) -> None:
@@ -35,11 +37,62 @@ def _fill(vault: Vault) -> None:
     s.set_props(f"/{MARK_NAME}-small", {"{urn:x}" + MARK_PROP: MARK_PROP})
     s.copy(f"/{MARK_NAME}-dir", f"/{MARK_NAME}-copy")
     s.move(f"/{MARK_NAME}-copy", f"/{MARK_NAME}-moved")
+    _fill_history(s)
+
+
+def _fill_history(s) -> None:  # type: ignore[no-untyped-def]
+    """Old versions (one restored: two rows share a blob), labels on them, and the trash:
+    a folder with a nested folder and files, a lone file, an inline file, a file from deep
+    down. Names of what is trashed and their original paths exist only in the trash."""
+    path = f"/{MARK_NAME}-dir/{MARK_NAME}-0.txt"
+    fileid = s.stat(path).fileid
+    s.write_file(path, [(MARK_CONTENT + b" v2\n") * 4000])
+    oldest = s.versions(fileid)[1][-1]
+    # Labelled: kept whatever the thinning does to versions seconds apart.
+    s.set_version_label(fileid, oldest.version_no, f"{MARK_LABEL} oldest")
+    s.write_file(path, [(MARK_CONTENT + b" v3\n") * 4000])
+    s.restore_version(fileid, oldest.version_no)
+    newest = s.versions(fileid)[1][0]
+    assert newest.current and newest.id != oldest.id
+    with s.vault.index.connection():
+        blob = Version.get_by_id(oldest.id).blob_id
+        # Shared, not copied: the version, its COPY in the moved folder, the restored one.
+        assert Version.select().where(Version.blob_id == blob).count() == 3
+    s.set_version_label(fileid, newest.version_no, f"{MARK_LABEL} newest")
+    top = f"/{MARK_TRASHED}-folder"
+    s.mkdir(top)
+    s.mkdir(f"{top}/{MARK_TRASHED}-nested")
+    s.write_file(f"{top}/{MARK_TRASHED}-nested/{MARK_TRASHED}-deep.txt", [MARK_CONTENT * 900])
+    s.write_file(f"{top}/{MARK_TRASHED}-top.txt", [MARK_CONTENT * 700])
+    s.write_file(f"/{MARK_NAME}-dir/{MARK_TRASHED}-lone.txt", [MARK_CONTENT * 600])
+    tiny = MARK_CONTENT * 3
+    s.write_file(f"/{MARK_TRASHED}-inline", [tiny], len(tiny))
+    s.delete(top)
+    s.delete(f"/{MARK_NAME}-dir/{MARK_TRASHED}-lone.txt")
+    s.delete(f"/{MARK_TRASHED}-inline")
+    s.delete(f"/{MARK_NAME}-moved/{MARK_NAME}-2.txt")
+    # What the vault gives back with the key: all of it is stored, sealed.
+    items = {i.original_location for i in s.trash_items()}
+    assert items == {
+        f"{MARK_TRASHED}-folder",
+        f"{MARK_NAME}-dir/{MARK_TRASHED}-lone.txt",
+        f"{MARK_TRASHED}-inline",
+        f"{MARK_NAME}-moved/{MARK_NAME}-2.txt",
+    }
+    listed = {e.name for e in s.trash_list_dir(_trash_name(s, f"{MARK_TRASHED}-folder"))}
+    assert listed == {f"{MARK_TRASHED}-nested", f"{MARK_TRASHED}-top.txt"}
+    labels = {v.label for v in s.versions(fileid)[1]}
+    assert labels >= {f"{MARK_LABEL} oldest", f"{MARK_LABEL} newest"}
+
+
+def _trash_name(s, original: str) -> str:  # type: ignore[no-untyped-def]
+    (item,) = [i for i in s.trash_items() if i.original_location == original]
+    return str(item.name)
 
 
 def _needles() -> list[bytes]:
     out = [MARK_CONTENT, MARK_CONTENT[:12], b"correct horse"]
-    for text in (MARK_NAME, MARK_PROP):
+    for text in (MARK_NAME, MARK_PROP, MARK_LABEL, MARK_TRASHED):
         out += [text.encode("utf-8"), text.encode("utf-16-le"), text.encode("utf-16-be")]
     return out
 
@@ -67,10 +120,18 @@ def _scan_index_files(workdir: Path) -> None:
         con.close()
 
 
+def _scan_wal(workdir: Path) -> None:
+    """While the vault is open, the index's write-ahead log holds the latest pages."""
+    wal = workdir / "index.db-wal"
+    assert wal.is_file() and wal.stat().st_size > 0
+    _assert_clean(wal.read_bytes(), "the index WAL")
+
+
 def test_no_plaintext_in_local_store_or_index(tmp_path: Path) -> None:
     vault = make_vault(tmp_path, LocalBlobStore(tmp_path / "blobs"))
     try:
         _fill(vault)
+        _scan_wal(tmp_path)
     finally:
         vault.close()
     ids = []
@@ -90,6 +151,7 @@ def test_no_plaintext_in_minio(tmp_path: Path, minio_server, s3_bucket) -> None:
     vault = make_vault(tmp_path, make_s3_store(minio_server, s3_bucket, prefix="leak/"))
     try:
         _fill(vault)
+        _scan_wal(tmp_path)
     finally:
         vault.close()
     client = make_minio_client(minio_server)
