@@ -109,3 +109,46 @@ def test_quick_run_writes_json_and_stops_everything(tmp_path: Path) -> None:
         assert not _alive(proc["pid"]), proc
     assert not Path(report["workdir"]).exists()
     assert not list(tmp_path.glob("davbench-*"))
+
+
+HISTORY = ROOT / "bench" / "history.py"
+
+
+def test_history_bench_quick_run(tmp_path: Path) -> None:
+    """bench/history.py on tiny sizes: both configurations run, every figure of both tables
+    is there, the restores put everything back, and nothing is left running or on disk."""
+    if not _serve_works():
+        pytest.skip("davserver serve does not start here")
+    out = tmp_path / "history.json"
+    argv = [sys.executable, str(HISTORY), "--quick", "--size-mib", "2", "--small-count", "12"]
+    argv += ["--tree", "40", "--clients", "4", "--repeats", "2"]
+    argv += ["--json", str(out), "--tmp", str(tmp_path)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAVSERVER_")}
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    report = json.loads(out.read_text())
+    spec = importlib.util.spec_from_file_location("bench_history", HISTORY)
+    assert spec is not None and spec.loader is not None
+    history = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = history
+    spec.loader.exec_module(history)
+    assert set(report["configs"]) == {"disabled", "auto"}
+    for name, result in report["configs"].items():
+        assert result["errors"] == {}, name
+        for key, _, _ in history.WRITE_METRICS:
+            assert result["metrics"][key] > 0, (name, key)
+    auto, disabled = (report["configs"][c]["metrics"] for c in ("auto", "disabled"))
+    # Overwrites keep versions only under "auto": its usage counts the old bytes too.
+    assert auto["usage_mib"] > disabled["usage_mib"]
+    for key, _, _ in history.DELETE_METRICS:
+        assert auto[key.removesuffix("_ms") + "_trash_ms"] > 0, key
+    for key in ("delete_tree_permanent_ms", "delete_file_permanent_ms"):
+        assert auto[key] > 0, key
+    assert auto["restore_via"] in ("dav", "vault")
+    assert "auto/disabled" in done.stdout and "trash/permanent" in done.stdout
+
+    for proc in report["processes"]:
+        assert not _alive(proc["pid"]), proc
+    assert not Path(report["workdir"]).exists()
+    assert not list(tmp_path.glob("davbench-*"))

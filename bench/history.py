@@ -1,0 +1,452 @@
+#!/usr/bin/env python3
+"""What versions and the trash cost: davserver with and without them, side by side, in one run.
+
+Usage: python bench/history.py [--quick] [--size-mib N] [--small-count N] [--tree N]
+                               [--repeats N] [--json PATH] [--markdown] [--tmp DIR]
+
+It starts two ``davserver serve`` processes one after the other (local blob directory and
+SQLite, every other setting at its default), the way bench/run.py does, on free loopback ports:
+
+- ``disabled``: ``versions.retention: disabled`` (an overwrite replaces the file);
+- ``auto``:     ``versions.retention: auto`` (the default: an overwrite keeps the old
+                version; Nextcloud's schedule keeps all of them for the first seconds, so every
+                overwrite of this run is kept).
+
+(a) Writes, on each: N x 4 KiB PUT of new files and then N overwrites of the same files (one
+    kept-alive connection, ops/s), one PUT of a large file (1 GiB, streamed from a pattern,
+    never held in memory) and one overwrite of it (MB/s), with the server's peak RSS during
+    the large PUTs. Every file is read back once (untimed) and compared.
+(b) Deletes, on ``auto``: a DELETE of a directory of 10,000 files and of one file, into the
+    trash and, for comparison, with ``X-Delete-Permanently: true``; then the restore from the
+    trash of each (ms). The restore is the Nextcloud ``MOVE`` to
+    ``/remote.php/dav/trashbin/USER/restore/NAME`` when the server answers that collection,
+    otherwise ``Session.trash_restore`` of the vault API in this process (logged in before the
+    clock starts); the JSON says which. After each restore (untimed) the directory lists every
+    file again.
+
+It prints both tables (ratios auto/disabled and trash/permanent), writes JSON (default
+bench/results/history.json), and stops and removes everything it started, also on Ctrl-C.
+Exit status 1 if a server or a measurement failed. Method and results: docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import re
+import sqlite3
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from urllib.parse import quote, unquote
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _load_run() -> ModuleType:
+    """bench/run.py as a module: its HTTP client, process runner and table renderer."""
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+B = _load_run()
+MIB = B.MIB
+NA = B.NA
+CONFIGS = ("disabled", "auto")
+TINY = 64  # bytes per file of the deleted tree
+HREF = re.compile(rb"<(?:[A-Za-z0-9]+:)?href>([^<]*)</(?:[A-Za-z0-9]+:)?href>")
+FILENAME = re.compile(rb"<(?:[A-Za-z0-9]+:)?trashbin-filename>([^<]*)</")
+RESPONSE = re.compile(rb"<(?:[A-Za-z0-9]+:)?response[\s>]")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    big: int
+    small_count: int
+    tree: int
+    clients: int
+    repeats: int
+
+
+# (key, label, unit) of the two tables; every key is in the JSON.
+WRITE_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("put_small_ops", "{n} x 4 KiB PUT, new files", "ops/s"),
+    ("overwrite_small_ops", "{n} x 4 KiB PUT, overwrites", "ops/s"),
+    ("put_big_mb_s", "{big} PUT, new file", "MB/s"),
+    ("overwrite_big_mb_s", "{big} PUT, overwrite", "MB/s"),
+    ("rss_big_mib", "peak RSS during the {big} PUTs", "MiB"),
+    ("usage_mib", "the user's usage after these writes", "MiB"),
+)
+DELETE_METRICS: tuple[tuple[str, str, str], ...] = (
+    ("delete_tree_ms", "DELETE dir of {t} files", "ms"),
+    ("delete_file_ms", "DELETE one file", "ms"),
+    ("restore_tree_ms", "restore dir of {t} files", "ms"),
+    ("restore_file_ms", "restore one file", "ms"),
+)
+DELETE_MODES = ("trash", "permanent")
+
+
+def label(text: str, sizes: Sizes) -> str:
+    return text.format(n=sizes.small_count, big=B.size_label(sizes.big), t=sizes.tree)
+
+
+def median_ms(samples: list[float]) -> float:
+    return round(statistics.median(samples), 2)
+
+
+# -- the servers -----------------------------------------------------------------------------
+
+
+def start(run: Any, config: str) -> Any:
+    """A davserver with ``versions.retention`` = ``config``; settings go through the
+    environment, as ``bench/run.py --set`` does."""
+    saved = dict(B.DAVSERVER_SETTINGS)
+    B.DAVSERVER_SETTINGS["DAVSERVER_VERSIONS_RETENTION"] = config
+    try:
+        return B.start_davserver(run, f"davserver-{config}", s3=False)
+    finally:
+        B.DAVSERVER_SETTINGS.clear()
+        B.DAVSERVER_SETTINGS.update(saved)
+
+
+# -- (a) writes ------------------------------------------------------------------------------
+
+
+def bench_writes(srv: Any, sizes: Sizes, pattern: Any, out: dict[str, Any], data: Path) -> None:
+    one = srv.client()
+    one.request("MKCOL", "/small/", expect=(201,))
+    n = sizes.small_count
+
+    def put_all(shift: int) -> float:
+        t0 = time.perf_counter()
+        for i in range(n):
+            one.request("PUT", f"/small/f{i:05d}.bin", pattern.at(i * 4096 + shift, 4096))
+        return time.perf_counter() - t0
+
+    for key, shift in (("put_small_ops", 0), ("overwrite_small_ops", 7919)):
+        with srv.phase(key):
+            out[key] = round(n / put_all(shift), 1)
+    for i in range(n):  # the last version is what a GET answers
+        got = one.request("GET", f"/small/f{i:05d}.bin", expect=(200,))
+        pattern.check(i * 4096 + 7919, got, "GET of an overwritten small file")
+    rss = []
+    for key in ("put_big_mb_s", "overwrite_big_mb_s"):
+        with srv.phase(key):
+            t0 = time.perf_counter()
+            srv.client().put_stream("/big.bin", sizes.big, pattern.chunks(sizes.big))
+            out[key] = round(sizes.big / (time.perf_counter() - t0) / 1e6, 1)
+        rss.append(srv.phases[key]["peak_rss_mib"])
+    out["rss_big_mib"] = max(rss)
+    if one.get_check("/big.bin", pattern) != sizes.big:
+        raise B.BenchError("GET of the large file came back short")
+    one.close()
+    out["usage_mib"] = round(usage_bytes(data) / MIB, 1)
+    # On disk, including what waits for the collector (an overwritten blob, when disabled).
+    out["stored_mib"] = round(stored_bytes(data) / MIB, 1)
+
+
+def usage_bytes(data: Path) -> int:
+    """The user's ``usage_bytes`` (versions and trash count towards it), read from the index."""
+    con = sqlite3.connect(f"file:{data / 'index.db'}?mode=ro", uri=True, timeout=30)
+    try:
+        row = con.execute('SELECT usage_bytes FROM "user" WHERE name = ?', (B.USER,)).fetchone()
+    finally:
+        con.close()
+    return int(row[0])
+
+
+def stored_bytes(data: Path) -> int:
+    """What the data directory holds: the blob directory and the index (with its WAL)."""
+    total = sum(p.stat().st_size for p in (data / "blobs").rglob("*") if p.is_file())
+    return total + sum(p.stat().st_size for p in data.glob("index.db*") if p.is_file())
+
+
+# -- (b) deletes and restores ----------------------------------------------------------------
+
+
+class Restorer:
+    """Restores a trash item by its original name: by DAV if the server has the trashbin
+    collection, else through the vault API on the same data directory."""
+
+    def __init__(self, srv: Any, data_dir: Path) -> None:
+        self.srv = srv
+        self.client = srv.client()
+        self.base = f"/remote.php/dav/trashbin/{B.USER}"
+        self.session: Any = None
+        self.vault: Any = None
+        probe = self.client.request(
+            "PROPFIND", self.base + "/trash/", headers={"Depth": "0"}, expect=range(200, 600)
+        )
+        self.via = "dav" if RESPONSE.search(probe) else "vault"
+        if self.via == "vault":
+            from davserver.config import load
+            from davserver.runtime import open_vault
+
+            config = load(data_dir / "davserver.yaml", {})
+            self.vault = open_vault(config)
+            self.session = self.vault.login(B.USER, srv.password)  # Argon2id: not timed
+
+    def item(self, original: str) -> str:
+        """The trash name (what restore takes) of the item that was ``/original``."""
+        found = self.find(original)
+        if len(found) != 1:
+            raise B.BenchError(f"{len(found)} trash items for {original!r}")
+        return found[0]
+
+    def find(self, original: str) -> list[str]:
+        """The trash names of the items that were ``/original``."""
+        if self.via == "vault":
+            items = self.session.trash_items()
+            return [str(i.name) for i in items if i.original_location == original]
+        body = (
+            b'<?xml version="1.0"?><d:propfind xmlns:d="DAV:" '
+            b'xmlns:nc="http://nextcloud.org/ns"><d:prop><nc:trashbin-filename/>'
+            b"<nc:trashbin-original-location/></d:prop></d:propfind>"
+        )
+        hdrs = {"Depth": "1", "Content-Type": 'application/xml; charset="utf-8"'}
+        listing = self.client.request("PROPFIND", self.base + "/trash/", body, hdrs)
+        found = []
+        for part in RESPONSE.split(listing)[1:]:
+            href, name = HREF.search(part), FILENAME.search(part)
+            if href and name and name.group(1).decode() == original.rsplit("/", 1)[-1]:
+                found.append(unquote(href.group(1).decode()).rstrip("/").rsplit("/", 1)[-1])
+        return found
+
+    def restore(self, name: str) -> None:
+        if self.via == "vault":
+            self.session.trash_restore(name)
+            return
+        dest = f"http://127.0.0.1:{self.srv.port}{self.base}/restore/{quote(name)}"
+        self.client.request(
+            "MOVE", f"{self.base}/trash/{quote(name)}", headers={"Destination": dest},
+            expect=(201, 204),
+        )  # fmt: skip
+
+    def close(self) -> None:
+        self.client.close()
+        if self.vault is not None:
+            self.vault.close()
+
+
+def bench_deletes(srv: Any, sizes: Sizes, pattern: Any, out: dict[str, Any], data: Path) -> None:
+    one = srv.client()
+    many = [srv.client() for _ in range(sizes.clients)]
+    restorer = Restorer(srv, data)
+    out["restore_via"] = restorer.via
+    try:
+        for mode in DELETE_MODES:
+            hdrs = {"X-Delete-Permanently": "true"} if mode == "permanent" else {}
+            tree = f"tree-{mode}"
+            one.request("MKCOL", f"/{tree}/", expect=(201,))
+            fill = B.in_parallel(
+                many,
+                sizes.tree,
+                lambda c, i, d=tree: c.request("PUT", f"/{d}/t{i:05d}.txt", pattern.at(i, TINY)),
+            )
+            out[f"fill_tree_{mode}_s"] = round(fill, 2)
+            files = [f"file-{mode}-{i}.bin" for i in range(sizes.repeats)]
+            for i, f in enumerate(files):
+                one.request("PUT", f"/{f}", pattern.at(i, 4096))
+
+            with srv.phase(f"delete_tree_{mode}"):
+                t0 = time.perf_counter()
+                one.request("DELETE", f"/{tree}/", headers=hdrs, expect=(204,))
+                out[f"delete_tree_{mode}_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+            one.request("PROPFIND", f"/{tree}/", headers={"Depth": "0"}, expect=(404,))
+            samples = []
+            with srv.phase(f"delete_file_{mode}"):
+                for f in files:
+                    t0 = time.perf_counter()
+                    one.request("DELETE", f"/{f}", headers=hdrs, expect=(204,))
+                    samples.append((time.perf_counter() - t0) * 1000)
+            out[f"delete_file_{mode}_ms"] = median_ms(samples)
+            out[f"delete_file_{mode}_samples_ms"] = [round(s, 2) for s in samples]
+            if mode == "permanent":
+                # Whether the server honoured the header (else this column went to the trash).
+                out["permanent_honoured"] = not restorer.find(tree)
+                continue
+
+            name = restorer.item(tree)
+            with srv.phase("restore_tree"):
+                t0 = time.perf_counter()
+                restorer.restore(name)
+                out["restore_tree_trash_ms"] = round((time.perf_counter() - t0) * 1000, 2)
+            listed = one.request("PROPFIND", f"/{tree}/", headers={"Depth": "1"}, expect=(207,))
+            if (got := len(RESPONSE.findall(listed))) != sizes.tree + 1:
+                raise B.BenchError(f"the restored tree lists {got} of {sizes.tree + 1} entries")
+            samples = []
+            names = [restorer.item(f) for f in files]  # untimed: the listing
+            with srv.phase("restore_file"):
+                for nm in names:
+                    t0 = time.perf_counter()
+                    restorer.restore(nm)
+                    samples.append((time.perf_counter() - t0) * 1000)
+            out["restore_file_trash_ms"] = median_ms(samples)
+            out["restore_file_trash_samples_ms"] = [round(s, 2) for s in samples]
+            for i, f in enumerate(files):
+                got_body = one.request("GET", f"/{f}", expect=(200,))
+                pattern.check(i, got_body, f"GET of restored {f}")
+    finally:
+        restorer.close()
+        for c in (one, *many):
+            c.close()
+
+
+# -- the report ------------------------------------------------------------------------------
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return NA if a is None or not b else B.ratio(a / b)
+
+
+def write_table(results: dict[str, dict[str, Any]], sizes: Sizes) -> tuple[list[str], list[Any]]:
+    head = ["measurement", *CONFIGS, "auto/disabled"]
+    rows = []
+    for key, text, unit in WRITE_METRICS:
+        b, a = (results.get(c, {}).get("metrics", {}).get(key) for c in CONFIGS)
+        rows.append([f"{label(text, sizes)}, {unit}", B.fmt(b), B.fmt(a), ratio(a, b)])
+    return head, rows
+
+
+def delete_table(metrics: dict[str, Any], sizes: Sizes) -> tuple[list[str], list[Any]]:
+    head = ["measurement", "into trash", "permanently", "trash/permanent"]
+    rows = []
+    for key, text, unit in DELETE_METRICS:
+        stem = key.removesuffix("_ms")
+        t, p = metrics.get(f"{stem}_trash_ms"), metrics.get(f"{stem}_permanent_ms")
+        rows.append([f"{label(text, sizes)}, {unit}", B.fmt(t), B.fmt(p), ratio(t, p)])
+    return head, rows
+
+
+def run_config(run: Any, config: str, sizes: Sizes, pattern: Any, deletes: bool) -> dict[str, Any]:
+    result: dict[str, Any] = {"errors": {}, "metrics": {}}
+    name = f"davserver-{config}"
+    try:
+        srv = start(run, config)
+    except Exception as exc:  # reported, the other configuration still runs
+        result["errors"]["start"] = f"{type(exc).__name__}: {exc}"
+        return result
+    result |= {"pid": srv.proc.pid, "command": srv.command}
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("writes", lambda: bench_writes(srv, sizes, pattern, result["metrics"], run.work / name)),
+    ]
+    if deletes:
+        steps.append(
+            (
+                "deletes",
+                lambda: bench_deletes(srv, sizes, pattern, result["metrics"], run.work / name),
+            )
+        )
+    try:
+        srv.client().request("PROPFIND", "/", headers={"Depth": "0"}, expect=(207,))  # login
+        for step, fn in steps:
+            print(f"  {name}: {step}…", file=sys.stderr, flush=True)
+            try:
+                fn()
+            except Exception as exc:  # reported in the JSON and the exit status
+                result["errors"][step] = f"{type(exc).__name__}: {exc}"
+                if srv.proc.popen.poll() is not None:
+                    result["errors"][step] += f"\n(server exited)\n{srv.proc.log_tail()}"
+                    break
+    finally:
+        result["phases"] = srv.phases
+        srv.proc.stop()
+        result["data_dir"] = str(run.work / name)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
+    ap.add_argument("--size-mib", type=int, help="large file (default 1024; --quick 16)")
+    ap.add_argument("--small-count", type=int, help="4 KiB files (default 1000; --quick 100)")
+    ap.add_argument(
+        "--tree", type=int, help="files in the deleted dir (default 10000; --quick 300)"
+    )
+    ap.add_argument("--clients", type=int, default=8, help="clients filling the tree (default 8)")
+    ap.add_argument("--repeats", type=int, default=5, help="single files deleted and restored")
+    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "history.json")
+    ap.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
+    ap.add_argument("--tmp", help="parent of the run's temporary directory (default $TMPDIR)")
+    args = ap.parse_args(argv)
+    q = args.quick
+    sizes = Sizes(
+        big=(args.size_mib or (16 if q else 1024)) * MIB,
+        small_count=args.small_count or (100 if q else 1000),
+        tree=args.tree or (300 if q else 10_000),
+        clients=args.clients,
+        repeats=max(1, args.repeats if not q else min(args.repeats, 3)),
+    )
+    report: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": B.machine(),
+        "versions": B.versions(),
+        "sizes": sizes.__dict__,
+        "configs": {},
+    }
+    B.INTERRUPTS.install()
+    if (load := os.getloadavg()[0]) > 0.5:
+        print(f"warning: load average {load:.2f}: other work skews the figures", file=sys.stderr)
+    pattern = B.Pattern()
+    run = B.Runner(args.tmp)
+    report["workdir"] = str(run.work)
+    t0 = time.perf_counter()
+    try:
+        for config in CONFIGS:
+            print(f"davserver-{config}: starting", file=sys.stderr, flush=True)
+            res = run_config(run, config, sizes, pattern, deletes=config == "auto")
+            report["configs"][config] = res
+            for where, err in res["errors"].items():
+                print(f"davserver-{config}: {where} failed: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted: stopping everything", file=sys.stderr)
+        return 130
+    finally:
+        run.close()
+        report["processes"] = run.pids
+        report["duration_s"] = round(time.perf_counter() - t0, 1)
+        report["loadavg_at_end"] = os.getloadavg()
+
+    results = report["configs"]
+    print(f"revision {report['versions'].get('git', NA)}, {report['machine']['nproc']} cores\n")
+    print("(a) writes: versions.retention disabled vs auto (ratio auto/disabled)\n")
+    head, rows = write_table(results, sizes)
+    print(B.render(head, rows, args.markdown))
+    auto = results["auto"]["metrics"]
+    print(
+        "\n(b) DELETE into the trash vs X-Delete-Permanently, and the restore "
+        f"(via {auto.get('restore_via', NA)}; ratio trash/permanent)\n"
+    )
+    head, rows = delete_table(auto, sizes)
+    print(B.render(head, rows, args.markdown))
+    if auto.get("permanent_honoured") is False:
+        print(
+            "\nnote: this server ignored X-Delete-Permanently: the 'permanently' column went "
+            "into the trash as well"
+        )
+    fills = [auto.get(f"fill_tree_{m}_s") for m in DELETE_MODES]
+    if all(fills):
+        print(
+            f"\nfilling each {sizes.tree}-file dir ({sizes.clients} clients, untimed above): "
+            f"{fills[0]} s, {fills[1]} s"
+        )
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"JSON: {args.json}  ({report['duration_s']:.0f} s)")
+    return 1 if any(r["errors"] for r in results.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
