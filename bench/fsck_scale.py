@@ -97,6 +97,8 @@ class Builder:
             return str(User.get_by_id(self.user_id).root_id)
 
     def _node(self, parent: str, kind: str, size: int = 0, version: str | None = None) -> dict:
+        from davserver.index.fast import new_fileid
+
         return {
             "id": os.urandom(16).hex(),
             "owner": self.user_id,
@@ -109,6 +111,7 @@ class Builder:
             "current_version": version,
             "size": size,
             "created": time.time(),
+            "fileid": new_fileid(),  # fsck wants one per node (schema 7)
         }
 
     def _make_dirs(self, n: int) -> list[str]:
