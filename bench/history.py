@@ -2,27 +2,29 @@
 """What versions and the trash cost: davserver with and without them, side by side, in one run.
 
 Usage: python bench/history.py [--quick] [--size-mib N] [--small-count N] [--tree N]
-                               [--repeats N] [--json PATH] [--markdown] [--tmp DIR]
+                               [--rounds N] [--repeats N] [--json PATH] [--markdown] [--tmp DIR]
 
-It starts two ``davserver serve`` processes one after the other (local blob directory and
-SQLite, every other setting at its default), the way bench/run.py does, on free loopback ports:
+It starts two ``davserver serve`` processes (local blob directory and SQLite, every other
+setting at its default) the way bench/run.py does, each on a free loopback port:
 
 - ``disabled``: ``versions.retention: disabled`` (an overwrite replaces the file);
 - ``auto``:     ``versions.retention: auto`` (the default: an overwrite keeps the old
-                version; Nextcloud's schedule keeps all of them for the first seconds, so every
-                overwrite of this run is kept).
+                version; the first versions of a file are all kept, so is every one here).
 
-(a) Writes, on each: N x 4 KiB PUT of new files and then N overwrites of the same files (one
-    kept-alive connection, ops/s), one PUT of a large file (1 GiB, streamed from a pattern,
-    never held in memory) and one overwrite of it (MB/s), with the server's peak RSS during
-    the large PUTs. Every file is read back once (untimed) and compared.
-(b) Deletes, on ``auto``: a DELETE of a directory of 10,000 files and of one file, into the
-    trash and, for comparison, with ``X-Delete-Permanently: true``; then the restore from the
-    trash of each (ms). The restore is the Nextcloud ``MOVE`` to
-    ``/remote.php/dav/trashbin/USER/restore/NAME`` when the server answers that collection,
-    otherwise ``Session.trash_restore`` of the vault API in this process (logged in before the
-    clock starts); the JSON says which. After each restore (untimed) the directory lists every
-    file again.
+(a) Writes, on both: N x 4 KiB PUT of new files, then N overwrites of the same files (one
+    kept-alive connection, ops/s); one PUT of a large file (1 GiB, streamed from a pattern,
+    never held in memory), then one overwrite of it (MB/s); the server's peak RSS during the
+    large PUTs and the user's usage afterwards. The two servers take turns, measurement by
+    measurement, for ``--rounds`` rounds (the order swapped each round), so that other load
+    on the machine falls on both alike; each figure is the median of its rounds. What was
+    written last is read back once (untimed) and compared.
+(b) Deletes, on ``auto``: DELETE of a directory of 10,000 files and of single files into the
+    trash and, for comparison, with ``X-Delete-Permanently: true``; the restore from the trash
+    of each (ms, median of ``--repeats``: the tree goes into the trash and back that often).
+    The restore is Nextcloud's ``MOVE`` to ``/remote.php/dav/trashbin/USER/restore/NAME`` if
+    the server has that collection, else ``Session.trash_restore`` of the vault API in this
+    process (logged in before any clock starts); the JSON says which. After each restore
+    (untimed) the directory must list every file again.
 
 It prints both tables (ratios auto/disabled and trash/permanent), writes JSON (default
 bench/results/history.json), and stops and removes everything it started, also on Ctrl-C.
@@ -78,6 +80,7 @@ class Sizes:
     tree: int
     clients: int
     repeats: int
+    rounds: int
 
 
 # (key, label, unit) of the two tables; every key is in the JSON.
@@ -115,7 +118,9 @@ def start(run: Any, config: str) -> Any:
     saved = dict(B.DAVSERVER_SETTINGS)
     B.DAVSERVER_SETTINGS["DAVSERVER_VERSIONS_RETENTION"] = config
     try:
-        return B.start_davserver(run, f"davserver-{config}", s3=False)
+        srv = B.start_davserver(run, f"davserver-{config}", s3=False)
+        srv.data_dir = run.work / f"davserver-{config}"
+        return srv
     finally:
         B.DAVSERVER_SETTINGS.clear()
         B.DAVSERVER_SETTINGS.update(saved)
@@ -124,37 +129,65 @@ def start(run: Any, config: str) -> Any:
 # -- (a) writes ------------------------------------------------------------------------------
 
 
-def bench_writes(srv: Any, sizes: Sizes, pattern: Any, out: dict[str, Any], data: Path) -> None:
-    one = srv.client()
-    one.request("MKCOL", "/small/", expect=(201,))
+def bench_writes(
+    servers: dict[str, Any], sizes: Sizes, pattern: Any, results: dict[str, dict[str, Any]]
+) -> None:
+    """Every write measurement on both servers, interleaved: round by round, step by step,
+    one server then the other (the order swapped each round), so that load from outside the
+    run falls on both alike; the figure is the median over the rounds."""
     n = sizes.small_count
+    clients = {c: srv.client() for c, srv in servers.items()}
+    samples: dict[str, dict[str, list[float]]] = {c: {} for c in servers}
 
-    def put_all(shift: int) -> float:
+    def small(c: str, r: int, shift: int) -> float:
         t0 = time.perf_counter()
         for i in range(n):
-            one.request("PUT", f"/small/f{i:05d}.bin", pattern.at(i * 4096 + shift, 4096))
-        return time.perf_counter() - t0
+            body = pattern.at(i * 4096 + shift, 4096)
+            clients[c].request("PUT", f"/small-{r}/f{i:05d}.bin", body)
+        return n / (time.perf_counter() - t0)
 
-    for key, shift in (("put_small_ops", 0), ("overwrite_small_ops", 7919)):
-        with srv.phase(key):
-            out[key] = round(n / put_all(shift), 1)
-    for i in range(n):  # the last version is what a GET answers
-        got = one.request("GET", f"/small/f{i:05d}.bin", expect=(200,))
-        pattern.check(i * 4096 + 7919, got, "GET of an overwritten small file")
-    rss = []
-    for key in ("put_big_mb_s", "overwrite_big_mb_s"):
-        with srv.phase(key):
-            t0 = time.perf_counter()
-            srv.client().put_stream("/big.bin", sizes.big, pattern.chunks(sizes.big))
-            out[key] = round(sizes.big / (time.perf_counter() - t0) / 1e6, 1)
-        rss.append(srv.phases[key]["peak_rss_mib"])
-    out["rss_big_mib"] = max(rss)
-    if one.get_check("/big.bin", pattern) != sizes.big:
-        raise B.BenchError("GET of the large file came back short")
-    one.close()
-    out["usage_mib"] = round(usage_bytes(data) / MIB, 1)
-    # On disk, including what waits for the collector (an overwritten blob, when disabled).
-    out["stored_mib"] = round(stored_bytes(data) / MIB, 1)
+    def big(c: str, r: int) -> float:
+        t0 = time.perf_counter()
+        servers[c].client().put_stream(f"/big-{r}.bin", sizes.big, pattern.chunks(sizes.big))
+        return sizes.big / (time.perf_counter() - t0) / 1e6
+
+    steps: list[tuple[str, Callable[[str, int], float]]] = [
+        ("put_small_ops", lambda c, r: small(c, r, 0)),
+        ("overwrite_small_ops", lambda c, r: small(c, r, 7919)),
+        ("put_big_mb_s", big),
+        ("overwrite_big_mb_s", big),
+    ]
+    for r in range(sizes.rounds):
+        for c in servers:
+            clients[c].request("MKCOL", f"/small-{r}/", expect=(201,))
+        order = list(servers) if r % 2 == 0 else list(reversed(servers))
+        for key, fn in steps:
+            for c in order:
+                with servers[c].phase(f"{key}_{r}"):
+                    samples[c].setdefault(key, []).append(fn(c, r))
+    last = sizes.rounds - 1
+    for c, srv in servers.items():
+        out = results[c]["metrics"]
+        for key, values in samples[c].items():
+            out[key] = round(statistics.median(values), 1)
+            out[key.removesuffix("_ops").removesuffix("_mb_s") + "_samples"] = [
+                round(v, 1) for v in values
+            ]
+        out["rss_big_mib"] = max(p["peak_rss_mib"] for k, p in srv.phases.items() if "_big_" in k)
+        for i in range(n):  # what a GET answers is the last version written
+            got = clients[c].request("GET", f"/small-{last}/f{i:05d}.bin", expect=(200,))
+            pattern.check(i * 4096 + 7919, got, "GET of an overwritten small file")
+        if clients[c].get_check(f"/big-{last}.bin", pattern) != sizes.big:
+            raise B.BenchError("GET of the large file came back short")
+        clients[c].close()
+        data = srv_data(srv)
+        out["usage_mib"] = round(usage_bytes(data) / MIB, 1)
+        # On disk, including what waits for the collector (an overwritten blob, when disabled).
+        out["stored_mib"] = round(stored_bytes(data) / MIB, 1)
+
+
+def srv_data(srv: Any) -> Path:
+    return Path(srv.data_dir)
 
 
 def usage_bytes(data: Path) -> int:
@@ -240,11 +273,24 @@ class Restorer:
             self.vault.close()
 
 
-def bench_deletes(srv: Any, sizes: Sizes, pattern: Any, out: dict[str, Any], data: Path) -> None:
+def bench_deletes(srv: Any, sizes: Sizes, pattern: Any, out: dict[str, Any]) -> None:
+    """On one server: DELETE of a tree and of single files into the trash (each restored
+    afterwards, the tree ``repeats`` times back and forth) and with X-Delete-Permanently."""
     one = srv.client()
     many = [srv.client() for _ in range(sizes.clients)]
-    restorer = Restorer(srv, data)
+    restorer = Restorer(srv, srv_data(srv))
     out["restore_via"] = restorer.via
+
+    def timed(fn: Callable[..., object], *args: Any, **kw: Any) -> float:
+        """Milliseconds of one call of ``fn(*args, **kw)``."""
+        t0 = time.perf_counter()
+        fn(*args, **kw)
+        return (time.perf_counter() - t0) * 1000
+
+    def keep(key: str, samples: list[float]) -> None:
+        out[key] = median_ms(samples)
+        out[key.removesuffix("_ms") + "_samples_ms"] = [round(v, 2) for v in samples]
+
     try:
         for mode in DELETE_MODES:
             hdrs = {"X-Delete-Permanently": "true"} if mode == "permanent" else {}
@@ -259,42 +305,40 @@ def bench_deletes(srv: Any, sizes: Sizes, pattern: Any, out: dict[str, Any], dat
             files = [f"file-{mode}-{i}.bin" for i in range(sizes.repeats)]
             for i, f in enumerate(files):
                 one.request("PUT", f"/{f}", pattern.at(i, 4096))
-
-            with srv.phase(f"delete_tree_{mode}"):
-                t0 = time.perf_counter()
-                one.request("DELETE", f"/{tree}/", headers=hdrs, expect=(204,))
-                out[f"delete_tree_{mode}_ms"] = round((time.perf_counter() - t0) * 1000, 2)
-            one.request("PROPFIND", f"/{tree}/", headers={"Depth": "0"}, expect=(404,))
-            samples = []
+            cycles = sizes.repeats if mode == "trash" else 1
+            deletes, restores = [], []
+            for _ in range(cycles):
+                with srv.phase(f"delete_tree_{mode}"):
+                    deletes.append(
+                        timed(one.request, "DELETE", f"/{tree}/", headers=hdrs, expect=(204,))
+                    )
+                one.request("PROPFIND", f"/{tree}/", headers={"Depth": "0"}, expect=(404,))
+                if mode == "permanent":
+                    break
+                name = restorer.item(tree)  # untimed: the listing
+                with srv.phase("restore_tree"):
+                    restores.append(timed(restorer.restore, name))
+                hdr = {"Depth": "1"}
+                listed = one.request("PROPFIND", f"/{tree}/", headers=hdr, expect=(207,))
+                if (got := len(RESPONSE.findall(listed))) != sizes.tree + 1:
+                    raise B.BenchError(f"the restored tree lists {got} of {sizes.tree + 1}")
+            keep(f"delete_tree_{mode}_ms", deletes)
             with srv.phase(f"delete_file_{mode}"):
-                for f in files:
-                    t0 = time.perf_counter()
-                    one.request("DELETE", f"/{f}", headers=hdrs, expect=(204,))
-                    samples.append((time.perf_counter() - t0) * 1000)
-            out[f"delete_file_{mode}_ms"] = median_ms(samples)
-            out[f"delete_file_{mode}_samples_ms"] = [round(s, 2) for s in samples]
+                keep(
+                    f"delete_file_{mode}_ms",
+                    [
+                        timed(one.request, "DELETE", f"/{f}", headers=hdrs, expect=(204,))
+                        for f in files
+                    ],
+                )
             if mode == "permanent":
                 # Whether the server honoured the header (else this column went to the trash).
                 out["permanent_honoured"] = not restorer.find(tree)
                 continue
-
-            name = restorer.item(tree)
-            with srv.phase("restore_tree"):
-                t0 = time.perf_counter()
-                restorer.restore(name)
-                out["restore_tree_trash_ms"] = round((time.perf_counter() - t0) * 1000, 2)
-            listed = one.request("PROPFIND", f"/{tree}/", headers={"Depth": "1"}, expect=(207,))
-            if (got := len(RESPONSE.findall(listed))) != sizes.tree + 1:
-                raise B.BenchError(f"the restored tree lists {got} of {sizes.tree + 1} entries")
-            samples = []
+            keep("restore_tree_trash_ms", restores)
             names = [restorer.item(f) for f in files]  # untimed: the listing
             with srv.phase("restore_file"):
-                for nm in names:
-                    t0 = time.perf_counter()
-                    restorer.restore(nm)
-                    samples.append((time.perf_counter() - t0) * 1000)
-            out["restore_file_trash_ms"] = median_ms(samples)
-            out["restore_file_trash_samples_ms"] = [round(s, 2) for s in samples]
+                keep("restore_file_trash_ms", [timed(restorer.restore, n) for n in names])
             for i, f in enumerate(files):
                 got_body = one.request("GET", f"/{f}", expect=(200,))
                 pattern.check(i, got_body, f"GET of restored {f}")
@@ -330,41 +374,43 @@ def delete_table(metrics: dict[str, Any], sizes: Sizes) -> tuple[list[str], list
     return head, rows
 
 
-def run_config(run: Any, config: str, sizes: Sizes, pattern: Any, deletes: bool) -> dict[str, Any]:
-    result: dict[str, Any] = {"errors": {}, "metrics": {}}
-    name = f"davserver-{config}"
+def run_all(run: Any, sizes: Sizes, pattern: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """Both servers up at once (each idle while the other is measured); their results and
+    the errors of the run (by step)."""
+    results: dict[str, dict[str, Any]] = {c: {"metrics": {}} for c in CONFIGS}
+    errors: dict[str, str] = {}
+    servers: dict[str, Any] = {}
     try:
-        srv = start(run, config)
-    except Exception as exc:  # reported, the other configuration still runs
-        result["errors"]["start"] = f"{type(exc).__name__}: {exc}"
-        return result
-    result |= {"pid": srv.proc.pid, "command": srv.command}
-    steps: list[tuple[str, Callable[[], None]]] = [
-        ("writes", lambda: bench_writes(srv, sizes, pattern, result["metrics"], run.work / name)),
-    ]
-    if deletes:
-        steps.append(
+        for c in CONFIGS:
+            print(f"davserver-{c}: starting", file=sys.stderr, flush=True)
+            servers[c] = start(run, c)
+            results[c] |= {"pid": servers[c].proc.pid, "command": servers[c].command}
+            servers[c].client().request("PROPFIND", "/", headers={"Depth": "0"}, expect=(207,))
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("writes", lambda: bench_writes(servers, sizes, pattern, results)),
             (
                 "deletes",
-                lambda: bench_deletes(srv, sizes, pattern, result["metrics"], run.work / name),
-            )
-        )
-    try:
-        srv.client().request("PROPFIND", "/", headers={"Depth": "0"}, expect=(207,))  # login
+                lambda: bench_deletes(servers["auto"], sizes, pattern, results["auto"]["metrics"]),
+            ),
+        ]
         for step, fn in steps:
-            print(f"  {name}: {step}…", file=sys.stderr, flush=True)
+            print(f"  {step}…", file=sys.stderr, flush=True)
             try:
                 fn()
             except Exception as exc:  # reported in the JSON and the exit status
-                result["errors"][step] = f"{type(exc).__name__}: {exc}"
-                if srv.proc.popen.poll() is not None:
-                    result["errors"][step] += f"\n(server exited)\n{srv.proc.log_tail()}"
+                errors[step] = f"{type(exc).__name__}: {exc}"
+                dead = [c for c, srv in servers.items() if srv.proc.popen.poll() is not None]
+                for c in dead:
+                    errors[step] += f"\n(davserver-{c} exited)\n{servers[c].proc.log_tail()}"
+                if dead:
                     break
+    except Exception as exc:  # a server would not start
+        errors["start"] = f"{type(exc).__name__}: {exc}"
     finally:
-        result["phases"] = srv.phases
-        srv.proc.stop()
-        result["data_dir"] = str(run.work / name)
-    return result
+        for c, srv in servers.items():
+            results[c]["phases"] = srv.phases
+            srv.proc.stop()
+    return results, errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -376,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
         "--tree", type=int, help="files in the deleted dir (default 10000; --quick 300)"
     )
     ap.add_argument("--clients", type=int, default=8, help="clients filling the tree (default 8)")
-    ap.add_argument("--repeats", type=int, default=5, help="single files deleted and restored")
+    ap.add_argument("--repeats", type=int, default=5, help="deletes and restores of each kind")
+    ap.add_argument("--rounds", type=int, help="rounds of the writes (default 3; --quick 1)")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "history.json")
     ap.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     ap.add_argument("--tmp", help="parent of the run's temporary directory (default $TMPDIR)")
@@ -388,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         tree=args.tree or (300 if q else 10_000),
         clients=args.clients,
         repeats=max(1, args.repeats if not q else min(args.repeats, 3)),
+        rounds=max(1, args.rounds or (1 if q else 3)),
     )
     report: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -404,12 +452,9 @@ def main(argv: list[str] | None = None) -> int:
     report["workdir"] = str(run.work)
     t0 = time.perf_counter()
     try:
-        for config in CONFIGS:
-            print(f"davserver-{config}: starting", file=sys.stderr, flush=True)
-            res = run_config(run, config, sizes, pattern, deletes=config == "auto")
-            report["configs"][config] = res
-            for where, err in res["errors"].items():
-                print(f"davserver-{config}: {where} failed: {err}", file=sys.stderr)
+        report["configs"], report["errors"] = run_all(run, sizes, pattern)
+        for where, err in report["errors"].items():
+            print(f"{where} failed: {err}", file=sys.stderr)
     except KeyboardInterrupt:
         print("interrupted: stopping everything", file=sys.stderr)
         return 130
@@ -420,7 +465,12 @@ def main(argv: list[str] | None = None) -> int:
         report["loadavg_at_end"] = os.getloadavg()
 
     results = report["configs"]
-    print(f"revision {report['versions'].get('git', NA)}, {report['machine']['nproc']} cores\n")
+    start_load, end_load = report["machine"]["loadavg_at_start"][0], report["loadavg_at_end"][0]
+    print(
+        f"revision {report['versions'].get('git', NA)}, {report['machine']['nproc']} cores, "
+        f"load average {start_load:.2f} at the start, {end_load:.2f} at the end; "
+        f"writes: median of {sizes.rounds} interleaved rounds\n"
+    )
     print("(a) writes: versions.retention disabled vs auto (ratio auto/disabled)\n")
     head, rows = write_table(results, sizes)
     print(B.render(head, rows, args.markdown))
@@ -445,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"JSON: {args.json}  ({report['duration_s']:.0f} s)")
-    return 1 if any(r["errors"] for r in results.values()) else 0
+    return 1 if report["errors"] else 0
 
 
 if __name__ == "__main__":
