@@ -642,10 +642,8 @@ class _HistoryOps(_SubtreeOps):
             json.dumps(kept, separators=(",", ":")).encode(),
         )
 
-    def _unstash_locks(self, trash: _Ref, node_id: str, sealed: bytes | None, path: str) -> int:
-        """Put the locks of a restored item back below its new ``path``."""
-        if sealed is None:
-            return 0
+    def _stashed_locks(self, trash: _Ref, node_id: str, sealed: bytes) -> list[dict[str, Any]]:
+        """The lock records sealed with a trash item (``IntegrityError`` if they fail)."""
         try:
             raw = crypto.open_sealed(
                 trash.key, _LOCKS_PURPOSE, _LOCKS_LABEL, (_b(node_id),), sealed
@@ -653,9 +651,16 @@ class _HistoryOps(_SubtreeOps):
         except crypto.AuthenticationFailed as exc:
             log.error("integrity failure: locks of trashed node %s", node_id)
             raise IntegrityError("the locks of a trash item failed authentication") from exc
+        records: list[dict[str, Any]] = json.loads(raw)
+        return records
+
+    def _unstash_locks(self, trash: _Ref, node_id: str, sealed: bytes | None, path: str) -> int:
+        """Put the locks of a restored item back below its new ``path``."""
+        if sealed is None:
+            return 0
         store = self._locks()
         count = 0
-        for rec in json.loads(raw):
+        for rec in self._stashed_locks(trash, node_id, sealed):
             where = path.rstrip("/") + str(rec["path"])
             if store.reinstate(self.user_id, where or "/", rec, float(rec["expire"])):
                 count += 1
