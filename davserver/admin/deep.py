@@ -5,8 +5,9 @@ a stack of directory keys), then the user's trash the same way from its own key 
 under the master key as ``wdv/trash/v1``), using the session's and the reader's own code:
 every key envelope is unwrapped, every name, metadata record, property set and checksum
 record opened, every name MAC compared with the sealed name, every version label and every
-trash item's origin record opened, and every segment of every version (old ones and those in
-the trash too) read and authenticated (``FileReader``). No cryptography is written here.
+trash item's origin record and sealed locks opened, and every segment of every version (old
+ones and those in the trash too) read and authenticated (``FileReader``). No cryptography is
+written here.
 Problems go by node, version and blob id into the keyless run's report
 (``davserver.admin.fsck``); a node whose key fails is not descended.
 """
@@ -85,14 +86,22 @@ class DeepCheck:
             )
             return
         trash = _Ref(row, key, None, "")
-        for (node_id,) in _q(
-            'SELECT node_id FROM "trash_item" WHERE owner_id = ? ORDER BY node_id', (uid,)
+        for node_id, locks in _q(
+            'SELECT node_id, locks_ct FROM "trash_item" WHERE owner_id = ? ORDER BY node_id',
+            (uid,),
         ).fetchall():
             self.report.count("deep origins")
             try:
                 session._origin(trash, node_id)
             except IntegrityError:
                 self._add("origin", {"node": node_id}, "the trash item's origin record failed")
+            if locks is None:
+                continue
+            self.report.count("deep trashed locks")
+            try:
+                session._stashed_locks(trash, node_id, _bytes(locks))
+            except (IntegrityError, ValueError):
+                self._add("trashed_locks", {"node": node_id}, "the trash item's locks failed")
         self._deep_below(session, row, key, bar)
 
     def _deep_below(self, session: Session, top: fast.NodeRow, key: bytes, bar: Ticker) -> None:

@@ -22,6 +22,7 @@ from davserver.cli import main
 from davserver.config import Config
 from davserver.index.models import User, Version
 from davserver.runtime import make_blob_store, open_vault
+from davserver.vault.locks import LockStore
 from tests.harness.davserver import FAST_ENV, make_config, s3_env
 
 PASSWORD = "correct horse"
@@ -320,6 +321,9 @@ def add_history(store: Store) -> History:
         _, kept = s.versions(fileid)
         s.restore_version(fileid, kept[-1].version_no)
         s.set_version_label(fileid, kept[-1].version_no, "first")
+        # A lock below the folder: the trash item seals it (trash_item.locks_ct).
+        lock = {"scope": "exclusive", "type": "write", "depth": "0", "owner": "fsck test"}
+        LockStore(vault).create(store.user_id, "/d/sub/f.bin", lock, 600)
         s.delete("/d/sub")
         s.delete("/big.bin")
         trashed = {"/d/sub": store.nodes["/d/sub"], "/big.bin": store.nodes["/big.bin"]}
@@ -355,6 +359,7 @@ def test_versions_and_trash_are_clean_keyless_and_deep(store: Store) -> None:
     assert report["checked"]["deep nodes"] == nodes
     assert report["checked"]["deep versions"] == h.versions
     assert report["checked"]["deep origins"] == len(h.trashed)
+    assert report["checked"]["deep trashed locks"] == 1
     assert report["checked"]["deep labels"] == 1
 
 
@@ -442,14 +447,20 @@ def test_deep_finds_damaged_origin_label_and_trash_key(tmp_path: Path) -> None:
         "SELECT label_ct FROM version WHERE label_ct IS NOT NULL",
         "UPDATE version SET label_ct = ? WHERE label_ct IS NOT NULL",
     )
+    flip(
+        "SELECT locks_ct FROM trash_item WHERE node_id = ?",
+        "UPDATE trash_item SET locks_ct = ? WHERE node_id = ?",
+        h.trashed["/d/sub"],
+    )
     code, report = run_json(store, "fsck")
     assert code == 0, report  # sealed records: only a key can tell
     deep = ("fsck", "--deep", "--user", "alice", "--password-stdin")
     code, report = run_json(store, *deep, stdin=PASSWORD + "\n")
     assert code == 1
     found = kinds(report)
-    assert set(found) == {"origin", "label"}, report
+    assert set(found) == {"origin", "label", "trashed_locks"}, report
     assert found["origin"] == [{"node": h.trashed["/big.bin"]}]
+    assert found["trashed_locks"] == [{"node": h.trashed["/d/sub"]}]
     assert found["label"][0]["node"] == store.nodes["/g.bin"]
     flip(
         "SELECT key_env FROM node WHERE id = ?",
