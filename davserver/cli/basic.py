@@ -13,6 +13,7 @@ from davserver.cli.common import (
     CONFIG_NAME,
     EXIT_CODES_HELP,
     ask_new_password,
+    ask_password,
     data_dir_option,
     emit_json,
     fail,
@@ -20,7 +21,6 @@ from davserver.cli.common import (
     json_option,
     load_config,
     print_table,
-    read_stdin_password,
 )
 from davserver.config import load, render_for_init
 from davserver.errors import AlreadyExists, AuthError, ConfigError, NotFound
@@ -112,10 +112,7 @@ def user_passwd(name: str, password_stdin: bool, data_dir: Path) -> None:
 
     vault = open_vault(load_config(data_dir))
     try:
-        if password_stdin:
-            old = read_stdin_password("current password")
-        else:
-            old = click.prompt("Current password", hide_input=True, err=True)
+        old = ask_password(password_stdin, "current password")
         new = ask_new_password(password_stdin, "new password")
         try:
             vault.change_password(name, old, new)

@@ -108,6 +108,15 @@ def read_stdin_password(what: str) -> str:
     return pw
 
 
+def ask_password(from_stdin: bool, what: str = "password") -> str:
+    """An existing password, to unlock keys: one line of stdin, or a prompt asked once
+    (not echoed). Never logged or printed."""
+    if from_stdin:
+        return read_stdin_password(what)
+    value: str = click.prompt(what.capitalize(), hide_input=True, err=True)
+    return value
+
+
 def ask_new_password(from_stdin: bool, what: str = "password") -> str:
     if from_stdin:
         return read_stdin_password(what)
