@@ -144,8 +144,13 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: st
     for i, name in enumerate(columns):
         numeric = bool(rows) and all(isinstance(r[i], int | float) for r in rows)
         # Fold long values (tokens, ids) onto more lines rather than cut them: an operator
-        # copies them into the next command.
-        table.add_column(name, justify="right" if numeric else "left", overflow="fold")
+        # copies them into the next command. Headers and short words (times, sizes,
+        # "(default)") stay whole: a narrow terminal squeezes the long values first.
+        words = [len(w) for r in rows for w in str("" if r[i] is None else r[i]).split()]
+        whole = max([len(name), *(n for n in words if n <= 20)])
+        table.add_column(
+            name, justify="right" if numeric else "left", overflow="fold", min_width=whole
+        )
     for r in rows:
         table.add_row(*("" if v is None else str(v) for v in r))
     Console(soft_wrap=True).print(table)
