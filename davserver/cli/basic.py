@@ -132,9 +132,11 @@ def user_passwd(name: str, password_stdin: bool, data_dir: Path) -> None:
 def user_list(as_json: bool, data_dir: Path) -> None:
     """List users with their usage, quota and last login.
 
-    QUOTA is the user's own quota, or the server default (quota.default_bytes) marked
-    "default"; LAST LOGIN is the last login that checked the password (to the minute;
-    requests served from the login cache are not counted), in UTC.
+    USED is everything that counts toward the quota: FILES (the live tree), VERSIONS (kept
+    earlier versions) and TRASH (deleted items not purged yet). QUOTA is the user's own
+    quota, or the server default (quota.default_bytes) marked "default"; LAST LOGIN is the
+    last login that checked the password (to the minute; requests served from the login
+    cache are not counted), in UTC.
     """
     from davserver.cli.sizes import describe_quota, format_size, format_time, user_json
     from davserver.runtime import open_vault
@@ -143,6 +145,7 @@ def user_list(as_json: bool, data_dir: Path) -> None:
     vault = open_vault(config)
     try:
         users = vault.list_users()
+        parts = {u.name: vault.usage_breakdown(u.name) for u in users}
     finally:
         vault.close()
     default = config.quota.default_bytes
@@ -150,7 +153,7 @@ def user_list(as_json: bool, data_dir: Path) -> None:
         emit_json(
             [
                 {
-                    **user_json(u, default),
+                    **user_json(u, default, parts[u.name]),
                     "created": format_time(u.created),
                     "last_login": format_time(u.last_login),
                 }
@@ -162,12 +165,13 @@ def user_list(as_json: bool, data_dir: Path) -> None:
         click.echo("No users. Add one with: davserver user add NAME")
         return
     print_table(
-        ["NAME", "ID", "USED", "QUOTA", "LAST LOGIN"],
+        ["NAME", "ID", "USED", "FILES", "VERSIONS", "TRASH", "QUOTA", "LAST LOGIN"],
         [
             [
                 u.name,
                 u.id,
                 format_size(u.usage_bytes),
+                *(format_size(n) for n in parts[u.name]),
                 describe_quota(u.quota_bytes, default),
                 format_time(u.last_login) or "never",
             ]
