@@ -134,8 +134,14 @@ def emit_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
-def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str = "") -> None:
-    """A table on stdout (``rich``); right-aligns columns whose values are all numbers."""
+def print_table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    title: str = "",
+    whole: Sequence[str] = (),
+) -> None:
+    """A table on stdout (``rich``); right-aligns columns whose values are all numbers.
+    Values of the columns named in ``whole`` are never folded (names to copy)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -147,9 +153,10 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: st
         # copies them into the next command. Headers and short words (times, sizes,
         # "(default)") stay whole: a narrow terminal squeezes the long values first.
         words = [len(w) for r in rows for w in str("" if r[i] is None else r[i]).split()]
-        whole = max([len(name), *(n for n in words if n <= 20)])
+        cap = None if name in whole else 20
+        width = max([len(name), *(n for n in words if cap is None or n <= cap)])
         table.add_column(
-            name, justify="right" if numeric else "left", overflow="fold", min_width=whole
+            name, justify="right" if numeric else "left", overflow="fold", min_width=width
         )
     for r in rows:
         table.add_row(*("" if v is None else str(v) for v in r))
