@@ -304,6 +304,12 @@ def report(
             )
         for n in missing:
             click.echo(f"davserver: error: '{n}' is not in the trash", err=True)
+        if failed:
+            click.echo(
+                f"davserver: error: {len(failed)} of {len(outcomes)} item(s) failed "
+                "(the others are done)",
+                err=True,
+            )
         if not outcomes and not missing:
             click.echo("Nothing in the trash matches.")
     if failed or missing:

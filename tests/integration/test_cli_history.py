@@ -29,6 +29,7 @@ from click.testing import CliRunner, Result
 from davserver.cli import main
 from davserver.cli.history import Selection, clean_location, restore_order
 from davserver.cli.sizes import parse_when
+from davserver.errors import Conflict
 from davserver.runtime import open_vault
 from davserver.vault import Vault
 from davserver.vault.tree import Session
@@ -254,6 +255,36 @@ def test_restore_by_name_reports_failures_and_goes_on(data_dir: Path) -> None:
     assert (out["done"], out["failed"], out["missing"]) == (0, 1, ["gone-too"])
     with alice(data_dir) as (_, s):
         assert read(s, "/Docs/report.txt") == b"report"  # restored despite the bad name
+
+
+def test_one_failed_restore_does_not_stop_the_others(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An item the vault refuses (here: made to fail) is reported, the rest come back."""
+    mass_delete(data_dir)
+    real = Session.trash_restore
+
+    def flaky(self: Session, name: str) -> str:
+        if name.startswith("old.jpg"):
+            raise Conflict("the disk said no")
+        return real(self, name)
+
+    monkeypatch.setattr(Session, "trash_restore", flaky)
+    out = cli_json(data_dir, "trash", "restore", "alice", code=1)
+    assert (out["done"], out["failed"]) == (2, 1)
+    (bad,) = [i for i in out["items"] if i["error"]]
+    assert (bad["original_location"], bad["error"], bad["restored_to"]) == (
+        "Photos/old.jpg",
+        "the disk said no",
+        None,
+    )
+    r = cli(data_dir, "trash", "restore", "alice")
+    assert r.exit_code == 1 and "FAILED:" in r.stdout
+    assert "1 of 1 item(s) failed" in r.stderr
+    with alice(data_dir) as (_, s):
+        assert read(s, "/Photos/new.jpg") == b"new" * 2000
+        assert read(s, "/Docs/report.txt") == b"report"
+        assert not s.exists("/Photos/old.jpg")
 
 
 def test_purge_selected_all_and_by_age(data_dir: Path) -> None:
