@@ -7,7 +7,7 @@ as ``user passwd`` reads it). One admin command needs none: ``trash purge NAME
 --older-than DURATION`` removes by deletion time alone (``Vault.purge_trash``).
 
 Selecting trash items (``restore`` and ``purge``): ITEM names (the trash names ``trash
-list`` shows), ``--since``/``--until`` (deletion time, inclusive) and ``--path`` (the
+list`` shows), ``--since``/``--until`` (deletion time, inclusive, to the second) and ``--path`` (the
 original location: that path and everything that was below it). Everything given must
 match. ``restore`` brings items back shallowest original location first, so a folder is
 back before the files that were deleted from it earlier, and those land inside it again;
@@ -16,6 +16,7 @@ one item that fails is reported and the others are still restored (exit code 1).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -101,9 +102,12 @@ class Selection:
     def matches(self, item: TrashLike) -> bool:
         if self.names and item.name not in self.names:
             return False
-        if self.since is not None and item.deleted_at < self.since:
+        # To the second, as times are shown: --until with a time copied from 'trash list'
+        # includes the item deleted in that second.
+        when = math.floor(item.deleted_at)
+        if self.since is not None and when < math.floor(self.since):
             return False
-        if self.until is not None and item.deleted_at > self.until:
+        if self.until is not None and when > math.floor(self.until):
             return False
         if self.prefix:
             loc = clean_location(item.original_location)

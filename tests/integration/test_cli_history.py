@@ -100,6 +100,10 @@ def test_selection_and_restore_order() -> None:
     pick = Selection(prefix=clean_location("/Photos/")).pick(items)
     assert [i.name for i in pick[0]] == ["b.jpg", "Photos"]
     assert Selection(since=10, until=20).pick(items)[0] == items[:3]
+    # To the second: a time copied from the listing (seconds shown) includes its item.
+    late = _Item("late", "late", 20.7)
+    assert Selection(until=20).matches(late) and Selection(since=20.9).matches(late)
+    assert not Selection(until=19.99).matches(late)
     assert Selection(names=("a.txt", "nope")).pick(items) == ([items[3]], ["nope"])
     order = [i.name for i in restore_order(items)]
     # Depth first (a folder before what was deleted from it), then the newest deletion.
