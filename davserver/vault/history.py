@@ -621,7 +621,7 @@ class _HistoryOps(_SubtreeOps):
     def _locks(self) -> Any:
         from davserver.vault.locks import LockStore  # builds on the tree: imported late
 
-        return LockStore(self.vault)  # type: ignore[arg-type]
+        return LockStore(self.vault)
 
     def _stash_locks(self, trash: _Ref, node_id: str, path: str) -> bytes | None:
         """Seal the locks on ``path`` and below it for the trash item, and remove them."""

@@ -46,7 +46,7 @@ from davserver.index.models import Lock, LockScope
 from davserver.vault.nodes import split_path
 
 if TYPE_CHECKING:
-    from davserver.vault import Vault
+    from davserver.vault.engine import Engine
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -99,7 +99,7 @@ def _advisory_key(user_id: str) -> int:
 class LockStore:
     """Locks of every user, in the index. Thread-safe; one per process is enough."""
 
-    def __init__(self, vault: Vault) -> None:
+    def __init__(self, vault: Engine) -> None:
         self._index = vault.index
         self._mac_key = vault.server_key(_MAC_PURPOSE)
         self._seal_key = vault.server_key(_SEAL_PURPOSE)
