@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 import click
 
 from davserver.cli import main
+from davserver.cli.backup import database_errors
 from davserver.cli.common import (
     EXIT_CODES_HELP,
     EXIT_PROBLEMS,
@@ -234,6 +235,7 @@ def trash() -> None:
 @json_option
 @data_dir_option
 @handle_errors
+@database_errors
 def trash_list(
     name: str,
     since: str | None,
@@ -329,6 +331,7 @@ def report(
 @json_option
 @data_dir_option
 @handle_errors
+@database_errors
 def trash_restore(
     name: str,
     items: tuple[str, ...],
@@ -396,6 +399,7 @@ def trash_restore(
 @json_option
 @data_dir_option
 @handle_errors
+@database_errors
 def trash_purge(
     name: str,
     items: tuple[str, ...],
@@ -505,6 +509,7 @@ in_trash_option = click.option(
 @json_option
 @data_dir_option
 @handle_errors
+@database_errors
 def versions_list(
     name: str, path: str, in_trash: bool, password_stdin: bool, as_json: bool, data_dir: Path
 ) -> None:
@@ -578,6 +583,7 @@ def file_entry(session: Session, name: str, path: str, in_trash: bool = False) -
 @json_option
 @data_dir_option
 @handle_errors
+@database_errors
 def versions_restore(
     name: str,
     path: str,
