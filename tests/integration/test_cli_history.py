@@ -441,6 +441,7 @@ def make_tree(root: Path, files: int = 500) -> None:
         (d / f"f{i:03d} é.bin").write_bytes(rng.randbytes(sizes[i % len(sizes)]))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("rclone") is None, reason="rclone not installed")
 def test_rclone_purge_of_500_files_is_undone_by_one_restore(tmp_path: Path) -> None:
     """Issue 11's acceptance test: real rclone, real server, one CLI command, every byte."""
