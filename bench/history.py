@@ -89,6 +89,10 @@ WRITE_METRICS: tuple[tuple[str, str, str], ...] = (
     ("overwrite_small_ops", "{n} x 4 KiB PUT, overwrites", "ops/s"),
     ("put_big_mb_s", "{big} PUT, new file", "MB/s"),
     ("overwrite_big_mb_s", "{big} PUT, overwrite", "MB/s"),
+    ("put_small_cpu_s", "  server CPU, {n} new files", "s"),
+    ("overwrite_small_cpu_s", "  server CPU, {n} overwrites", "s"),
+    ("put_big_cpu_s", "  server CPU, {big} new file", "s"),
+    ("overwrite_big_cpu_s", "  server CPU, {big} overwrite", "s"),
     ("rss_big_mib", "peak RSS during the {big} PUTs", "MiB"),
     ("usage_mib", "the user's usage after these writes", "MiB"),
 )
@@ -169,10 +173,12 @@ def bench_writes(
     for c, srv in servers.items():
         out = results[c]["metrics"]
         for key, values in samples[c].items():
+            stem = key.removesuffix("_ops").removesuffix("_mb_s")
             out[key] = round(statistics.median(values), 1)
-            out[key.removesuffix("_ops").removesuffix("_mb_s") + "_samples"] = [
-                round(v, 1) for v in values
-            ]
+            out[stem + "_samples"] = [round(v, 1) for v in values]
+            # The server's CPU seconds for it: steadier than the wall clock on a busy machine.
+            cpu = [srv.phases[f"{key}_{r}"]["cpu_s"] for r in range(sizes.rounds)]
+            out[stem + "_cpu_s"] = round(statistics.median(cpu), 2)
         out["rss_big_mib"] = max(p["peak_rss_mib"] for k, p in srv.phases.items() if "_big_" in k)
         for i in range(n):  # what a GET answers is the last version written
             got = clients[c].request("GET", f"/small-{last}/f{i:05d}.bin", expect=(200,))
