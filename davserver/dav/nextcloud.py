@@ -291,7 +291,7 @@ class NextcloudRouter(BaseMiddleware):  # type: ignore[misc]
         headers = [
             ("ETag", f'"{entry.etag}"'),
             ("OC-ETag", f'"{entry.etag}"'),
-            ("OC-FileId", file_id(entry.id)),
+            ("OC-FileId", file_id(entry)),
             ("Content-Length", "0"),
         ]
         if mtime is not None:
