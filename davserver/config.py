@@ -547,6 +547,50 @@ class GcConfig:
     )
 
 
+def _retention(kind: str) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        from davserver.retention import Retention
+
+        text = str(value)
+        try:
+            Retention.parse(text, kind)
+        except ValueError as exc:
+            raise _BadValueError(str(exc)) from exc
+        return text
+
+    return check
+
+
+@dataclass(frozen=True)
+class VersionsConfig:
+    """Previous versions of overwritten files (Nextcloud's rules; see davserver.retention)."""
+
+    retention: str = _opt(
+        "auto",
+        _retention("versions"),
+        "How long overwritten versions are kept, in Nextcloud's versions_retention_obligation "
+        "grammar: 'auto' (thinned: all for 10 s, then one per 10 s for a minute, per minute for "
+        "an hour, per hour for a day, per day for 30 days, per week after; removed when space "
+        "is needed), 'D, auto' (at least D days), 'auto, D' (at most D days), 'D1, D2' (at "
+        "least D1, at most D2 days, no thinning) or 'disabled' (an overwrite replaces). "
+        "Labelled versions are never thinned.",
+    )
+
+
+@dataclass(frozen=True)
+class TrashConfig:
+    """Deleted files and folders (Nextcloud's rules; see davserver.retention)."""
+
+    retention: str = _opt(
+        "auto",
+        _retention("trash"),
+        "How long deleted items stay in the trash, in Nextcloud's trashbin_retention_obligation "
+        "grammar: 'auto' (30 days; sooner when space is needed), 'D, auto', 'auto, D', "
+        "'D1, D2' or 'disabled' (every DELETE is final). A request with the header "
+        "X-Delete-Permanently: true skips the trash.",
+    )
+
+
 @dataclass(frozen=True)
 class HealthConfig:
     """The health endpoints /healthz and /readyz (unauthenticated; see docs/operations.md)."""
@@ -613,6 +657,8 @@ class Config:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     quota: QuotaConfig = field(default_factory=QuotaConfig)
     gc: GcConfig = field(default_factory=GcConfig)
+    versions: VersionsConfig = field(default_factory=VersionsConfig)
+    trash: TrashConfig = field(default_factory=TrashConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)

@@ -104,6 +104,8 @@ def vault_settings(config: Config) -> VaultSettings:
         max_dead_props=config.quota.max_dead_props,
         max_dead_props_bytes=config.quota.max_dead_props_bytes,
         max_shared_locks=config.quota.max_shared_locks,
+        versions_retention=config.versions.retention,
+        trash_retention=config.trash.retention,
     )
 
 

@@ -272,6 +272,7 @@ def _maintenance(
         store.purge_expired,
         throttle.purge,
         vault.expire_uploads,
+        vault.expire_history,  # versions.retention, trash.retention
         vault.reclaim_partial_uploads,
         vault.collect_garbage,  # after the reclaim: rows go once their bytes are gone
     ]

@@ -217,7 +217,8 @@ class Fsck:
                 rows = _q(
                     "SELECT n.id, n.owner_id, n.parent_id, n.kind, n.current_version, n.size, "
                     "p.id, p.owner_id, p.kind, v.id, v.node_id, v.plain_size, "
-                    '(SELECT root_id FROM "user" WHERE id = n.owner_id) '
+                    '(SELECT root_id FROM "user" WHERE id = n.owner_id), '
+                    '(SELECT trash_id FROM "user" WHERE id = n.owner_id) '
                     'FROM "node" AS n LEFT JOIN "node" AS p ON p.id = n.parent_id '
                     'LEFT JOIN "version" AS v ON v.id = n.current_version '
                     "WHERE n.id > ? ORDER BY n.id LIMIT ?",
@@ -246,9 +247,10 @@ class Fsck:
         vnode: str | None,
         vsize: int | None,
         root_id: str | None,
+        trash_id: str | None = None,
     ) -> None:
         if parent_id is None:
-            if nid != root_id:
+            if nid not in (root_id, trash_id):  # the trash is a root of its own
                 self._add("parentless", {"node": nid}, "a node without parent that is no root")
         elif pid is None:
             self._add("parent_missing", {"node": nid, "parent": parent_id}, "its parent is gone")
@@ -292,7 +294,8 @@ class Fsck:
         the unreachable nodes looked up, with the set the lookup needs."""
         reached, total = _q(
             "WITH RECURSIVE reach(id) AS ("
-            'SELECT n.id FROM "node" AS n JOIN "user" AS u ON u.root_id = n.id '
+            'SELECT n.id FROM "node" AS n JOIN "user" AS u '
+            "ON u.root_id = n.id OR u.trash_id = n.id "
             "UNION ALL "
             'SELECT c.id FROM "node" AS c JOIN reach AS r ON c.parent_id = r.id) '
             'SELECT (SELECT COUNT(*) FROM reach), (SELECT COUNT(*) FROM "node")'
@@ -301,7 +304,8 @@ class Fsck:
             return
         cur = _q(
             "WITH RECURSIVE reach(id) AS ("
-            'SELECT n.id FROM "node" AS n JOIN "user" AS u ON u.root_id = n.id '
+            'SELECT n.id FROM "node" AS n JOIN "user" AS u '
+            "ON u.root_id = n.id OR u.trash_id = n.id "
             "UNION "
             'SELECT c.id FROM "node" AS c JOIN reach AS r ON c.parent_id = r.id) '
             'SELECT n.id FROM "node" AS n WHERE n.parent_id IS NOT NULL '
@@ -349,8 +353,9 @@ class Fsck:
 
     def check_usage(self) -> None:
         rows = _q(
-            'SELECT u.id, u.usage_bytes, (SELECT COALESCE(SUM(n.size), 0) FROM "node" AS n '
-            "WHERE n.owner_id = u.id AND n.kind = 'file') FROM \"user\" AS u"
+            'SELECT u.id, u.usage_bytes, (SELECT COALESCE(SUM(v.plain_size), 0) FROM "version" '
+            'AS v JOIN "node" AS n ON n.id = v.node_id WHERE n.owner_id = u.id) '
+            'FROM "user" AS u'
         ).fetchall()
         for uid, recorded, actual in rows:
             if int(recorded) == int(actual):
@@ -358,16 +363,16 @@ class Fsck:
             p = self._add(
                 "usage",
                 {"user": uid},
-                f"usage total is {recorded} bytes, the user's files hold {actual}",
+                f"usage total is {recorded} bytes, the user's versions hold {actual}",
                 repairable=True,
             )
             if self.repair:
                 with self.vault.index.atomic():
                     # One statement: a write committed meanwhile is counted either way.
                     _q(
-                        'UPDATE "user" SET usage_bytes = (SELECT COALESCE(SUM(n.size), 0) '
-                        'FROM "node" AS n WHERE n.owner_id = "user".id AND n.kind = \'file\') '
-                        "WHERE id = ?",
+                        'UPDATE "user" SET usage_bytes = (SELECT COALESCE(SUM(v.plain_size), 0) '
+                        'FROM "version" AS v JOIN "node" AS n ON n.id = v.node_id '
+                        'WHERE n.owner_id = "user".id) WHERE id = ?',
                         (uid,),
                     )
                 self._fixed(p, True)

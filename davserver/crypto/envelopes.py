@@ -23,6 +23,7 @@ inputs come from the untrusted database.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 from .primitives import (
     ID_BYTES,
@@ -38,16 +39,21 @@ from .primitives import (
 
 __all__ = [
     "NODE_KINDS",
+    "Origin",
+    "open_origin",
     "open_sealed",
     "seal",
+    "seal_origin",
     "unwrap_content_key",
     "unwrap_master_key",
     "unwrap_node_key",
     "unwrap_root_key",
+    "unwrap_trash_key",
     "wrap_content_key",
     "wrap_master_key",
     "wrap_node_key",
     "wrap_root_key",
+    "wrap_trash_key",
 ]
 
 NODE_KINDS = ("dir", "file")
@@ -147,6 +153,67 @@ def wrap_root_key(dk: bytes, mk: bytes, user_id: bytes, root_id: bytes) -> bytes
 def unwrap_root_key(env: bytes, mk: bytes, user_id: bytes, root_id: bytes) -> bytes:
     """Open a root DK envelope."""
     return _open_key(lambda: _root_ad(mk, user_id, root_id), env)
+
+
+# -- the trash directory key and origin records (versions and trash) ---------------------------
+
+
+def _trash_ad(mk: bytes, user_id: bytes, trash_id: bytes) -> tuple[bytes, bytes]:
+    require_bytes(mk, KEY_BYTES, "mk")
+    _ids(user_id=user_id, trash_id=trash_id)
+    return subkey(mk, b"trash-wrap"), fields(b"wdv/trash/v1", user_id, trash_id)
+
+
+def wrap_trash_key(dk: bytes, mk: bytes, user_id: bytes, trash_id: bytes) -> bytes:
+    """Wrap the key of the user's trash directory (a second parentless directory) under
+    ``subkey(MK, "trash-wrap")``, AD ``fields("wdv/trash/v1", user_id, trash_id)``: its own
+    purpose and label, so that a database writer cannot pass the trash off as the root."""
+    require_bytes(dk, KEY_BYTES, "dk")
+    kek, ad = _trash_ad(mk, user_id, trash_id)
+    return wrap(dk, kek, ad)
+
+
+def unwrap_trash_key(env: bytes, mk: bytes, user_id: bytes, trash_id: bytes) -> bytes:
+    return _open_key(lambda: _trash_ad(mk, user_id, trash_id), env)
+
+
+class Origin(NamedTuple):
+    """Where a trashed node came from: its parent then, its NFC name, when it was deleted
+    (whole seconds)."""
+
+    parent_id: bytes
+    name: str
+    deleted_at: int
+
+
+def seal_origin(dk_trash: bytes, node_id: bytes, origin: Origin) -> bytes:
+    """``wrap(fields(orig_parent_id, NFC name, deleted_at), subkey(DK_trash, "wdv-origin-v1"),
+    fields("wdv/origin/v1", node_id))`` (DESIGN §12)."""
+    require_bytes(dk_trash, KEY_BYTES, "dk_trash")
+    _ids(node_id=node_id, parent_id=origin.parent_id)
+    plain = fields(origin.parent_id, origin.name, int(origin.deleted_at))
+    return wrap(plain, subkey(dk_trash, b"wdv-origin-v1"), fields(b"wdv/origin/v1", node_id))
+
+
+def open_origin(dk_trash: bytes, node_id: bytes, sealed: bytes) -> Origin:
+    """Open an origin record; ``AuthenticationFailed`` if it fails or is malformed."""
+    require_bytes(dk_trash, KEY_BYTES, "dk_trash")
+    plain = unwrap(sealed, subkey(dk_trash, b"wdv-origin-v1"), fields(b"wdv/origin/v1", node_id))
+    items: list[bytes] = []
+    at = 0
+    while at < len(plain):
+        if at + 2 > len(plain):
+            raise AuthenticationFailed("malformed origin record")
+        n = int.from_bytes(plain[at : at + 2], "big")
+        items.append(plain[at + 2 : at + 2 + n])
+        at += 2 + n
+    if at != len(plain) or len(items) != 3 or len(items[0]) != ID_BYTES or len(items[2]) != 8:
+        raise AuthenticationFailed("malformed origin record")
+    try:
+        name = items[1].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise AuthenticationFailed("malformed origin record") from exc
+    return Origin(items[0], name, int.from_bytes(items[2], "big"))
 
 
 # -- directory and file keys -----------------------------------------------------------------

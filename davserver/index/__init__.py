@@ -30,7 +30,7 @@ from davserver.index.models import SchemaInfo, database_proxy
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def _migrate_v1(db: pw.Database) -> None:
@@ -86,6 +86,46 @@ def _migrate_v6(db: pw.Database) -> None:
     migrate(migrator.add_column(table, "last_login", pw.DoubleField(null=True)))
 
 
+def _migrate_v7(db: pw.Database) -> None:
+    """Versions and trash: ``user.trash_id``, ``node.fileid`` (random, unique: every
+    existing node gets one here, so ``oc:fileid`` values change once), ``version.labelled``
+    and ``version.label_ct``, and the ``trash_item`` table. Columns an index created at
+    this version already has (from the models) are left alone."""
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    migrator = SchemaMigrator.from_database(db)
+
+    def missing(model: type[models.BaseModel], column: str) -> bool:
+        table = model._meta.table_name  # type: ignore[attr-defined]
+        return column not in {c.name for c in db.get_columns(table)}
+
+    ops = []
+    user_t = models.User._meta.table_name  # type: ignore[attr-defined]
+    if missing(models.User, "trash_id"):
+        ops.append(migrator.add_column(user_t, "trash_id", models.IdField(null=True)))
+    new_fileid = missing(models.Node, "fileid")
+    if new_fileid:
+        ops.append(migrator.add_column("node", "fileid", pw.BigIntegerField(null=True)))
+    if missing(models.Version, "labelled"):
+        ops.append(migrator.add_column("version", "labelled", pw.BooleanField(default=False)))
+    if missing(models.Version, "label_ct"):
+        ops.append(migrator.add_column("version", "label_ct", pw.BlobField(null=True)))
+    if ops:
+        migrate(*ops)
+    taken: set[int] = set()
+    rows = db.execute_sql('SELECT id FROM "node" WHERE fileid IS NULL').fetchall()  # type: ignore[no-untyped-call]
+    for (node_id,) in rows:
+        value = fast.new_fileid()
+        while value in taken:
+            value = fast.new_fileid()
+        taken.add(value)
+        sql = 'UPDATE "node" SET fileid = ? WHERE id = ?'.replace("?", db.param)
+        db.execute_sql(sql, (value, node_id))  # type: ignore[no-untyped-call]
+    if new_fileid:
+        migrate(migrator.add_index("node", ("fileid",), True))
+    db.create_tables(models.V7_MODELS, safe=True)
+
+
 # MIGRATIONS[n] brings a schema at version n to version n + 1. Never edit a released one:
 # add the next.
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
@@ -95,6 +135,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     3: _migrate_v4,
     4: _migrate_v5,
     5: _migrate_v6,
+    6: _migrate_v7,
 }
 
 

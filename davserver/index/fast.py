@@ -9,6 +9,7 @@ names. The results are read-only views; writes still go through the models.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, NamedTuple
 
 import peewee as pw
@@ -26,6 +27,7 @@ _COLUMNS = (
     "current_version",
     "size",
     "created",
+    "fileid",
 )
 
 
@@ -40,6 +42,12 @@ class NodeRow(NamedTuple):
     current_version: str | None
     size: int
     created: float
+    fileid: int = 0
+
+
+def new_fileid() -> int:
+    """A random positive 63-bit integer: a node's Nextcloud FILEID (never sequential)."""
+    return secrets.randbelow((1 << 63) - 1) + 1
 
 
 _NODE_COLS = ", ".join(_COLUMNS)
@@ -71,6 +79,12 @@ _TEMPLATES = {
         "WHERE v.id = ? AND v.node_id = ?"
     ),
     "inline_insert": 'INSERT INTO "inline_blob" (blob_id, data, digest) VALUES (?, ?, ?)',
+    "user_trash": 'SELECT trash_id FROM "user" WHERE id = ?',
+    # id, blob_id, version_no, created, labelled, plain_size: a file's versions, newest first.
+    "history_of": (
+        'SELECT id, blob_id, version_no, created, labelled, plain_size FROM "version" '
+        "WHERE node_id = ? ORDER BY version_no DESC"
+    ),
     "user_quota": 'SELECT usage_bytes, quota_bytes FROM "user" WHERE id = ?',
     # PostgreSQL only: the first statement of every write transaction (Index.write).
     "lock_user": 'SELECT usage_bytes, quota_bytes FROM "user" WHERE id = ? FOR NO KEY UPDATE',
@@ -93,11 +107,12 @@ _TEMPLATES = {
     ),
     "node_insert": (
         'INSERT INTO "node" (id, owner_id, parent_id, kind, name_mac, name_ct, key_env, '
-        "meta_ct, current_version, size, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "meta_ct, current_version, size, created, fileid) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     ),
     "version_insert": (
         'INSERT INTO "version" (id, node_id, version_no, blob_id, plain_size, header24, '
-        "ck_env, meta_ct, created, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        "ck_env, meta_ct, created, digest, labelled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, FALSE)"
     ),
     "node_set_version": 'UPDATE "node" SET current_version = ?, size = ? WHERE id = ?',
     "node_set_version_meta": (

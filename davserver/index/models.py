@@ -48,6 +48,10 @@ class User(BaseModel):
     quota_bytes = pw.BigIntegerField(null=True)
     #: Unix time of the last password login (written at most once a minute; schema v5).
     last_login = pw.DoubleField(null=True)
+    #: The user's trash: a second parentless directory, created at the first DELETE that
+    #: keeps what it deletes (schema v7). ``usage_bytes`` counts every version row of the
+    #: user's nodes, in the tree and in the trash (old versions too).
+    trash_id = IdField(null=True)
 
 
 class Envelope(BaseModel):
@@ -78,6 +82,9 @@ class Node(BaseModel):
     current_version = IdField(null=True)
     size = pw.BigIntegerField(default=0)
     created = pw.DoubleField()
+    #: A random positive 63-bit integer, unique, stable across renames and trash round
+    #: trips: Nextcloud's FILEID and ``oc:fileid`` (schema v7; random, never sequential).
+    fileid = pw.BigIntegerField(null=True, unique=True)
 
     class Meta:
         indexes = ((("parent", "name_mac"), True),)
@@ -101,6 +108,10 @@ class Version(BaseModel):
     # before schema 5, until scrub records it. ``scrubbed_at``: when scrub last re-read it.
     digest = pw.BlobField(null=True)
     scrubbed_at = pw.DoubleField(null=True, index=True)
+    #: Whether the user labelled this version (labelled versions are never thinned; the
+    #: flag is in clear so that expiry needs no key), and the label, sealed (schema v7).
+    labelled = pw.BooleanField(default=False)
+    label_ct = pw.BlobField(null=True)
 
     class Meta:
         indexes = ((("node", "version_no"), True),)
@@ -209,6 +220,20 @@ class LoginFailure(BaseModel):
     at = pw.DoubleField(index=True)
 
 
+class TrashItem(BaseModel):
+    """A node moved into its owner's trash (a direct child of ``User.trash_id``).
+
+    ``origin_ct`` seals where it came from (its original parent, name and deletion time,
+    under the trash key, bound to the node); ``deleted_at`` repeats the time in clear so
+    that expiry needs no key (bookkeeping times may be in clear, DESIGN §2)."""
+
+    node = pw.ForeignKeyField(Node, primary_key=True, on_delete="CASCADE")
+    node_id: str  # set by peewee for the foreign key above
+    owner = pw.ForeignKeyField(User, backref="trash_items", on_delete="CASCADE", index=True)
+    deleted_at = pw.DoubleField(index=True)
+    origin_ct = pw.BlobField()
+
+
 # The tables each schema version added (see davserver.index.MIGRATIONS).
 V1_MODELS: list[type[BaseModel]] = [
     SchemaInfo,
@@ -224,4 +249,5 @@ V1_MODELS: list[type[BaseModel]] = [
 V2_MODELS: list[type[BaseModel]] = [Upload, UploadChunk]
 V3_MODELS: list[type[BaseModel]] = [DirVersion]
 V4_MODELS: list[type[BaseModel]] = [InlineBlob, LoginFailure]
-ALL_MODELS: list[type[BaseModel]] = V1_MODELS + V2_MODELS + V3_MODELS + V4_MODELS
+V7_MODELS: list[type[BaseModel]] = [TrashItem]
+ALL_MODELS: list[type[BaseModel]] = V1_MODELS + V2_MODELS + V3_MODELS + V4_MODELS + V7_MODELS

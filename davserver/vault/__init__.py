@@ -31,7 +31,7 @@ import time
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import peewee as pw
 
@@ -48,7 +48,7 @@ from davserver.errors import (
     NotFound,
     StorageError,
 )
-from davserver.index import Index
+from davserver.index import Index, fast
 from davserver.index.models import (
     BlobGC,
     Envelope,
@@ -134,6 +134,7 @@ class Vault:
             index.on_disk_full = reserve.release
         self._pepper = pepper
         self.settings = settings or VaultSettings()
+        self.clock: Callable[[], float] = time.time
         self._cache: LoginCache[Session] = LoginCache(
             self.settings.login_cache_ttl, self.settings.login_cache_size
         )
@@ -195,6 +196,7 @@ class Vault:
                     name_ct=b"",
                     key_env=envelopes.wrap_root_key(root_dk, mk, b(user_id), b(root_id)),
                     created=now,
+                    fileid=fast.new_fileid(),
                 )
 
         self.index.run(once)
@@ -393,6 +395,131 @@ class Vault:
             Envelope.delete().where(Envelope.user == user.id).execute()
             User.delete().where(User.id == user.id).execute()
             self.mark_blobs_dead(blob_ids)
+
+    # -- versions and trash (keyless: no user needs to be logged in) ----------------------
+    def _keyless(self, user: User) -> Session:
+        """A session of ``user`` without their master key: for the operations that need
+        only ids and sizes (expiry, admin purge). Opening any key through it fails."""
+        from davserver.vault.tree import Session
+
+        return Session(self, user.id, user.name, bytes(32), user.root_id)
+
+    def expire_history(self, now: float | None = None) -> tuple[int, int]:
+        """Apply ``versions.retention`` and ``trash.retention`` to every user (the
+        maintenance loop runs this): thin and age out old versions, purge trash items past
+        their time. Returns (versions removed, trash items purged)."""
+        when = self.clock() if now is None else now
+        versions = items = 0
+        with self.index.connection():
+            users = list(User.select())
+        for user in users:
+
+            def once(u: User = user) -> tuple[int, int]:
+                return self._expire_user(u, when)
+
+            v, t = self.index.run(once)
+            versions += v
+            items += t
+        if versions or items:
+            log.info("expired %d old versions and %d trash items", versions, items)
+            self.collect_garbage(grace=0)
+        return versions, items
+
+    def _expire_user(self, user: User, now: float) -> tuple[int, int]:
+        from davserver.vault.history import _Stamp
+
+        vp, tp = self.settings.versions_policy, self.settings.trash_policy
+        removed = purged = 0
+        with self.index.write(user.id):
+            if vp.enabled:
+                rows: Any = (
+                    Version.select(
+                        Version.id,
+                        Version.blob_id,
+                        Version.version_no,
+                        Version.created,
+                        Version.labelled,
+                        Version.plain_size,
+                        Version.node,
+                    )
+                    .join(Node, on=(Node.id == Version.node))
+                    .where((Node.owner == user.id) & (Version.id != Node.current_version))
+                    .order_by(Version.node, Version.version_no.desc())
+                    .tuples()
+                )
+                by_node: dict[str, list[_Stamp]] = {}
+                for r in rows:
+                    by_node.setdefault(r[6], []).append(_Stamp(*r[:6]))
+                batch: list[tuple[str, tuple[object, ...]]] = []
+                freed = 0
+                for stamps in by_node.values():
+                    for i in vp.expired_versions(now, stamps):
+                        batch += [
+                            ("version_delete", (stamps[i].id,)),
+                            ("gc_dead", (stamps[i].blob_id, time.time())),
+                        ]
+                        freed += stamps[i].plain_size
+                        removed += 1
+                if batch:
+                    batch.append(("usage_add", (-freed, user.id)))
+                    fast.batch(batch)
+            if tp.enabled and user.trash_id is not None:
+                from davserver.index.models import TrashItem
+
+                keyless = self._keyless(user)
+                for item in TrashItem.select().where(TrashItem.owner == user.id):
+                    if tp.is_expired(float(item.deleted_at), now):
+                        keyless._purge_rows(item.node_id)
+                        purged += 1
+        return removed, purged
+
+    def purge_trash(self, name: str, older_than: float) -> int:
+        """Admin, without the user's password: purge the user's trash items deleted more
+        than ``older_than`` seconds ago. Returns how many."""
+        from davserver.index.models import TrashItem
+
+        with self.index.connection():
+            user = self._user(name)
+        cutoff = self.clock() - older_than
+
+        def once() -> int:
+            with self.index.write(user.id):
+                keyless = self._keyless(user)
+                count = 0
+                for item in TrashItem.select().where(
+                    (TrashItem.owner == user.id) & (TrashItem.deleted_at < cutoff)
+                ):
+                    keyless._purge_rows(item.node_id)
+                    count += 1
+                return count
+
+        count = self.index.run(once)
+        if count:
+            audit.emit("trash_purged", user_id=user.id, items=count)
+            self.collect_garbage(grace=0)
+        return count
+
+    def usage_breakdown(self, name: str) -> tuple[int, int, int]:
+        """(live, versions, trash) bytes of a user: current versions of the tree, older
+        versions of the tree, everything in the trash. They add up to the usage."""
+        with self.index.connection():
+            user = self._user(name)
+            db = self.index.db
+            p = db.param
+            tree = (
+                'WITH RECURSIVE t(id) AS (SELECT id FROM "node" WHERE id = {p} '
+                'UNION ALL SELECT n.id FROM "node" AS n JOIN t ON n.parent_id = t.id) '
+                "SELECT COALESCE(SUM(CASE WHEN v.id = n.current_version THEN v.plain_size "
+                "ELSE 0 END), 0), COALESCE(SUM(CASE WHEN v.id = n.current_version THEN 0 "
+                'ELSE v.plain_size END), 0) FROM "version" AS v JOIN t ON v.node_id = t.id '
+                'JOIN "node" AS n ON n.id = v.node_id'
+            ).replace("{p}", p)
+            live, old = db.execute_sql(tree, (user.root_id,)).fetchone()  # type: ignore[no-untyped-call]
+            trash = 0
+            if user.trash_id is not None:
+                row = db.execute_sql(tree, (user.trash_id,)).fetchone()  # type: ignore[no-untyped-call]
+                trash = int(row[0] or 0) + int(row[1] or 0)
+        return int(live or 0), int(old or 0), trash
 
     # -- garbage ---------------------------------------------------------------------------
     def mark_blobs_dead(self, blob_ids: list[str]) -> None:

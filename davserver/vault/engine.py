@@ -9,11 +9,13 @@ engine's tunables, live here for the same reason (``davserver.vault`` re-exports
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from davserver.crypto import blobfmt
+from davserver.retention import Retention
 
 if TYPE_CHECKING:
     from davserver.blobs import BlobStore
@@ -40,6 +42,21 @@ class VaultSettings:
     max_dead_props: int = 256  # dead properties per node (PropertyLimit beyond)
     max_dead_props_bytes: int = 65536  # their names and values, UTF-8
     max_shared_locks: int = 64  # locks rooted at one path (LockLimit beyond)
+    versions_retention: str = "auto"  # versions.retention (davserver.retention)
+    trash_retention: str = "auto"  # trash.retention
+
+    @property
+    def versions_policy(self) -> Retention:
+        return _policy(self.versions_retention, "versions")
+
+    @property
+    def trash_policy(self) -> Retention:
+        return _policy(self.trash_retention, "trash")
+
+
+@functools.lru_cache(maxsize=16)
+def _policy(text: str, kind: str) -> Retention:
+    return Retention.parse(text, kind)
 
 
 class Engine(Protocol):
@@ -48,6 +65,8 @@ class Engine(Protocol):
     index: Index
     blobs: BlobStore
     settings: VaultSettings
+    #: The time (``time.time``; tests inject a clock to age versions and trash).
+    clock: Callable[[], float]
 
     def pin_blob(self, blob_id: str) -> Callable[[], None]:
         """Keep a blob from this process's collection while a reader of it is open; call

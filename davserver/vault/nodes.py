@@ -59,6 +59,8 @@ class Entry:
     # A member of a listing whose name or metadata failed authentication (logged): ``name``
     # is then a placeholder made of the node id, and nothing else about it is to be trusted.
     damaged: bool = False
+    #: Nextcloud's FILEID (``oc:fileid``): random, unique, stable across moves and trash.
+    fileid: int = 0
 
     @property
     def is_dir(self) -> bool:
@@ -133,11 +135,16 @@ class _SessionCore:
             return cached
         try:
             if row.parent_id is None:
-                if row.id != self.root_id:
+                if row.id == self.root_id:
+                    key = envelopes.unwrap_root_key(
+                        bytes(row.key_env), self._mk, _b(self.user_id), _b(row.id)
+                    )
+                elif row.id == self._trash_id():
+                    key = envelopes.unwrap_trash_key(
+                        bytes(row.key_env), self._mk, _b(self.user_id), _b(row.id)
+                    )
+                else:
                     raise IntegrityError("node has no parent")
-                key = envelopes.unwrap_root_key(
-                    bytes(row.key_env), self._mk, _b(self.user_id), _b(row.id)
-                )
             else:
                 assert parent_key is not None
                 key = envelopes.unwrap_node_key(
@@ -148,6 +155,12 @@ class _SessionCore:
             raise IntegrityError("key envelope failed authentication") from exc
         self._remember(row.id, key)
         return key
+
+    def _trash_id(self) -> str | None:
+        """The id of the user's trash directory, once it exists (read each time: the
+        transaction that creates it may yet be undone)."""
+        value = fast.execute("user_trash", (self.user_id,)).fetchone()
+        return None if value is None or value[0] is None else str(value[0])
 
     def _root(self) -> _Ref:
         row = fast.node_by_id(self.root_id, self.user_id)
@@ -192,8 +205,12 @@ class _SessionCore:
         self._hints[(parent.row.id, mac)] = row.id
         return ref
 
-    def _walk(self, parts: list[str]) -> _Ref:
-        ref = self._root_to_descend() if parts else self._root()
+    def _walk(self, parts: list[str], base: _Ref | None = None) -> _Ref:
+        """The node at ``parts`` below the root (or below ``base``, e.g. the trash)."""
+        if base is not None:
+            ref = base
+        else:
+            ref = self._root_to_descend() if parts else self._root()
         if len(parts) > 1:
             trail, parts, missing = self._walk_hinted(ref, parts)
             if missing:
@@ -317,6 +334,7 @@ class _SessionCore:
             mtime=float(meta.get("m", row.created)),
             ctime=float(meta.get("c", row.created)),
             version_id=row.current_version,
+            fileid=int(row.fileid or 0),
         )
 
     def _member_entry(self, row: NodeLike, parent_key: bytes) -> Entry:
@@ -336,6 +354,7 @@ class _SessionCore:
                 ctime=float(row.created),
                 version_id=row.current_version,
                 damaged=True,
+                fileid=int(row.fileid or 0),
             )
 
     def _entry_name(self, row: NodeLike, parent_key: bytes) -> str:
@@ -404,6 +423,7 @@ class _SessionCore:
             current_version=None,
             size=0,
             created=ctime,
+            fileid=fast.new_fileid(),
         )
         statements: list[tuple[str, tuple[object, ...]]] = [
             (
@@ -420,6 +440,7 @@ class _SessionCore:
                     None,
                     0,
                     ctime,
+                    row.fileid,
                 ),
             ),
             ("bump", (parent.row.id,)),

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import time
 
-import peewee as pw
-
 from davserver import crypto
 from davserver.crypto import envelopes, names
 from davserver.errors import AlreadyExists, Forbidden, InsufficientStorage, IntegrityError
@@ -114,21 +112,24 @@ class _SubtreeOps(_PropOps):
             fast.batch(batch)
         return existed
 
-    def _delete_file(self, row: NodeLike) -> None:
+    def _delete_file(self, row: NodeLike) -> int:
         """``_delete_subtree`` of one file: one query for its versions, then one batch (one
         round trip on PostgreSQL). Its blobs are queued for the collector, which checks
         that no other version (COPY shares blobs) still uses one before deleting it."""
         now = time.time()
         batch: list[tuple[str, tuple[object, ...]]] = [("bump", (row.parent_id,))]
-        for version_id, blob_id, _ in fast.execute("versions_of", (row.id,)).fetchall():
-            batch.append(("version_delete", (version_id,)))
-            batch.append(("gc_dead", (blob_id, now)))
+        freed = 0
+        for v in fast.execute("history_of", (row.id,)).fetchall():
+            batch.append(("version_delete", (v[0],)))
+            batch.append(("gc_dead", (v[1], now)))
+            freed += int(v[5])  # every kept version counts toward usage
         batch += [
             ("props_delete", (row.id,)),
             ("node_delete", (row.id,)),
-            ("usage_add", (-int(row.size), self.user_id)),
+            ("usage_add", (-freed, self.user_id)),
         ]
         fast.batch(batch)
+        return freed
 
     def copy(
         self, src_path: str, dst_path: str, overwrite: bool = False, depth_infinity: bool = True
@@ -239,11 +240,11 @@ class _SubtreeOps(_PropOps):
         self.vault.freeing_space(lambda: self._retried(once))
         self._collect()
 
-    def _delete_subtree(self, row: NodeLike) -> None:
-        """Within a transaction: remove a node and all below it, deepest level first."""
+    def _delete_subtree(self, row: NodeLike) -> int:
+        """Within a transaction: remove a node and all below it, deepest level first, with
+        every version they keep. Returns the bytes freed (taken off the user's usage)."""
         if row.kind == FILE and row.parent_id is not None:
-            self._delete_file(row)
-            return
+            return self._delete_file(row)
         if row.parent_id is not None:
             fast.bump_dir(row.parent_id)
         levels: list[list[str]] = [[row.id]]
@@ -275,18 +276,14 @@ class _SubtreeOps(_PropOps):
         for level in reversed(levels):
             for i in range(0, len(level), _BATCH):
                 ids = level[i : i + _BATCH]
-                for v in Version.select(Version.blob_id).where(Version.node.in_(ids)):
+                for v in Version.select(Version.blob_id, Version.plain_size).where(
+                    Version.node.in_(ids)
+                ):
                     blob_ids.append(v.blob_id)
-                if row.kind == FILE:
-                    freed += row.size  # a file alone: its row says it
-                else:
-                    freed += (
-                        Node.select(pw.fn.COALESCE(pw.fn.SUM(Node.size), 0))
-                        .where(Node.id.in_(ids), Node.kind == FILE)
-                        .scalar()
-                    ) or 0
+                    freed += int(v.plain_size)
                 Version.delete().where(Version.node.in_(ids)).execute()
                 DeadProps.delete().where(DeadProps.node.in_(ids)).execute()
                 Node.delete().where(Node.id.in_(ids)).execute()
         User.update(usage_bytes=User.usage_bytes - freed).where(User.id == self.user_id).execute()
         self.vault.mark_blobs_dead(blob_ids)
+        return freed

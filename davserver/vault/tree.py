@@ -24,10 +24,10 @@ from davserver.crypto import envelopes
 from davserver.errors import AlreadyExists, Conflict, IntegrityError, NotFound, VersionGone
 from davserver.index import fast
 from davserver.index.models import Node, User
+from davserver.vault.history import _HistoryOps
 from davserver.vault.nodes import DIR, FILE, MAX_NAME_BYTES, Entry, NodeLike, _b, _Ref, split_path
 from davserver.vault.props import _PropOps
 from davserver.vault.reader import FileReader, InlineBlob
-from davserver.vault.subtrees import _SubtreeOps
 from davserver.vault.writes import _Counter, _WriteOps
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class Session(_WriteOps, _SubtreeOps, _PropOps):
+class Session(_HistoryOps, _WriteOps, _PropOps):
     """A logged-in user. Thread-safe for concurrent requests of the same user."""
 
     LISTING_CACHE_ENTRIES = 100_000  # decrypted entries kept per session
@@ -108,9 +108,11 @@ class Session(_WriteOps, _SubtreeOps, _PropOps):
             raise IntegrityError("a member of the directory failed authentication")
         return out
 
-    def _list_dir(self, path: str) -> list[Entry]:
+    def _list_dir(self, path: str, base: _Ref | None = None) -> list[Entry]:
         with self._db():
-            ref = self._dir(path)
+            ref = self._walk(split_path(path), base)
+            if ref.row.kind != DIR:
+                raise Conflict("not a directory")
             # Revalidate a cached listing with one lookup of the directory's version
             # (bumped in every transaction that changes the listing, by any process).
             version = fast.dir_version(ref.row.id)
@@ -145,15 +147,18 @@ class Session(_WriteOps, _SubtreeOps, _PropOps):
             user = User.get_by_id(self.user_id)
             return user.usage_bytes, self._quota(user)
 
-    def open_file(self, path: str, version_id: str | None = None) -> FileReader:
+    def open_file(
+        self, path: str, version_id: str | None = None, base: _Ref | None = None
+    ) -> FileReader:
         """A seekable reader of the current version of the file at ``path``, or of the
         version ``version_id`` of it: a GET serves the version whose size and ETag it
         announced (``VersionGone`` when that version has meanwhile been replaced and
         removed). The reader pins its blob against this process's garbage collection
-        until it is closed."""
+        until it is closed. ``base``: a directory other than the root the path starts
+        from (the trash)."""
         with self._db():
             for _attempt in range(3):
-                ref = self._walk(split_path(path))
+                ref = self._walk(split_path(path), base)
                 if ref.row.kind != FILE:
                     raise Conflict("not a file")
                 v = fast.version(version_id or ref.row.current_version or "", ref.row.id)

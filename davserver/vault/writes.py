@@ -155,7 +155,12 @@ class _WriteOps(_SessionCore):
             old_size = existing.row.size if existing is not None else 0
             usage, own_quota = fast.user_quota(self.user_id)
             quota = self._quota_value(own_quota)
-            ceiling = None if quota is None else quota - usage + old_size
+            ceiling = None
+            if quota is not None:
+                # Kept versions stay counted; a replaced one is freed only without them.
+                ceiling = quota - usage + (0 if self._keeps_versions() else old_size)
+                if expected_length is None or expected_length > ceiling:
+                    ceiling += self._evictable_bytes()  # trash and old versions can make room
             if ceiling is not None and expected_length is not None and expected_length > ceiling:
                 raise InsufficientStorage("quota exceeded")
             blob_id = crypto.random_id().hex()
@@ -306,20 +311,31 @@ class _WriteOps(_SessionCore):
                 key = crypto.random_key()
                 row = self._insert_node(parent, name, FILE, key, mtime or now, now, batch)
                 ref = _Ref(row, self._keys[row.id], parent.key, name)
-                old_size, version_no = 0, 1
+                version_no = 1
                 old: list[Any] = []
             else:
-                old_size = ref.row.size
-                # The versions this one replaces (one, normally), and the next number.
-                old = fast.execute("versions_of", (ref.row.id,)).fetchall()
+                # The versions kept so far (newest first), and the next number.
+                old = fast.execute("history_of", (ref.row.id,)).fetchall()
                 version_no = max((int(v[2]) for v in old), default=0) + 1
+            # With versions kept, the replaced version joins the old ones, and those the
+            # schedule no longer keeps go now; without, every old version goes.
+            stamp = self.vault.clock()
+            going = self._expired_on_write(old, stamp) if self._keeps_versions() else old
+            freed = sum(int(v[5]) for v in going)
             usage, own_quota = locked or fast.user_quota(self.user_id)
             quota = self._quota_value(own_quota)
-            if quota is not None and usage - old_size + size > quota:
-                raise InsufficientStorage("quota exceeded")
+            growth = size - freed
+            evicted = 0
+            if quota is not None and usage + growth > quota:
+                # Trash items, then old versions, make room (taken off the usage at once);
+                # 507, and the transaction with them undone, only if that is not enough.
+                skip = {str(v[0]) for v in going}
+                evicted = self._make_room(usage + growth - quota, stamp, skip)
+                if usage + growth - evicted > quota:
+                    raise InsufficientStorage("quota exceeded")
             node_id = ref.row.id
             version_id = crypto.random_id().hex()
-            retired = self._retire_versions(old, now, batch)
+            retired = self._retire_versions(going, now, batch) or evicted > 0
             # Hand-written SQL on this path: it runs for every PUT, and building peewee
             # queries cost more than the statements (cProfile of a 4 KiB PUT).
             batch.append(
@@ -342,7 +358,7 @@ class _WriteOps(_SessionCore):
                             (_b(node_id), version_no, _b(blob_id)),
                             json.dumps(hashes).encode(),
                         ),
-                        now,
+                        stamp,
                         digest,
                     ),
                 )
@@ -356,8 +372,8 @@ class _WriteOps(_SessionCore):
                 batch.append(("node_set_version", (version_id, size, node_id)))
             if version_no > 1:  # a new node was counted by _insert_node
                 batch.append(("bump", (parent.row.id,)))
-            if size != old_size:
-                batch.append(("usage_add", (size - old_size, self.user_id)))
+            if growth:
+                batch.append(("usage_add", (growth, self.user_id)))
             if inline is None:
                 batch.append(("gc_delete", (blob_id,)))  # the upload's crash-cleanup row
             else:
@@ -372,6 +388,7 @@ class _WriteOps(_SessionCore):
                 mtime=float(meta.get("m", now)),
                 ctime=float(meta.get("c", now)),
                 version_id=version_id,
+                fileid=int(ref.row.fileid or 0),
             ), retired
 
     @staticmethod
@@ -384,7 +401,27 @@ class _WriteOps(_SessionCore):
         The blobs are queued without asking whether another version still uses them (COPY
         shares blobs): the collector asks that itself, in its own transaction, before it
         deletes anything, and drops the queue row of a blob still in use."""
-        for version_id, blob_id, _ in old:
-            batch.append(("version_delete", (version_id,)))
-            batch.append(("gc_dead", (blob_id, now)))
+        for v in old:
+            batch.append(("version_delete", (v[0],)))
+            batch.append(("gc_dead", (v[1], now)))
         return bool(old)
+
+    # -- versions kept and the room they take (implemented by ``history``) -------------------
+    def _keeps_versions(self) -> bool:
+        return self.vault.settings.versions_policy.enabled
+
+    def _expired_on_write(self, old: list[Any], now: float) -> list[Any]:
+        """Of a file's versions (rows of ``history_of``, newest first), those to remove
+        when a new version is written now (the newest one stays: it becomes the version
+        just before the current one)."""
+        return []
+
+    def _evictable_bytes(self) -> int:
+        """Bytes that ``_make_room`` could free for this user (trash, old versions)."""
+        return 0
+
+    def _make_room(self, need: int, now: float, skip: set[str]) -> int:
+        """Within the write transaction: free at least ``need`` bytes if possible (taken off
+        the user's usage here), never touching the versions in ``skip``; returns the bytes
+        freed."""
+        return 0

@@ -69,6 +69,9 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     # of ours (the audit log counts its failed writes in a metric).
     "davserver.metrics": ("davserver.",),
     "davserver.audit": ("davserver.",),  # metrics aside (allowed below)
+    # Nextcloud's retention rules: pure arithmetic that the configuration checks values
+    # with and the vault applies.
+    "davserver.retention": ("davserver.",),
     # The gauges computed on scrape: vault statistics, never the HTTP side.
     "davserver.monitoring": (
         "davserver.dav",
@@ -82,7 +85,7 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
 # The assembly on top may import anything below it.
 ASSEMBLY = ("davserver", "davserver.cli", "davserver.server", "davserver.runtime")
 ALLOWED: dict[str, tuple[str, ...]] = {
-    "davserver.config": ("davserver.errors",),
+    "davserver.config": ("davserver.errors", "davserver.retention"),
     "davserver.audit": ("davserver.metrics",),
 }
 
