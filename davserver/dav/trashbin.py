@@ -9,11 +9,12 @@
     trashbin/USER/trash/NAME/sub/  what a deleted folder held: PROPFIND, GET/HEAD of files
     trashbin/USER/restore/         where an item is moved to restore it (lists nothing)
 
-``NAME`` is the vault's name of the item in the trash (``TrashItem.name``); the original name
-and location are the ``nc:trashbin-filename`` and ``nc:trashbin-original-location``
-properties (decrypted when asked for, never logged), ``nc:trashbin-deletion-time`` is in
-Unix seconds. A restore puts the item back where it was (the vault picks a free name at the
-root if that folder is gone); ``Overwrite`` is ignored, as Nextcloud does.
+``NAME`` is the vault's name of the item in the trash (``TrashEntry.name``: ``NAME.d<seconds>``
+as in Nextcloud); the original name and location are the ``nc:trashbin-filename`` and
+``nc:trashbin-original-location`` properties (decrypted when asked for, never logged),
+``nc:trashbin-deletion-time`` is in Unix seconds. A restore puts the item back where it was
+(the vault picks a free name at the root if that folder is gone); ``Overwrite`` is ignored,
+as Nextcloud does.
 
 ``USER`` must be the logged-in user (404 otherwise, as everywhere).
 """
@@ -32,7 +33,8 @@ from davserver.dav.resources import forget_resources
 
 if TYPE_CHECKING:
     from davserver.dav.resources import Provider
-    from davserver.vault.tree import Entry, Session, TrashItem
+    from davserver.vault.history import TrashEntry
+    from davserver.vault.tree import Entry, Session
 
 TRASHBIN_FILENAME = NC + "trashbin-filename"
 TRASHBIN_LOCATION = NC + "trashbin-original-location"
@@ -122,7 +124,7 @@ def _trash(
     raise history.not_allowed(_TRASH_ALLOW)
 
 
-def _find(session: Session, name: str) -> TrashItem:
+def _find(session: Session, name: str) -> TrashEntry:
     for item in session.trash_items():
         if item.name == name:
             return item
@@ -145,7 +147,7 @@ def _entry_props(row: Row, entry: Entry, name: str) -> Row:
     return row
 
 
-def _item_row(base: str, item: TrashItem) -> Row:
+def _item_row(base: str, item: TrashEntry) -> Row:
     slash = "/" if item.entry.is_dir else ""
     row = Row(f"{base}/trash/{item.name}{slash}")
     row.props[TRASHBIN_FILENAME] = item.original_name
@@ -154,7 +156,7 @@ def _item_row(base: str, item: TrashItem) -> Row:
     return _entry_props(row, item.entry, item.original_name)
 
 
-def _member_row(base: str, item: TrashItem, sub: list[str], entry: Entry) -> Row:
+def _member_row(base: str, item: TrashEntry, sub: list[str], entry: Entry) -> Row:
     """A member of a trashed folder, ``sub`` its path below the item."""
     slash = "/" if entry.is_dir else ""
     row = Row(f"{base}/trash/{item.name}/{'/'.join(sub)}{slash}")

@@ -39,7 +39,8 @@ from davserver.dav.resources import forget_resources
 
 if TYPE_CHECKING:
     from davserver.dav.resources import Provider
-    from davserver.vault.tree import Entry, Session, VersionInfo
+    from davserver.vault.history import VersionInfo
+    from davserver.vault.tree import Entry, Session
 
 VERSION_LABEL = NC + "version-label"
 VERSION_AUTHOR = NC + "version-author"
