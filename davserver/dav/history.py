@@ -303,8 +303,26 @@ def locks_checked(
     if "wsgidav.conditions.if" not in environ:
         util.parse_if_header_dict(environ)
     urls = [ref_url(session.user_id, p) for p in paths]
-    principal = str(environ.get("wsgidav.user_name", ""))
+    principal = str(environ.get("wsgidav.auth.user_name", ""))
     checked: contextlib.AbstractContextManager[None] = lm.checked(
         session.user_id, urls, environ["wsgidav.ifLockTokenList"], principal
     )
     return checked
+
+
+def check_unlocked(
+    provider: Provider, environ: dict[str, Any], session: Session, path: str
+) -> None:
+    """423 unless the request may write at ``path`` (depth 0). Inside ``locks_checked``, after
+    a change whose place was known only once it was made: the 423 rolls the change back."""
+    lm = provider.lock_manager
+    if lm is None:
+        return
+    if "wsgidav.conditions.if" not in environ:
+        util.parse_if_header_dict(environ)
+    lm.check_write_permission(
+        url=ref_url(session.user_id, path),
+        depth="0",
+        token_list=environ["wsgidav.ifLockTokenList"],
+        principal=str(environ.get("wsgidav.auth.user_name", "")),
+    )

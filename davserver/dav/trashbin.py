@@ -242,9 +242,11 @@ def _restore(
         check_user(session, parts[0])
     if len(parts) < 3 or parts[1] != "restore":
         raise DAVError(HTTP_FORBIDDEN, "a trash item is restored by moving it into restore/")
-    item = _find(session, name)
-    parent = "/" + item.original_location.strip("/").rpartition("/")[0]
-    with history.locks_checked(provider, environ, session, [parent]):
-        session.trash_restore(name)
+    _find(session, name)
+    # Where it goes is known once it is there (its folder, or the root if that is gone): the
+    # lock check then rolls the restore back (423) if that folder is locked.
+    with history.locks_checked(provider, environ, session, []):
+        restored = session.trash_restore(name)
+        history.check_unlocked(provider, environ, session, util.get_uri_parent(restored) or "/")
     forget_resources(environ)
     return history.no_content(start_response, "201 Created")

@@ -526,3 +526,61 @@ def test_another_users_versions_and_trash_are_not_found(dav: DavServer, alice: D
     }
     by_filename(trash_rows(alice), "deleted.txt")
     assert len(version_rows(alice, fileid)) == 2
+
+
+def lock(client: DavClient, path: str, depth: str = "0") -> str:
+    body = (
+        '<?xml version="1.0"?><D:lockinfo xmlns:D="DAV:">'
+        "<D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype>"
+        "<D:owner>tests</D:owner></D:lockinfo>"
+    )
+    r = client.request("LOCK", path, body, {"Depth": depth, "Timeout": "Second-600"})
+    assert r.status == 200, r.status
+    return (r.header("Lock-Token") or "").strip("<>")
+
+
+def test_rollback_and_restore_respect_locks(dav: DavServer, alice: DavClient) -> None:
+    """A rollback writes the file and a restore writes into a folder: a lock held by someone
+    else (no token submitted) stops them with 423, and nothing changes."""
+    put_versions(dav, alice, "/locked.txt", [b"old", b"new"])
+    fileid = fileid_of(alice, "/locked.txt")
+    oldest = min(version_rows(alice, fileid), key=int)
+    token = lock(alice, "/locked.txt")
+    move = {"Destination": f"{VERSIONS}/restore/target"}
+    r = alice.request("MOVE", f"{VERSIONS}/versions/{fileid}/{oldest}", headers=move)
+    assert r.status == 423
+    assert alice.get("/locked.txt").body == b"new"
+    r = alice.request(
+        "MOVE",
+        f"{VERSIONS}/versions/{fileid}/{oldest}",
+        headers={**move, "If": f"(<{token}>)"},
+    )
+    assert r.status == 201
+    assert alice.get("/locked.txt").body == b"old"
+
+    assert alice.mkcol("/Folder").status == 201
+    assert alice.put("/Folder/f.txt", b"f").status == 201
+    assert alice.delete("/Folder/f.txt").status == 204
+    name, _ = by_filename(trash_rows(alice), "f.txt")
+    token = lock(alice, "/Folder", depth="infinity")
+    restore = {"Destination": f"{TRASH}/restore/{name}"}
+    assert alice.request("MOVE", f"{TRASH}/trash/{name}", headers=restore).status == 423
+    assert alice.get("/Folder/f.txt").status == 404
+    by_filename(trash_rows(alice), "f.txt")  # still in the trash
+    r = alice.request("MOVE", f"{TRASH}/trash/{name}", headers={**restore, "If": f"(<{token}>)"})
+    assert r.status == 201
+    assert alice.get("/Folder/f.txt").body == b"f"
+
+
+def test_restore_when_the_folder_is_gone(dav: DavServer, alice: DavClient) -> None:
+    """A file whose folder was deleted after it comes back at the root (the vault's rule)."""
+    assert alice.mkcol("/Gone").status == 201
+    assert alice.put("/Gone/orphan.txt", b"orphan").status == 201
+    assert alice.delete("/Gone/orphan.txt").status == 204
+    assert alice.delete("/Gone", {"X-Delete-Permanently": "true"}).status == 204
+    name, _ = by_filename(trash_rows(alice), "orphan.txt")
+    r = alice.request(
+        "MOVE", f"{TRASH}/trash/{name}", headers={"Destination": f"{TRASH}/restore/{name}"}
+    )
+    assert r.status == 201
+    assert alice.get("/orphan.txt").body == b"orphan"
