@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "davserver.cli.quota",  # user quota
     "davserver.cli.locks",  # locks list|break
     "davserver.cli.audit",  # audit tag
+    "davserver.cli.history",  # trash list|restore|purge, versions list|restore
 )
 
 

@@ -13,6 +13,7 @@ from davserver.cli.common import (
     CONFIG_NAME,
     EXIT_CODES_HELP,
     ask_new_password,
+    ask_password,
     data_dir_option,
     emit_json,
     fail,
@@ -20,7 +21,6 @@ from davserver.cli.common import (
     json_option,
     load_config,
     print_table,
-    read_stdin_password,
 )
 from davserver.config import load, render_for_init
 from davserver.errors import AlreadyExists, AuthError, ConfigError, NotFound
@@ -112,10 +112,7 @@ def user_passwd(name: str, password_stdin: bool, data_dir: Path) -> None:
 
     vault = open_vault(load_config(data_dir))
     try:
-        if password_stdin:
-            old = read_stdin_password("current password")
-        else:
-            old = click.prompt("Current password", hide_input=True, err=True)
+        old = ask_password(password_stdin, "current password")
         new = ask_new_password(password_stdin, "new password")
         try:
             vault.change_password(name, old, new)
@@ -135,9 +132,11 @@ def user_passwd(name: str, password_stdin: bool, data_dir: Path) -> None:
 def user_list(as_json: bool, data_dir: Path) -> None:
     """List users with their usage, quota and last login.
 
-    QUOTA is the user's own quota, or the server default (quota.default_bytes) marked
-    "default"; LAST LOGIN is the last login that checked the password (to the minute;
-    requests served from the login cache are not counted), in UTC.
+    USED is everything that counts toward the quota: FILES (the live tree), VERSIONS (kept
+    earlier versions) and TRASH (deleted items not purged yet). QUOTA is the user's own
+    quota, or the server default (quota.default_bytes) marked "default"; LAST LOGIN is the
+    last login that checked the password (to the minute; requests served from the login
+    cache are not counted), in UTC.
     """
     from davserver.cli.sizes import describe_quota, format_size, format_time, user_json
     from davserver.runtime import open_vault
@@ -146,6 +145,7 @@ def user_list(as_json: bool, data_dir: Path) -> None:
     vault = open_vault(config)
     try:
         users = vault.list_users()
+        parts = {u.name: vault.usage_breakdown(u.name) for u in users}
     finally:
         vault.close()
     default = config.quota.default_bytes
@@ -153,7 +153,7 @@ def user_list(as_json: bool, data_dir: Path) -> None:
         emit_json(
             [
                 {
-                    **user_json(u, default),
+                    **user_json(u, default, parts[u.name]),
                     "created": format_time(u.created),
                     "last_login": format_time(u.last_login),
                 }
@@ -165,12 +165,13 @@ def user_list(as_json: bool, data_dir: Path) -> None:
         click.echo("No users. Add one with: davserver user add NAME")
         return
     print_table(
-        ["NAME", "ID", "USED", "QUOTA", "LAST LOGIN"],
+        ["NAME", "ID", "USED", "FILES", "VERSIONS", "TRASH", "QUOTA", "LAST LOGIN"],
         [
             [
                 u.name,
                 u.id,
                 format_size(u.usage_bytes),
+                *(format_size(n) for n in parts[u.name]),
                 describe_quota(u.quota_bytes, default),
                 format_time(u.last_login) or "never",
             ]

@@ -108,6 +108,15 @@ def read_stdin_password(what: str) -> str:
     return pw
 
 
+def ask_password(from_stdin: bool, what: str = "password") -> str:
+    """An existing password, to unlock keys: one line of stdin, or a prompt asked once
+    (not echoed). Never logged or printed."""
+    if from_stdin:
+        return read_stdin_password(what)
+    value: str = click.prompt(what.capitalize(), hide_input=True, err=True)
+    return value
+
+
 def ask_new_password(from_stdin: bool, what: str = "password") -> str:
     if from_stdin:
         return read_stdin_password(what)
@@ -125,8 +134,14 @@ def emit_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
-def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: str = "") -> None:
-    """A table on stdout (``rich``); right-aligns columns whose values are all numbers."""
+def print_table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    title: str = "",
+    whole: Sequence[str] = (),
+) -> None:
+    """A table on stdout (``rich``); right-aligns columns whose values are all numbers.
+    Values of the columns named in ``whole`` are never folded (names to copy)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -135,8 +150,14 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], title: st
     for i, name in enumerate(columns):
         numeric = bool(rows) and all(isinstance(r[i], int | float) for r in rows)
         # Fold long values (tokens, ids) onto more lines rather than cut them: an operator
-        # copies them into the next command.
-        table.add_column(name, justify="right" if numeric else "left", overflow="fold")
+        # copies them into the next command. Headers and short words (times, sizes,
+        # "(default)") stay whole: a narrow terminal squeezes the long values first.
+        words = [len(w) for r in rows for w in str("" if r[i] is None else r[i]).split()]
+        cap = None if name in whole else 20
+        width = max([len(name), *(n for n in words if cap is None or n <= cap)])
+        table.add_column(
+            name, justify="right" if numeric else "left", overflow="fold", min_width=width
+        )
     for r in rows:
         table.add_row(*("" if v is None else str(v) for v in r))
     Console(soft_wrap=True).print(table)

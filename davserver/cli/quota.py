@@ -28,7 +28,7 @@ from davserver.cli.sizes import (
     CLEAR,
     UNLIMITED,
     describe_quota,
-    format_size,
+    describe_usage,
     parse_size,
     user_json,
 )
@@ -69,11 +69,12 @@ def user_quota(name: str, size: str, as_json: bool, data_dir: Path) -> None:
         except NotFound:
             fail(f"no user named '{name}'")
         info = vault.user_info(name)
+        parts = vault.usage_breakdown(name)
     finally:
         vault.close()
     default = config.quota.default_bytes
     if as_json:
-        emit_json(user_json(info, default))
+        emit_json(user_json(info, default, parts))
         return
     shown = describe_quota(info.quota_bytes, default)
-    click.echo(f"Quota of '{name}': {shown} (using {format_size(info.usage_bytes)}).")
+    click.echo(f"Quota of '{name}': {shown} (using {describe_usage(info.usage_bytes, parts)}).")

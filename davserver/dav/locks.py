@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import re
+import unicodedata
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from wsgidav import util
 from wsgidav.dav_error import HTTP_LOCKED, DAVError, DAVErrorCondition
@@ -48,9 +49,15 @@ def lock_href(root: str) -> str:
 
 def _to_wsgidav(record: dict[str, Any]) -> dict[str, Any]:
     lock = {
-        k: record[k]
-        for k in ("root", "type", "scope", "depth", "principal", "timeout", "expire", "token")
+        k: record[k] for k in ("type", "scope", "depth", "principal", "timeout", "expire", "token")
     }
+    root = record.get("root")
+    if root is None:
+        # A lock put back by a trash restore, perhaps at another path: its root is the
+        # lock URL of that path (as ``resources.ref_url`` makes it).
+        path = unicodedata.normalize("NFC", str(record["path"]))
+        root = normalize_lock_root(quote("/" + str(record["user_id"]) + path))
+    lock["root"] = root
     lock["owner"] = str(record.get("owner", "")).encode("utf-8")
     return lock
 

@@ -232,6 +232,9 @@ class TrashItem(BaseModel):
     owner = pw.ForeignKeyField(User, backref="trash_items", on_delete="CASCADE", index=True)
     deleted_at = pw.DoubleField(index=True)
     origin_ct = pw.BlobField()
+    #: The WebDAV locks that were on it and below it, sealed under the trash key: a
+    #: restore puts them back (same tokens, same expiry) at the path it returns to.
+    locks_ct = pw.BlobField(null=True)
 
 
 # The tables each schema version added (see davserver.index.MIGRATIONS).

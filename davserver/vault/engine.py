@@ -73,6 +73,10 @@ class Engine(Protocol):
         the returned function (once or more) when it closes."""
         ...
 
+    def server_key(self, purpose: bytes) -> bytes:
+        """A server-wide key for one purpose (the lock store's MAC and sealing keys)."""
+        ...
+
     def mark_blobs_dead(self, blob_ids: list[str]) -> None:
         """Queue blobs that no version references any more for collection."""
 

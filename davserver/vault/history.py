@@ -55,6 +55,7 @@ from davserver.vault.subtrees import _SubtreeOps
 log = logging.getLogger(__name__)
 
 _LABEL_PURPOSE, _LABEL_LABEL = b"wdv-vlabel-v1", b"wdv/vlabel/v1"
+_LOCKS_PURPOSE, _LOCKS_LABEL = b"wdv-tlocks-v1", b"wdv/trashlocks/v1"
 MAX_LABEL_BYTES = 1024
 MAX_HOPS = 4096  # deepest tree walked up from a node
 
@@ -427,6 +428,104 @@ class _HistoryOps(_SubtreeOps):
 
         self._retried(once)
 
+    # -- MOVE and COPY onto an existing file ------------------------------------------------
+    def _remove_replaced(self, ref: _Ref) -> None:
+        if self.vault.settings.trash_policy.enabled:
+            self._trash_node(ref)  # an overwritten tree can be had back from the trash
+        else:
+            super()._remove_replaced(ref)
+
+    def _merge_onto(self, src: _Ref, dst: _Ref, move: bool) -> bool:
+        """A file MOVEd or COPYed onto a file, with versions kept: the destination keeps its
+        identity (file id, history) and gets the source's content as its new current
+        version, as a PUT would give it, the blob shared and its content key re-wrapped.
+        A MOVE carries the source's older versions over too, and removes the source; the
+        destination takes the source's dead properties (RFC 4918: they move with it)."""
+        if src.row.kind != FILE or dst.row.kind != FILE or not self._keeps_versions():
+            return False
+        carried = self._version_rows(src)[::-1]  # oldest first
+        if not move:
+            carried = [v for v in carried if v.id == src.row.current_version]
+        if not carried:
+            return False
+        old = fast.execute("history_of", (dst.row.id,)).fetchall()
+        next_no = max((int(r[2]) for r in old), default=0) + 1
+        stamp = self.vault.clock()
+        going = self._expired_on_write(old, stamp)
+        added = sum(int(v.plain_size) for v in carried) - sum(int(r[5]) for r in going)
+        if not move:  # a MOVE's versions were counted already, under the source
+            usage, own = fast.user_quota(self.user_id)
+            quota = self._quota_value(own)
+            if quota is not None and usage + added > quota:
+                need = usage + added - quota
+                if self._make_room(need, stamp, {str(r[0]) for r in going}) < need:
+                    raise InsufficientStorage("quota exceeded")
+        batch: list[tuple[str, tuple[object, ...]]] = []
+        for r in going:
+            batch += [("version_delete", (r[0],)), ("gc_dead", (r[1], time.time()))]
+        node_id = dst.row.id
+        current = ""
+        size = 0
+        for v in carried:
+            header24 = bytes(v.header24)
+            try:
+                ck = envelopes.unwrap_content_key(
+                    bytes(v.ck_env),
+                    src.key,
+                    _b(src.row.id),
+                    v.version_no,
+                    _b(v.blob_id),
+                    v.plain_size,
+                    header24,
+                )
+            except crypto.AuthenticationFailed as exc:
+                log.error("integrity failure: content key of node %s", src.row.id)
+                raise IntegrityError("content key failed authentication") from exc
+            vmeta = self._version_meta(src, v)
+            current = crypto.random_id().hex()
+            size = int(v.plain_size)
+            batch.append(
+                (
+                    "version_insert",
+                    (
+                        current,
+                        node_id,
+                        next_no,
+                        v.blob_id,
+                        size,
+                        header24,
+                        envelopes.wrap_content_key(
+                            ck, dst.key, _b(node_id), next_no, _b(v.blob_id), size, header24
+                        ),
+                        crypto.seal(
+                            dst.key,
+                            _VMETA_PURPOSE,
+                            _VMETA_LABEL,
+                            (_b(node_id), next_no, _b(v.blob_id)),
+                            json.dumps(vmeta).encode(),
+                        ),
+                        float(v.created) if move else stamp,
+                        v.digest,
+                    ),
+                )
+            )
+            next_no += 1
+        assert dst.parent_key is not None and src.parent_key is not None
+        meta = self._meta(dst.row, dst.parent_key)
+        meta["m"] = self._meta(src.row, src.parent_key).get("m", time.time())
+        meta_ct = self._seal_meta(dst.parent_key, node_id, dst.row.parent_id, meta)
+        batch.append(("node_set_version_meta", (current, size, meta_ct, node_id)))
+        batch.append(("bump", (dst.row.parent_id,)))
+        if added:  # for a MOVE, removing the source below takes its versions off again
+            batch.append(("usage_add", (added, self.user_id)))
+        fast.batch(batch)
+        self._store_props(dst, self._props(src))
+        if move:
+            # The source's rows go; its blobs are the destination's now (the collector
+            # keeps a queued blob that a version still references).
+            self._delete_file(src.row)
+        return True
+
     # -- room under the quota ----------------------------------------------------------------
     def _evictable_bytes(self) -> int:
         db = database_proxy.obj
@@ -515,12 +614,56 @@ class _HistoryOps(_SubtreeOps):
 
         def once() -> None:
             with self._db(), self._txn():
-                self._trash_node(self._walk(parts))
+                self._trash_node(self._walk(parts), "/" + "/".join(parts))
 
         self.vault.freeing_space(lambda: self._retried(once))
 
-    def _trash_node(self, ref: _Ref) -> None:
-        """Within a transaction: move a node of the tree into the trash."""
+    def _locks(self) -> Any:
+        from davserver.vault.locks import LockStore  # builds on the tree: imported late
+
+        return LockStore(self.vault)
+
+    def _stash_locks(self, trash: _Ref, node_id: str, path: str) -> bytes | None:
+        """Seal the locks on ``path`` and below it for the trash item, and remove them."""
+        store = self._locks()
+        records = store.find(self.user_id, path, include_root=True, include_children=True)
+        if not records:
+            return None
+        base = path.rstrip("/")
+        kept = [
+            dict(r, path=str(r["path"])[len(base) :]) for r in records if r.get("path") is not None
+        ]
+        store.delete_user_locks(self.user_id, path)
+        return crypto.seal(
+            trash.key,
+            _LOCKS_PURPOSE,
+            _LOCKS_LABEL,
+            (_b(node_id),),
+            json.dumps(kept, separators=(",", ":")).encode(),
+        )
+
+    def _unstash_locks(self, trash: _Ref, node_id: str, sealed: bytes | None, path: str) -> int:
+        """Put the locks of a restored item back below its new ``path``."""
+        if sealed is None:
+            return 0
+        try:
+            raw = crypto.open_sealed(
+                trash.key, _LOCKS_PURPOSE, _LOCKS_LABEL, (_b(node_id),), sealed
+            )
+        except crypto.AuthenticationFailed as exc:
+            log.error("integrity failure: locks of trashed node %s", node_id)
+            raise IntegrityError("the locks of a trash item failed authentication") from exc
+        store = self._locks()
+        count = 0
+        for rec in json.loads(raw):
+            where = path.rstrip("/") + str(rec["path"])
+            if store.reinstate(self.user_id, where or "/", rec, float(rec["expire"])):
+                count += 1
+        return count
+
+    def _trash_node(self, ref: _Ref, path: str | None = None) -> None:
+        """Within a transaction: move a node of the tree into the trash (with the locks on
+        ``path``, its place, and below it, when given)."""
         trash = self._trash_ref(create=True)
         assert trash is not None
         deleted = self.vault.clock()
@@ -531,12 +674,14 @@ class _HistoryOps(_SubtreeOps):
         name = trash_name(ref.name, seconds, n)
         assert ref.row.parent_id is not None and ref.parent_key is not None
         origin = envelopes.Origin(_b(ref.row.parent_id), ref.name, seconds)
+        locks = None if path is None else self._stash_locks(trash, ref.row.id, path)
         self._rehome(ref, trash, name)
         TrashItem.create(
             node=ref.row.id,
             owner=self.user_id,
             deleted_at=deleted,
             origin_ct=envelopes.seal_origin(trash.key, _b(ref.row.id), origin),
+            locks_ct=locks,
         )
 
     def _rehome(self, ref: _Ref, parent: _Ref, name: str) -> None:
@@ -695,12 +840,17 @@ class _HistoryOps(_SubtreeOps):
                     while self._child(parent, target) is not None:
                         target = restored_name(origin.name, n)
                         n += 1
+                item = TrashItem.get_by_id(ref.row.id)
+                locks = None if item.locks_ct is None else bytes(item.locks_ct)
                 TrashItem.delete().where(TrashItem.node == ref.row.id).execute()
                 self._rehome(ref, parent, target)
                 if parent.row.id == self.root_id:
-                    return "/" + target
-                _, trail = self._ref_of_row(parent.row)
-                return "/" + "/".join([*(r.name for r in trail[1:]), target])
+                    where = "/" + target
+                else:
+                    _, trail = self._ref_of_row(parent.row)
+                    where = "/" + "/".join([*(r.name for r in trail[1:]), target])
+                self._unstash_locks(trash, ref.row.id, locks, where)
+                return where
 
         return self._retried(once)
 

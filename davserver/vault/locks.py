@@ -43,10 +43,10 @@ from davserver.crypto.primitives import keyed_hash
 from davserver.errors import IntegrityError, LockLimit
 from davserver.index import fast
 from davserver.index.models import Lock, LockScope
-from davserver.vault.tree import split_path
+from davserver.vault.nodes import split_path
 
 if TYPE_CHECKING:
-    from davserver.vault import Vault
+    from davserver.vault.engine import Engine
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -99,7 +99,7 @@ def _advisory_key(user_id: str) -> int:
 class LockStore:
     """Locks of every user, in the index. Thread-safe; one per process is enough."""
 
-    def __init__(self, vault: Vault) -> None:
+    def __init__(self, vault: Engine) -> None:
         self._index = vault.index
         self._mac_key = vault.server_key(_MAC_PURPOSE)
         self._seal_key = vault.server_key(_SEAL_PURPOSE)
@@ -211,6 +211,34 @@ class LockStore:
         self._write(insert)
         record["expire"] = expire
         return record
+
+    def reinstate(self, user_id: str, path: str, record: LockRecord, expire: float) -> bool:
+        """Put a lock back, token and all, at ``path`` (its node came back from the trash,
+        maybe elsewhere): ``record`` as ``find`` returned it. Its ``root`` is dropped (the
+        DAV layer derives it from the path). False if the token exists or it has expired."""
+        if expire <= time.time():
+            return False
+        path = canonical_path(path)
+        token = str(record["token"])
+        kept = {k: v for k, v in record.items() if k not in ("expire", "root")}
+        kept.update(path=path, user_id=user_id, root=None)
+        path_mac = self._mac(user_id, path)
+        rows = [{"lock": token, "ancestor_mac": self._mac(user_id, a)} for a in _ancestors(path)]
+
+        def insert() -> bool:
+            if Lock.get_or_none(Lock.token == token) is not None:
+                return False
+            Lock.create(
+                token=token,
+                path_mac=path_mac,
+                data_ct=self._seal(token, path_mac, kept),
+                expire=expire,
+            )
+            if rows:
+                LockScope.insert_many(rows).execute()
+            return True
+
+        return self._write(insert)
 
     def get(self, token: str) -> LockRecord | None:
         """The live lock with this token, or None (expired locks are purged)."""

@@ -47,16 +47,17 @@ class _SubtreeOps(_PropOps):
 
     def _prepare_destination(
         self, src: _Ref, dst_parts: list[str], overwrite: bool
-    ) -> tuple[_Ref, str, bool]:
-        """Resolve the destination's parent, refuse cycles and clashes, and delete a
-        destination being overwritten. Returns (parent, name, whether it existed)."""
+    ) -> tuple[_Ref, str, _Ref | None]:
+        """Resolve the destination's parent, refuse cycles and clashes. Returns (parent,
+        name, the node being overwritten or None); the caller replaces it
+        (``_merge_onto`` or ``_remove_replaced``)."""
         dst_parent, existing = self._parent_and_child(dst_parts)
         name = dst_parts[-1]
         if existing is not None and existing.row.id == src.row.id:
             raise Forbidden("source and destination are the same")
         self._check_not_inside(src, dst_parent)
         if existing is None:
-            return dst_parent, name, False
+            return dst_parent, name, None
         if not overwrite:
             raise AlreadyExists("destination exists")
         if existing.row.kind == DIR:
@@ -66,8 +67,16 @@ class _SubtreeOps(_PropOps):
                 if node_id == existing.row.id:
                     raise Forbidden("cannot overwrite an ancestor of the source")
                 node_id = Node.select(Node.parent).where(Node.id == node_id).scalar()
-        self._delete_subtree(existing.row)
-        return dst_parent, name, True
+        return dst_parent, name, existing
+
+    def _merge_onto(self, src: _Ref, dst: _Ref, move: bool) -> bool:
+        """Overwrite the file ``dst`` with ``src`` by adding versions to it (when versions
+        are kept: ``history``); False when the caller is to replace it instead."""
+        return False
+
+    def _remove_replaced(self, ref: _Ref) -> None:
+        """Remove a node that a MOVE or COPY overwrites (``history`` keeps it in the trash)."""
+        self._delete_subtree(ref.row)
 
     def move(self, src_path: str, dst_path: str, overwrite: bool = False) -> bool:
         """Move or rename a file or a whole tree by re-wrapping one row.
@@ -86,7 +95,11 @@ class _SubtreeOps(_PropOps):
     def _move_once(self, src_parts: list[str], dst_parts: list[str], overwrite: bool) -> bool:
         with self._db(), self._txn():
             src = self._walk(src_parts)
-            dst_parent, name, existed = self._prepare_destination(src, dst_parts, overwrite)
+            dst_parent, name, existing = self._prepare_destination(src, dst_parts, overwrite)
+            if existing is not None:
+                if self._merge_onto(src, existing, move=True):
+                    return True
+                self._remove_replaced(existing)
             meta = self._meta(src.row, src.parent_key)
             node_id = src.row.id
             dst_id = dst_parent.row.id
@@ -110,7 +123,7 @@ class _SubtreeOps(_PropOps):
             if src.row.parent_id != dst_id:
                 batch.append(("bump", (src.row.parent_id,)))
             fast.batch(batch)
-        return existed
+        return existing is not None
 
     def _delete_file(self, row: NodeLike) -> int:
         """``_delete_subtree`` of one file: one query for its versions, then one batch (one
@@ -154,7 +167,11 @@ class _SubtreeOps(_PropOps):
     ) -> bool:
         with self._db(), self._txn():
             src = self._walk(src_parts)
-            dst_parent, name, existed = self._prepare_destination(src, dst_parts, overwrite)
+            dst_parent, name, existing = self._prepare_destination(src, dst_parts, overwrite)
+            if existing is not None:
+                if self._merge_onto(src, existing, move=False):
+                    return True
+                self._remove_replaced(existing)
             added = self._copy_node(src, dst_parent, name, depth_infinity)
             user = User.get_by_id(self.user_id)
             quota = self._quota(user)
@@ -163,7 +180,7 @@ class _SubtreeOps(_PropOps):
             User.update(usage_bytes=User.usage_bytes + added).where(
                 User.id == self.user_id
             ).execute()
-        return existed
+        return existing is not None
 
     def _copy_node(self, src: _Ref, dst_parent: _Ref, name: str, recurse: bool) -> int:
         meta = self._meta(src.row, src.parent_key)

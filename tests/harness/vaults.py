@@ -7,6 +7,7 @@ Argon2id runs with small parameters here to keep the suite fast (one test in
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,9 @@ from davserver.index import open_index
 from davserver.vault import Vault, VaultSettings
 
 FAST = VaultSettings(argon2_opslimit=1, argon2_memlimit=8 * 1024 * 1024)
+#: Without versions and trash: an overwrite replaces, a DELETE is final (the engine's paths
+#: for ``versions.retention: disabled`` and ``trash.retention: disabled``).
+PLAIN = dataclasses.replace(FAST, versions_retention="disabled", trash_retention="disabled")
 
 
 def make_vault(
@@ -49,6 +53,14 @@ def blob_backend(request: Any, tmp_path: Path) -> Iterator[BlobStore]:
 @pytest.fixture
 def vault(tmp_path: Path, blob_backend: BlobStore) -> Iterator[Vault]:
     v = make_vault(tmp_path, blob_backend)
+    yield v
+    v.close()
+
+
+@pytest.fixture
+def plain_vault(tmp_path: Path, blob_backend: BlobStore) -> Iterator[Vault]:
+    """``vault`` with versions and trash disabled."""
+    v = make_vault(tmp_path, blob_backend, settings=PLAIN)
     yield v
     v.close()
 

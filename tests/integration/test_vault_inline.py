@@ -105,7 +105,8 @@ def test_inline_max_zero_turns_it_off(tmp_path: Path) -> None:
         vault.close()
 
 
-def test_replace_copy_delete_keep_stored_equal_to_referenced(vault: Vault) -> None:
+def test_replace_copy_delete_keep_stored_equal_to_referenced(plain_vault: Vault) -> None:
+    vault = plain_vault  # the paths without versions and trash
     s = login(vault)
     s.mkdir("/d")
     put(s, "/d/f", b"one")

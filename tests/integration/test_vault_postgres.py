@@ -33,7 +33,10 @@ def test_vault_on_postgres(tmp_path: Path, postgres_db_url: str) -> None:
             assert r.read_all() == b"hello postgres"
         assert s.get_props("/e/f") == {"{urn:x}p": "v"}
         assert [e.name for e in s.list_dir("/")] == ["e", "g"]
-        s.delete("/e")
+        s.delete("/e")  # into the trash: still counted
+        assert s.usage()[0] == 28
+        (item,) = s.trash_items()
+        s.trash_purge(item.name)
         assert s.usage()[0] == 14
         vault.delete_user("alice")
         assert stored_blob_ids(vault) == set()

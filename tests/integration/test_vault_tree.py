@@ -86,7 +86,8 @@ def test_ranges_and_seek(vault: Vault) -> None:
         assert r.read() == data[-10:]
 
 
-def test_overwrite_keeps_one_version_and_collects_old_blob(vault: Vault) -> None:
+def test_overwrite_keeps_one_version_and_collects_old_blob(plain_vault: Vault) -> None:
+    vault = plain_vault  # the paths without versions and trash
     s = login(vault)
     put(s, "/f", b"one")
     first = s.stat("/f")
@@ -128,7 +129,8 @@ def test_failed_writes_keep_previous_version(vault: Vault) -> None:
     assert read(s, "/ok") == b"abc"
 
 
-def test_quota(vault: Vault) -> None:
+def test_quota(plain_vault: Vault) -> None:
+    vault = plain_vault  # the paths without versions and trash
     s = login(vault)
     vault.set_quota("alice", 1000)
     put(s, "/a", b"x" * 600)
@@ -178,7 +180,8 @@ def test_errors_on_paths(vault: Vault) -> None:
     assert read(s, "/d/f") == b"1"
 
 
-def test_move_rename_overwrite(vault: Vault) -> None:
+def test_move_rename_overwrite(plain_vault: Vault) -> None:
+    vault = plain_vault  # the paths without versions and trash
     s = login(vault)
     s.mkdir("/a")
     s.mkdir("/a/b")
@@ -197,7 +200,8 @@ def test_move_rename_overwrite(vault: Vault) -> None:
     assert stored_blobs(vault) == referenced_blobs(vault)
 
 
-def test_copy_shares_blobs_under_new_keys(vault: Vault) -> None:
+def test_copy_shares_blobs_under_new_keys(plain_vault: Vault) -> None:
+    vault = plain_vault  # the paths without versions and trash
     s = login(vault)
     s.mkdir("/src")
     s.mkdir("/src/sub")
@@ -222,7 +226,8 @@ def test_copy_shares_blobs_under_new_keys(vault: Vault) -> None:
     assert s.usage()[0] == 0
 
 
-def test_delete_tree_collects_blobs_and_usage(vault: Vault) -> None:
+def test_delete_tree_collects_blobs_and_usage(plain_vault: Vault) -> None:
+    vault = plain_vault  # the paths without versions and trash
     s = login(vault)
     s.mkdir("/t")
     for i in range(5):
