@@ -3,7 +3,9 @@
 A user's tree is reachable under three prefixes: ``/`` itself, Nextcloud's
 ``/remote.php/dav/files/USER/`` and ownCloud's older ``/remote.php/webdav/``;
 ``/remote.php/dav/uploads/USER/`` is the chunked-upload space (``davserver.dav.nextcloud``),
-not a tree. ``tree_path`` maps a decoded URL path under any of them to the tree path.
+``/remote.php/dav/versions/USER/`` and ``/remote.php/dav/trashbin/USER/`` hold versions and
+the trash (``davserver.dav.versions``, ``davserver.dav.trashbin``): none of them is a tree.
+``tree_path`` maps a decoded URL path under any of the tree's prefixes to the tree path.
 
 ``destination_tree_path`` reads ``Destination`` (RFC 4918 §10.3: an absolute URI or an
 absolute path) the way RFC 3986 §3 splits a URI: scheme, authority and path are separated
@@ -18,7 +20,8 @@ MOVE to ``a%3Fb.txt`` overwrote ``a``. Here:
 - another scheme, host or port than the request's (or its ``X-Forwarded-Proto``/``-Host``)
   is 502 Bad Gateway (RFC 4918 §9.8.4, §9.9.4): the destination is on another server;
 - a path that is not UTF-8 once decoded, or a relative reference, is 400;
-- a path under the uploads space is 403, and one under another user's files alias is 404
+- a path under the uploads, versions or trash space is 403, and one under another user's
+  files alias is 404
   (as for requests: whether that user exists is nobody's business).
 
 It knows nothing of the vault beyond the session's user name.
@@ -45,6 +48,8 @@ if TYPE_CHECKING:
 DAV_ROOT = "/remote.php/dav"
 FILES_PREFIX = DAV_ROOT + "/files"
 UPLOADS_PREFIX = DAV_ROOT + "/uploads"
+VERSIONS_PREFIX = DAV_ROOT + "/versions"
+TRASHBIN_PREFIX = DAV_ROOT + "/trashbin"
 WEBDAV_PREFIX = "/remote.php/webdav"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -75,8 +80,9 @@ def tree_path(path: str, session: Session) -> str:
     rest = under(path, WEBDAV_PREFIX)
     if rest is not None:
         return "/" + rest
-    if under(path, UPLOADS_PREFIX) is not None:
-        raise DAVError(HTTP_FORBIDDEN, "destination is not in the files tree")
+    for prefix in (UPLOADS_PREFIX, VERSIONS_PREFIX, TRASHBIN_PREFIX):
+        if under(path, prefix) is not None:
+            raise DAVError(HTTP_FORBIDDEN, "destination is not in the files tree")
     return path
 
 

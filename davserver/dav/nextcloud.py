@@ -15,6 +15,8 @@ that runs right after authentication and
   with a ``Destination`` assembles the chunks, in name order, into one new version of the
   destination (streaming, so memory stays bounded), ``DELETE <id>`` cancels, ``PROPFIND``
   lists an upload's chunks (how a client resumes);
+- hands ``/remote.php/dav/versions/USER/…`` and ``/remote.php/dav/trashbin/USER/…`` to
+  ``davserver.dav.versions`` and ``davserver.dav.trashbin`` (Nextcloud's versions and trash);
 - answers ``PATCH`` with ``X-Recalculate-Hash: sha1|md5`` (Nextcloud's extension; rclone
   sends it after setting a modification time) with the checksum in ``OC-Checksum``.
 
@@ -25,8 +27,9 @@ Both chunking versions are accepted: v1 names chunks ``<start>-<end>`` (what rcl
 v2 numbers them 1…10000 and adds ``Destination`` to MKCOL/PUT and ``OC-Total-Length``.
 Abandoned uploads expire (``gc.upload_expiry``, run by the server's maintenance loop).
 
-Only the paths ``/remote.php/dav/files/…``, ``/remote.php/webdav/…`` and
-``/remote.php/dav/uploads/…`` are taken: a
+Only the paths ``/remote.php/dav/files/…``, ``/remote.php/webdav/…``,
+``/remote.php/dav/uploads/…``, ``/remote.php/dav/versions/…`` and
+``/remote.php/dav/trashbin/…`` are taken: a
 user's own top-level ``remote.php`` folder stays reachable everywhere else.
 """
 
@@ -50,10 +53,12 @@ from wsgidav.dav_error import (
 from wsgidav.mw.base_mw import BaseMiddleware
 from wsgidav.util import etree
 
-from davserver.dav import handlers
+from davserver.dav import handlers, trashbin, versions
 from davserver.dav.destination import (
     FILES_PREFIX,
+    TRASHBIN_PREFIX,
     UPLOADS_PREFIX,
+    VERSIONS_PREFIX,
     WEBDAV_PREFIX,
     destination_tree_path,
 )
@@ -104,10 +109,12 @@ class NextcloudRouter(BaseMiddleware):  # type: ignore[misc]
             self._alias(environ, FILES_PREFIX + "/" + user, tree)
         elif (rest := _under(path, WEBDAV_PREFIX)) is not None:
             self._alias(environ, WEBDAV_PREFIX, rest)
-        else:
-            rest = _under(path, UPLOADS_PREFIX)
-            if rest is not None:
-                return self._uploads(environ, start_response, session, rest)
+        elif (rest := _under(path, UPLOADS_PREFIX)) is not None:
+            return self._uploads(environ, start_response, session, rest)
+        elif (rest := _under(path, VERSIONS_PREFIX)) is not None:
+            return versions.serve(self.provider, environ, start_response, session, rest)
+        elif (rest := _under(path, TRASHBIN_PREFIX)) is not None:
+            return trashbin.serve(self.provider, environ, start_response, session, rest)
         # A Destination (COPY, MOVE) is parsed by handlers.copy_move, under any prefix.
         if method == "PATCH":
             return self._patch(environ, start_response, session)
@@ -291,7 +298,7 @@ class NextcloudRouter(BaseMiddleware):  # type: ignore[misc]
         headers = [
             ("ETag", f'"{entry.etag}"'),
             ("OC-ETag", f'"{entry.etag}"'),
-            ("OC-FileId", file_id(entry.id)),
+            ("OC-FileId", file_id(entry)),
             ("Content-Length", "0"),
         ]
         if mtime is not None:

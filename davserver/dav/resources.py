@@ -87,10 +87,16 @@ def forget_resources(environ: dict[str, Any]) -> None:
     environ.pop(CACHE_KEY, None)
 
 
-def file_id(node_id: str) -> str:
-    """``oc:fileid`` of a node: a decimal number (clients parse it as one) made of the first
-    60 bits of the random node id, so it is stable across MOVE and rename."""
-    return str(int(node_id[:15], 16))
+def file_id(entry: Entry) -> str:
+    """``oc:fileid`` of a node: its ``fileid``, a random positive 63-bit number in decimal
+    (clients parse it as one), stable across MOVE, rename and the trash. It is also the
+    ``FILEID`` of ``/remote.php/dav/versions/USER/versions/FILEID/``."""
+    return str(entry.fileid)
+
+
+def delete_permanently(environ: dict[str, Any]) -> bool:
+    """Nextcloud's ``X-Delete-Permanently: true``: DELETE bypasses the trash."""
+    return str(environ.get("HTTP_X_DELETE_PERMANENTLY", "")).strip().lower() == "true"
 
 
 def ref_url(user_id: str, path: str) -> str:
@@ -236,7 +242,7 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
             return sha1
         if name in (OC_FILEID, OC_ID):
             # oc:id is opaque to clients: the whole node id; oc:fileid is numeric.
-            return file_id(self.entry.id) if name == OC_FILEID else self.entry.id
+            return file_id(self.entry) if name == OC_FILEID else self.entry.id
         if name == OC_PERMISSIONS:
             if self.entry.parent_id is None:
                 return ROOT_PERMISSIONS
@@ -338,13 +344,14 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
 
     def handle_delete(self) -> bool:
         session = session_of(self.environ)
+        permanently = delete_permanently(self.environ)
 
         def step() -> None:
             with self._locked_step():
                 self._check_tree_unlocked()
                 self._check_unlocked(util.get_uri_parent(self.path) or "/", "0")
                 with vault_call():
-                    session.delete(self.path)
+                    session.delete(self.path, permanently=permanently)
                 self._drop_locks(self.path)
 
         with vault_call():

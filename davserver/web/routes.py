@@ -29,6 +29,9 @@ def routes(config: Config, vault: Vault, dav: WSGIApp) -> list[Route | Mount]:
         Mount("/remote.php/dav/files/", dav, summary="alias of the user's tree: …/files/USER/"),
         Mount("/remote.php/dav/uploads/", dav, summary="chunked uploads: …/uploads/USER/ID/"),
         Mount("/remote.php/webdav/", dav, summary="ownCloud's alias of the user's tree"),
+        # -- versions and trash (dav/versions.py, dav/trashbin.py, inside the DAV app) -----
+        Mount("/remote.php/dav/versions/", dav, summary="file versions: …/versions/USER/"),
+        Mount("/remote.php/dav/trashbin/", dav, summary="the trash: …/trashbin/USER/trash/"),
         # -- everything else: the logged-in user's tree (dav/, WebDAV class 1 and 2) -------
         Mount("/", dav, summary="the user's tree; a browser gets a directory listing"),
     ]
