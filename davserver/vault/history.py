@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from davserver import crypto
-from davserver.crypto import envelopes, names
+from davserver.crypto import envelopes
 from davserver.errors import (
     BadRequest,
     Forbidden,
@@ -296,6 +296,58 @@ class _HistoryOps(_SubtreeOps):
             unpin()
             raise
 
+    def _rewrapped_version(
+        self,
+        src: _Ref,
+        v: Version,
+        dst: _Ref,
+        version_no: int,
+        created: float,
+        vmeta: dict[str, Any],
+    ) -> tuple[str, tuple[str, tuple[object, ...]]]:
+        """A new version row of ``dst`` numbered ``version_no`` that shares the blob of
+        ``src``'s version ``v``: its content key opened and wrapped again for the new row
+        (the AD holds node id and number), its checksums re-sealed. Returns (the new
+        version id, the insert for ``fast.batch``); no byte of content is touched."""
+        header24 = bytes(v.header24)
+        try:
+            ck = envelopes.unwrap_content_key(
+                bytes(v.ck_env),
+                src.key,
+                _b(src.row.id),
+                v.version_no,
+                _b(v.blob_id),
+                v.plain_size,
+                header24,
+            )
+        except crypto.AuthenticationFailed as exc:
+            log.error("integrity failure: content key of node %s", src.row.id)
+            raise IntegrityError("content key failed authentication") from exc
+        node_id, size, new_id = dst.row.id, int(v.plain_size), crypto.random_id().hex()
+        return new_id, (
+            "version_insert",
+            (
+                new_id,
+                node_id,
+                version_no,
+                v.blob_id,
+                size,
+                header24,
+                envelopes.wrap_content_key(
+                    ck, dst.key, _b(node_id), version_no, _b(v.blob_id), size, header24
+                ),
+                crypto.seal(
+                    dst.key,
+                    _VMETA_PURPOSE,
+                    _VMETA_LABEL,
+                    (_b(node_id), version_no, _b(v.blob_id)),
+                    json.dumps(vmeta).encode(),
+                ),
+                created,
+                v.digest,  # the same object: its keyless digest carries over
+            ),
+        )
+
     def restore_version(self, fileid: int, version_no: int) -> Entry:
         """Make a kept version current again: a new version row sharing its blob, with its
         content key re-wrapped for the new number. The version that was current is kept."""
@@ -306,20 +358,6 @@ class _HistoryOps(_SubtreeOps):
                 v = self._version_row(ref, version_no)
                 if v.id == ref.row.current_version:
                     return self._entry(ref.row, ref.parent_key, ref.name)
-                header24 = bytes(v.header24)
-                try:
-                    ck = envelopes.unwrap_content_key(
-                        bytes(v.ck_env),
-                        ref.key,
-                        _b(ref.row.id),
-                        v.version_no,
-                        _b(v.blob_id),
-                        v.plain_size,
-                        header24,
-                    )
-                except crypto.AuthenticationFailed as exc:
-                    log.error("integrity failure: content key of node %s", ref.row.id)
-                    raise IntegrityError("content key failed authentication") from exc
                 vmeta = self._version_meta(ref, v)
                 old = fast.execute("history_of", (ref.row.id,)).fetchall()
                 new_no = max(int(r[2]) for r in old) + 1
@@ -340,33 +378,9 @@ class _HistoryOps(_SubtreeOps):
                 for r in going:
                     batch += [("version_delete", (r[0],)), ("gc_dead", (r[1], time.time()))]
                 node_id = ref.row.id
-                new_id = crypto.random_id().hex()
                 vmeta["m"] = time.time()
-                batch.append(
-                    (
-                        "version_insert",
-                        (
-                            new_id,
-                            node_id,
-                            new_no,
-                            v.blob_id,
-                            size,
-                            header24,
-                            envelopes.wrap_content_key(
-                                ck, ref.key, _b(node_id), new_no, _b(v.blob_id), size, header24
-                            ),
-                            crypto.seal(
-                                ref.key,
-                                _VMETA_PURPOSE,
-                                _VMETA_LABEL,
-                                (_b(node_id), new_no, _b(v.blob_id)),
-                                json.dumps(vmeta).encode(),
-                            ),
-                            stamp,
-                            v.digest,  # the same object: its keyless digest carries over
-                        ),
-                    )
-                )
+                new_id, insert = self._rewrapped_version(ref, v, ref, new_no, stamp, vmeta)
+                batch.append(insert)
                 assert ref.parent_key is not None
                 meta = self._meta(ref.row, ref.parent_key)
                 meta["m"] = vmeta["m"]
@@ -467,48 +481,12 @@ class _HistoryOps(_SubtreeOps):
         current = ""
         size = 0
         for v in carried:
-            header24 = bytes(v.header24)
-            try:
-                ck = envelopes.unwrap_content_key(
-                    bytes(v.ck_env),
-                    src.key,
-                    _b(src.row.id),
-                    v.version_no,
-                    _b(v.blob_id),
-                    v.plain_size,
-                    header24,
-                )
-            except crypto.AuthenticationFailed as exc:
-                log.error("integrity failure: content key of node %s", src.row.id)
-                raise IntegrityError("content key failed authentication") from exc
-            vmeta = self._version_meta(src, v)
-            current = crypto.random_id().hex()
-            size = int(v.plain_size)
-            batch.append(
-                (
-                    "version_insert",
-                    (
-                        current,
-                        node_id,
-                        next_no,
-                        v.blob_id,
-                        size,
-                        header24,
-                        envelopes.wrap_content_key(
-                            ck, dst.key, _b(node_id), next_no, _b(v.blob_id), size, header24
-                        ),
-                        crypto.seal(
-                            dst.key,
-                            _VMETA_PURPOSE,
-                            _VMETA_LABEL,
-                            (_b(node_id), next_no, _b(v.blob_id)),
-                            json.dumps(vmeta).encode(),
-                        ),
-                        float(v.created) if move else stamp,
-                        v.digest,
-                    ),
-                )
+            created = float(v.created) if move else stamp
+            current, insert = self._rewrapped_version(
+                src, v, dst, next_no, created, self._version_meta(src, v)
             )
+            batch.append(insert)
+            size = int(v.plain_size)
             next_no += 1
         assert dst.parent_key is not None and src.parent_key is not None
         meta = self._meta(dst.row, dst.parent_key)
@@ -691,25 +669,10 @@ class _HistoryOps(_SubtreeOps):
 
     def _rehome(self, ref: _Ref, parent: _Ref, name: str) -> None:
         """Re-wrap one node's row under another directory (key, name, metadata)."""
-        assert ref.parent_key is not None
-        meta = self._meta(ref.row, ref.parent_key)
-        node_id, dst_id = ref.row.id, parent.row.id
         fast.batch(
             [
-                (
-                    "node_move",
-                    (
-                        dst_id,
-                        envelopes.wrap_node_key(
-                            ref.key, parent.key, _b(node_id), _b(dst_id), ref.row.kind
-                        ),
-                        names.name_mac(parent.key, name),
-                        names.encrypt_name(parent.key, name, _b(node_id), _b(dst_id)),
-                        self._seal_meta(parent.key, node_id, dst_id, meta),
-                        node_id,
-                    ),
-                ),
-                ("bump", (dst_id,)),
+                self._move_statement(ref, parent, name),
+                ("bump", (parent.row.id,)),
                 ("bump", (ref.row.parent_id,)),
             ]
         )

@@ -100,30 +100,34 @@ class _SubtreeOps(_PropOps):
                 if self._merge_onto(src, existing, move=True):
                     return True
                 self._remove_replaced(existing)
-            meta = self._meta(src.row, src.parent_key)
-            node_id = src.row.id
             dst_id = dst_parent.row.id
             # One round trip for the writes (fast.batch) while the user's row is held.
             batch: list[tuple[str, tuple[object, ...]]] = [
-                (
-                    "node_move",
-                    (
-                        dst_id,
-                        envelopes.wrap_node_key(
-                            src.key, dst_parent.key, _b(node_id), _b(dst_id), src.row.kind
-                        ),
-                        names.name_mac(dst_parent.key, name),
-                        names.encrypt_name(dst_parent.key, name, _b(node_id), _b(dst_id)),
-                        self._seal_meta(dst_parent.key, node_id, dst_id, meta),
-                        node_id,
-                    ),
-                ),
+                self._move_statement(src, dst_parent, name),
                 ("bump", (dst_id,)),
             ]
             if src.row.parent_id != dst_id:
                 batch.append(("bump", (src.row.parent_id,)))
             fast.batch(batch)
         return existing is not None
+
+    def _move_statement(self, ref: _Ref, parent: _Ref, name: str) -> tuple[str, tuple[object, ...]]:
+        """The one row a move rewrites: the node's key wrapped under its new parent, its
+        name MACed and sealed under the parent's name keys, its metadata re-sealed."""
+        assert ref.parent_key is not None
+        meta = self._meta(ref.row, ref.parent_key)
+        node_id, dst_id = ref.row.id, parent.row.id
+        return (
+            "node_move",
+            (
+                dst_id,
+                envelopes.wrap_node_key(ref.key, parent.key, _b(node_id), _b(dst_id), ref.row.kind),
+                names.name_mac(parent.key, name),
+                names.encrypt_name(parent.key, name, _b(node_id), _b(dst_id)),
+                self._seal_meta(parent.key, node_id, dst_id, meta),
+                node_id,
+            ),
+        )
 
     def _delete_file(self, row: NodeLike) -> int:
         """``_delete_subtree`` of one file: one query for its versions, then one batch (one

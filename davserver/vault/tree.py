@@ -20,14 +20,13 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from davserver import crypto
-from davserver.crypto import envelopes
 from davserver.errors import AlreadyExists, Conflict, IntegrityError, NotFound, VersionGone
 from davserver.index import fast
 from davserver.index.models import Node, User
 from davserver.vault.history import _HistoryOps
-from davserver.vault.nodes import DIR, FILE, MAX_NAME_BYTES, Entry, NodeLike, _b, _Ref, split_path
+from davserver.vault.nodes import DIR, FILE, MAX_NAME_BYTES, Entry, NodeLike, _Ref, split_path
 from davserver.vault.props import _PropOps
-from davserver.vault.reader import FileReader, InlineBlob
+from davserver.vault.reader import FileReader
 from davserver.vault.writes import _Counter, _WriteOps
 
 if TYPE_CHECKING:
@@ -170,29 +169,7 @@ class Session(_HistoryOps, _WriteOps, _PropOps):
                 # between replaced (and removed) the version the node row named.
             else:
                 raise IntegrityError("file has no current version")
-            header24 = v.header24
-            try:
-                ck = envelopes.unwrap_content_key(
-                    v.ck_env,
-                    ref.key,
-                    _b(ref.row.id),
-                    v.version_no,
-                    _b(v.blob_id),
-                    v.plain_size,
-                    header24,
-                )
-            except crypto.AuthenticationFailed as exc:
-                log.error("integrity failure: content key of node %s", ref.row.id)
-                raise IntegrityError("content key failed authentication") from exc
-            source = self.vault.blobs if v.inline is None else InlineBlob(v.blob_id, v.inline)
-            unpin = self.vault.pin_blob(v.blob_id)
-            try:
-                return FileReader(
-                    source, v.blob_id, ck, header24, v.plain_size, v.id, on_close=unpin
-                )
-            except BaseException:
-                unpin()
-                raise
+            return self._reader(ref, v)
 
     # -- directories -------------------------------------------------------------------------
     def mkdir(self, path: str, mtime: float | None = None) -> Entry:
