@@ -275,7 +275,7 @@ def _get_once(
         return None
     first, body = opened
     start_response(status, headers)
-    return _primed(first, body)
+    return primed(first, body)
 
 
 def _open_version(
@@ -293,7 +293,7 @@ def _open_version(
         return None
     except DavServerError as exc:
         raise to_dav_error(exc) from None
-    body = _stream(reader, start, end)
+    body = stream_range(reader, start, end)
     try:
         first = next(body, b"")
     except DAVError as exc:
@@ -314,7 +314,9 @@ def _version_exists(session: Session, path: str, entry: Entry) -> bool:
     return True
 
 
-def _stream(reader: Any, start: int, end: int) -> Generator[bytes, None, None]:
+def stream_range(reader: Any, start: int, end: int) -> Generator[bytes, None, None]:
+    """Plaintext bytes ``start``..``end`` of an open reader (closed at the end); vault
+    errors become DAV errors. Also serves the versions and trash downloads."""
     try:
         try:
             yield from reader.iter_range(start, end)
@@ -324,7 +326,9 @@ def _stream(reader: Any, start: int, end: int) -> Generator[bytes, None, None]:
         reader.close()
 
 
-def _primed(first: bytes, rest: Generator[bytes, None, None]) -> Iterator[bytes]:
+def primed(first: bytes, rest: Generator[bytes, None, None]) -> Iterator[bytes]:
+    """A body whose first chunk was read before the response started (so an error in it
+    could still be answered with a status)."""
     try:
         if first:
             yield first

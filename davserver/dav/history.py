@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import unicodedata
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -42,9 +42,9 @@ from wsgidav.util import etree
 
 from davserver.dav import handlers
 from davserver.dav import propfind as fast_propfind
-from davserver.dav.errors import to_dav_error, vault_call
+from davserver.dav.destination import check_user
+from davserver.dav.errors import vault_call
 from davserver.dav.resources import OC_NS, ref_url
-from davserver.errors import DavServerError
 
 if TYPE_CHECKING:
     from davserver.dav.resources import Provider
@@ -256,33 +256,25 @@ def download(
         start_response(status, headers)
         return [b""]
     reader = opener()
-    body = _stream(reader, start, end)
+    body = handlers.stream_range(reader, start, end)
     try:
         first = next(body, b"")
     except BaseException:
         body.close()
         raise
     start_response(status, headers)
-    return _primed(first, body)
+    return handlers.primed(first, body)
 
 
-def _stream(reader: FileReader, start: int, end: int) -> Generator[bytes, None, None]:
-    try:
-        try:
-            yield from reader.iter_range(start, end)
-        except DavServerError as exc:
-            raise to_dav_error(exc) from exc
-    finally:
-        reader.close()
-
-
-def _primed(first: bytes, rest: Generator[bytes, None, None]) -> Iterator[bytes]:
-    try:
-        if first:
-            yield first
-        yield from rest
-    finally:
-        rest.close()
+def own_space(
+    environ: dict[str, Any], session: Session, prefix: str, parts: list[str]
+) -> tuple[str, str, list[str]]:
+    """For a request below ``prefix``/USER/…: (the user's base URL path, the method, the
+    segments after USER); 404 unless USER is the logged-in user."""
+    if not parts:
+        raise DAVError(HTTP_NOT_FOUND)
+    check_user(session, parts[0])
+    return f"{prefix}/{session.user_name}", str(environ.get("REQUEST_METHOD", "")), parts[1:]
 
 
 def bad_request(message: str) -> DAVError:

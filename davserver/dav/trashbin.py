@@ -62,12 +62,7 @@ def _route(
     session: Session,
     parts: list[str],
 ) -> Any:
-    if not parts:
-        raise DAVError(HTTP_NOT_FOUND)
-    check_user(session, parts[0])
-    base = f"{TRASHBIN_PREFIX}/{session.user_name}"
-    method = str(environ.get("REQUEST_METHOD", ""))
-    below = parts[1:]
+    base, method, below = history.own_space(environ, session, TRASHBIN_PREFIX, parts)
     if not below or (below == ["restore"]):
         return _home(environ, start_response, session, base, below, method)
     if below[0] != "trash":

@@ -78,12 +78,7 @@ def _route(
     session: Session,
     parts: list[str],
 ) -> Any:
-    if not parts:
-        raise DAVError(HTTP_NOT_FOUND)
-    check_user(session, parts[0])
-    base = f"{VERSIONS_PREFIX}/{session.user_name}"
-    method = str(environ.get("REQUEST_METHOD", ""))
-    below = parts[1:]
+    base, method, below = history.own_space(environ, session, VERSIONS_PREFIX, parts)
     if len(below) <= 1 or (len(below) == 2 and below[0] == "versions"):
         if below and below[0] not in ("versions", "restore"):
             raise DAVError(HTTP_NOT_FOUND)
