@@ -58,12 +58,14 @@ def ocs_xml(resp: Response) -> ET.Element:
     return root
 
 
-def raw(dav: DavServer, request_line: str, headers: dict[str, str]) -> tuple[int, bytes]:
+def raw(
+    dav: DavServer, request_line: str, headers: dict[str, str], body: bytes = b""
+) -> tuple[int, bytes]:
     """Send one request with exactly this request line; (status, whole answer)."""
     head = request_line + "\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     head += f"Host: {dav.host}:{dav.port}\r\nConnection: close\r\n\r\n"
     with socket.create_connection((dav.host, dav.port), timeout=15) as s:
-        s.sendall(head.encode("latin-1"))
+        s.sendall(head.encode("latin-1") + body)
         out = b""
         while chunk := s.recv(65536):
             out += chunk
@@ -298,3 +300,36 @@ def test_the_login_throttle_applies_to_ocs(tmp_path: Any) -> None:
         assert dav.client("alice").propfind("/", depth="0").status == 429
     finally:
         dav.stop()
+
+
+# -- favourites: REPORT oc:filter-files on the files alias -------------------------------------
+FAVOURITES = """<?xml version="1.0" encoding="UTF-8"?>
+<oc:filter-files xmlns:d="DAV:" xmlns:oc="http://owncloud.org/ns" xmlns:nc="http://nextcloud.org/ns">
+  <d:prop><d:getlastmodified/><d:getetag/><oc:fileid/><oc:favorite/></d:prop>
+  <oc:filter-rules><oc:favorite>1</oc:favorite></oc:filter-rules>
+</oc:filter-files>"""
+
+
+def test_favourites_report_is_an_empty_multistatus(dav_server: DavServer) -> None:
+    alice = dav_server.client("alice")
+    assert alice.put("/a.txt", b"a").status == 201
+    xml = {"Content-Type": "application/xml; charset=utf-8"}
+    for path in ("/remote.php/dav/files/alice/", "/remote.php/webdav/", "/"):
+        resp = alice.request("REPORT", path, FAVOURITES, xml)
+        assert resp.status == 207, path
+        root = ET.fromstring(resp.body)
+        assert root.tag == "{DAV:}multistatus" and len(root) == 0, path
+    # the desktop client's double slash, on a raw socket
+    auth = {"Authorization": basic("alice", dav_server.users["alice"]), **xml}
+    body = FAVOURITES.encode()
+    auth["Content-Length"] = str(len(body))
+    status, _ = raw(dav_server, "REPORT //remote.php/dav/files/alice/ HTTP/1.1", auth, body)
+    assert status == 207
+    assert (
+        alice.request("REPORT", "/remote.php/dav/files/alice/nope/", FAVOURITES, xml).status == 404
+    )
+    assert alice.request("REPORT", "/remote.php/dav/files/bob/", FAVOURITES, xml).status == 404
+    other = '<?xml version="1.0"?><d:sync-collection xmlns:d="DAV:"/>'
+    assert alice.request("REPORT", "/", other, xml).status == 405
+    anonymous = dav_server.client().request("REPORT", "/", FAVOURITES, xml)
+    assert anonymous.status == 401
