@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from davserver.errors import StorageError
 from davserver.index.models import LoginFailure
+from davserver.vault.tree import Session
 from tests.harness.davserver import DavServer, Response, basic, start_dav_server
 
 V1, V2 = "/ocs/v1.php", "/ocs/v2.php"
@@ -333,3 +335,19 @@ def test_favourites_report_is_an_empty_multistatus(dav_server: DavServer) -> Non
     assert alice.request("REPORT", "/", other, xml).status == 405
     anonymous = dav_server.client().request("REPORT", "/", FAVOURITES, xml)
     assert anonymous.status == 401
+
+
+def test_an_engine_failure_keeps_its_status_in_the_envelope(
+    dav_server: DavServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unavailable(self: Session) -> tuple[int, int | None]:
+        raise StorageError("the index is down", retry_after=7)
+
+    monkeypatch.setattr(Session, "usage", unavailable)
+    for base in (V1, V2):
+        resp = call(dav_server, base + "/cloud/user?format=json")
+        assert resp.status == 503, base  # never a 200 with a failure inside, even in v1
+        assert resp.header("Retry-After") == "7"
+        meta, _ = ocs_json(resp)
+        assert meta["statuscode"] == 503 and meta["message"] == "service unavailable"
+        assert "index" not in resp.text  # the reason goes to the log, not to the client
