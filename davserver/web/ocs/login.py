@@ -16,7 +16,6 @@ failures keep their HTTP status with the reason in the envelope.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -31,8 +30,6 @@ from davserver.web.ocs import envelope
 
 if TYPE_CHECKING:
     from davserver.vault.tree import Session
-
-log = logging.getLogger(__name__)
 
 #: An endpoint behind the login: (environ, start_response, the user's session) -> body.
 Endpoint = Callable[[dict[str, Any], Any, "Session"], Iterable[bytes]]
