@@ -36,6 +36,7 @@ def routes(config: Config, vault: Vault, dav: WSGIApp) -> list[Route | Mount]:
         Route("/status.php", nc.status, summary="server status and version (no login)"),
         Route("/index.php/204", nc.no_content, summary="connectivity check: 204 (no login)"),
         Route(f"{v1}/config", nc.config, summary="OCS config (no login)"),
+        Route(f"{v2}/config", nc.config, summary="OCS config (no login)"),
         Route(f"{v1}/cloud/capabilities", nc.capabilities, summary="OCS capabilities"),
         Route(f"{v2}/cloud/capabilities", nc.capabilities, summary="OCS capabilities"),
         Route(f"{v1}/cloud/user", nc.user, summary="the logged-in user and their quota"),
