@@ -18,7 +18,9 @@ that runs right after authentication and
 - hands ``/remote.php/dav/versions/USER/…`` and ``/remote.php/dav/trashbin/USER/…`` to
   ``davserver.dav.versions`` and ``davserver.dav.trashbin`` (Nextcloud's versions and trash);
 - answers ``PATCH`` with ``X-Recalculate-Hash: sha1|md5`` (Nextcloud's extension; rclone
-  sends it after setting a modification time) with the checksum in ``OC-Checksum``.
+  sends it after setting a modification time) with the checksum in ``OC-Checksum``;
+- answers ``REPORT`` with an ``oc:filter-files`` body (the favourites list of the Nextcloud
+  apps) with an empty multistatus: davserver keeps no favourites. Other reports stay 405.
 
 ``USER`` must be the authenticated user: anything else is 404, so one user can neither reach
 another's tree or uploads nor learn whether that user exists. The client's upload ids are
@@ -79,6 +81,7 @@ if TYPE_CHECKING:
     from davserver.vault.tree import Session
 
 ASSEMBLE_NAME = ".file"
+FILTER_FILES = "{http://owncloud.org/ns}filter-files"
 _HREF_SAFE = "/!*'(),$-_|.~"
 _UPLOAD_ALLOW = "OPTIONS, PROPFIND, MKCOL, PUT, MOVE, DELETE"
 _PROPFIND_LIVE = (
@@ -118,7 +121,20 @@ class NextcloudRouter(BaseMiddleware):  # type: ignore[misc]
         # A Destination (COPY, MOVE) is parsed by handlers.copy_move, under any prefix.
         if method == "PATCH":
             return self._patch(environ, start_response, session)
+        if method == "REPORT":
+            return self._report(environ, start_response, session)
         return self.next_app(environ, start_response)
+
+    def _report(self, environ: dict[str, Any], start_response: Any, session: Session) -> Any:
+        """``oc:filter-files`` (favourites): nothing matches, as nothing is a favourite."""
+        root = util.parse_xml_body(environ, allow_empty=True)
+        if root is None or root.tag != FILTER_FILES:
+            raise DAVError(HTTP_METHOD_NOT_ALLOWED)
+        with vault_call():
+            session.stat(environ["PATH_INFO"])  # 404 for a path that does not exist
+        return util.send_multi_status_response(
+            environ, start_response, xml_tools.make_multistatus_el()
+        )
 
     @staticmethod
     def _alias(environ: dict[str, Any], prefix: str, tree: str) -> None:

@@ -12,9 +12,14 @@
   outermost guard: an exception before the response started is answered with 500 (logged
   once, with the stack but not the message, which may hold a name; nothing of it reaches the
   client); one after it started closes the connection without the final chunk, so the
-  client sees a cut-off answer, not a complete-looking one. It does not send cheroot's
-  ``100 Continue`` for a request whose expectation the selector thread already answered
-  (it sends the 100 itself, then buffers the start of the body before a worker is taken).
+  client sees a cut-off answer, not a complete-looking one. A request target that starts
+  with ``//`` is taken as the path it is (RFC 9112 §3.2.1: an origin-form path may have
+  empty segments), its leading slashes collapsed to one: cheroot read ``//remote.php/dav/…``
+  as an authority and answered 400, and the Nextcloud desktop client sends exactly that
+  (its base URL ends in ``/``, and it appends ``/remote.php/dav/files/USER/``). It does
+  not send cheroot's ``100 Continue`` for a request whose expectation the selector thread
+  already answered (it sends the 100 itself, then buffers the start of the body before a
+  worker is taken).
 - :class:`GuardedGateway` fixes cheroot's ``Gateway.respond``, which on an exception in the
   body iterator still sent the headers of the failed answer from its ``finally``.
 """
@@ -165,6 +170,24 @@ _CLIENT_GONE = (
 _WRITE_FAILED = (OSError, cheroot_errors.FatalSSLAlert, cheroot_errors.NoSSLError)
 
 
+class _OriginFormLine:
+    """The connection's reader for one request line, with the target's leading run of
+    slashes collapsed to one (see ``DavRequest``); everything else goes to ``rfile``."""
+
+    def __init__(self, rfile: Any) -> None:
+        self._rfile = rfile
+
+    def readline(self, *args: Any) -> bytes:
+        line: bytes = self._rfile.readline(*args)
+        method, space, rest = line.partition(b" ")
+        if space and rest.startswith(b"//"):
+            return method + b" /" + rest.lstrip(b"/")
+        return line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._rfile, name)
+
+
 def _headers_without_continue(rfile: Any, hdict: Any = None) -> Any:
     """cheroot's header reader, less an ``Expect: 100-continue`` already answered (cheroot
     sends ``100 Continue`` when it sees one)."""
@@ -178,8 +201,13 @@ class DavRequest(cheroot_server.HTTPRequest):  # type: ignore[misc]
     """See the module docstring."""
 
     def read_request_line(self) -> bool:
-        if not super().read_request_line():  # type: ignore[no-untyped-call]
-            return False
+        rfile = self.rfile
+        self.rfile = _OriginFormLine(rfile)
+        try:
+            if not super().read_request_line():  # type: ignore[no-untyped-call]
+                return False
+        finally:
+            self.rfile = rfile
         try:
             self.path.decode("utf-8")
         except UnicodeDecodeError:

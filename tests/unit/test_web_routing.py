@@ -89,7 +89,19 @@ def test_the_table_shows_every_prefix_of_the_dav_app(tmp_path: Any) -> None:
     table = routes(default_config(tmp_path), FakeVault(), dav)  # type: ignore[arg-type]
     exact = [r.path for r in table if isinstance(r, Route)]
     mounts = {r.prefix: r.app for r in table if isinstance(r, Mount)}
-    assert exact == ["/healthz", "/readyz"]
+    assert exact[:2] == ["/healthz", "/readyz"]
+    for path in (
+        "/status.php",
+        "/index.php/204",
+        "/ocs/v1.php/config",
+        "/ocs/v1.php/cloud/capabilities",
+        "/ocs/v2.php/cloud/capabilities",
+        "/ocs/v1.php/cloud/user",
+        "/ocs/v2.php/cloud/user",
+    ):
+        assert path in exact, path
+    assert len(set(exact)) == len(exact)
+    assert mounts["/ocs/v1.php/"] is not dav and mounts["/ocs/v2.php/"] is not dav
     for prefix in (destination.FILES_PREFIX, destination.UPLOADS_PREFIX, destination.WEBDAV_PREFIX):
         assert mounts[prefix + "/"] is dav, prefix
     assert mounts["/"] is dav and isinstance(table[-1], Mount) and table[-1].prefix == "/"
