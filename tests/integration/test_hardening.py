@@ -159,11 +159,16 @@ def test_existing_index_files_are_tightened(tmp_path: Path) -> None:
 
 # -- core dumps of `davserver serve` ---------------------------------------------------------
 
+_REPO = Path(__file__).resolve().parents[2]
+
 
 def _serve(tmp: Path, cwd: Path) -> subprocess.Popen[str]:
     data = tmp / "data"
     init_data_dir(data)
-    env = {**env_without_davserver(), **FAST_ENV, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    # The checkout under test first: the child runs in another directory, and an installed
+    # davserver (another worktree's, say) must not stand in for this one.
+    path = os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**env_without_davserver(), **FAST_ENV, "PYTHONPATH": path}
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "davserver.cli", "serve", "--data-dir", str(data)],
@@ -285,7 +290,10 @@ def test_server_memory_cannot_be_read_by_the_same_user(tmp_path: Path) -> None:
     same probe on a plain Python process can, so the test can tell."""
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed: cannot drop CAP_SYS_PTRACE")
-    env = {**env_without_davserver(), **FAST_ENV, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    # The checkout under test first: the child runs in another directory, and an installed
+    # davserver (another worktree's, say) must not stand in for this one.
+    path = os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**env_without_davserver(), **FAST_ENV, "PYTHONPATH": path}
     control = [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"]
     if not _memory_readable(control, env):
         pytest.skip("even a dumpable process's memory is closed to its parent here")
