@@ -231,14 +231,28 @@ class NextcloudRouter(BaseMiddleware):  # type: ignore[misc]
             raise DAVError(HTTP_FORBIDDEN, "uploads hold chunks, not collections")
         if handlers._int_header(environ, "CONTENT_LENGTH") or handlers.is_chunked(environ):
             raise DAVError(415, "MKCOL with a body is not supported")  # RFC 4918 §9.3
+        dest = None
         if "HTTP_DESTINATION" in environ:  # chunking v2 names the target up front
-            destination_tree_path(environ, session)
+            dest = destination_tree_path(environ, session)
         if self._exists(session, handle):
             raise DAVError(HTTP_METHOD_NOT_ALLOWED, "the upload exists")
+        self._check_room(environ, session, dest, None)
         with vault_call():
             Uploads(session).create(handle)
         start_response("201 Created", [("Content-Length", "0")])
         return [b""]
+
+    @staticmethod
+    def _check_room(
+        environ: dict[str, Any], session: Session, dest: str | None, handle: str | None
+    ) -> None:
+        """Chunking v2 announces the whole file's size (``OC-Total-Length``) on MKCOL and on
+        every chunk: refuse with 507 up front when it cannot fit, as Nextcloud does."""
+        total = handlers._int_header(environ, "HTTP_OC_TOTAL_LENGTH")
+        if total is None:
+            return
+        with vault_call():
+            Uploads(session).check_room(total, dest, handle)
 
     def _put_chunk(
         self,
@@ -254,10 +268,12 @@ class NextcloudRouter(BaseMiddleware):  # type: ignore[misc]
             raise DAVError(HTTP_FORBIDDEN, "'.file' is assembled with MOVE")
         if "HTTP_CONTENT_ENCODING" in environ:
             raise DAVError(501, "Content-Encoding is not supported")
+        dest = None
         if "HTTP_DESTINATION" in environ:
-            destination_tree_path(environ, session)
+            dest = destination_tree_path(environ, session)
         if not self._exists(session, handle):
             raise DAVError(HTTP_CONFLICT, "no such upload")  # RFC 4918 §9.7.1
+        self._check_room(environ, session, dest, handle)
         limit = self.provider.max_body_bytes
         length, expected = handlers.announced_length(environ, limit)
         with vault_call():

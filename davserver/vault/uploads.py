@@ -145,13 +145,48 @@ class Uploads:
         self._s._collect()
         return counter.count
 
-    def _pending_bytes(self) -> int:
-        total = (
+    def check_room(
+        self, total_length: int, destination: str | None = None, handle: str | None = None
+    ) -> None:
+        """``InsufficientStorage`` if a file of ``total_length`` bytes cannot fit under the
+        quota: what chunking v2 announces (``OC-Total-Length``) is checked before the first
+        chunk, so that a client does not send gigabytes to learn at assembly that they do
+        not fit. Room is what the quota leaves after usage and the chunks already waiting,
+        plus what the trash and old versions could give up, plus (when versions are not
+        kept) the size of the file being replaced. The chunks of ``handle`` (the upload the
+        total is announced for) are part of that total, not extra."""
+        s = self._s
+        with s.vault.index.connection():
+            user = User.get_by_id(s.user_id)
+            quota = s._quota(user)
+            if quota is None:
+                return
+            room = quota - user.usage_bytes - self._pending_bytes()
+            if handle is not None:
+                room += self._pending_bytes(self._find(handle).id)
+            if total_length <= room:
+                return
+            if destination is not None and not s._keeps_versions():
+                try:
+                    existing = s.stat(destination)
+                except (NotFound, BadRequest):
+                    existing = None
+                if existing is not None and not existing.is_dir:
+                    room += existing.size
+            room += s._evictable_bytes()
+        if total_length > room:
+            raise InsufficientStorage("quota exceeded")
+
+    def _pending_bytes(self, upload_id: str | None = None) -> int:
+        """Bytes of this user's waiting chunks (of one upload, if given)."""
+        query = (
             UploadChunk.select(pw.fn.COALESCE(pw.fn.SUM(UploadChunk.plain_size), 0))
             .join(Upload)
             .where(Upload.owner == self._s.user_id)
-            .scalar()
         )
+        if upload_id is not None:
+            query = query.where(Upload.id == upload_id)
+        total = query.scalar()
         return int(total or 0)
 
     def _commit_chunk(

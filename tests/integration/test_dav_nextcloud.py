@@ -213,6 +213,38 @@ def test_assembly_checks_commit_nothing(dav_server: DavServer, alice: DavClient)
     no_orphans(dav_server.vault)
 
 
+def test_total_length_is_checked_against_the_quota_up_front(
+    dav_server: DavServer, alice: DavClient
+) -> None:
+    """Chunking v2 announces the file's size (``OC-Total-Length``) on MKCOL and on each
+    chunk: a file that cannot fit is refused with 507 before any chunk is stored."""
+    dav_server.vault.set_quota("alice", 100_000)
+    assert alice.put("/kept", os.urandom(30_000)).status == 201
+    dest = {"Destination": alice.url(FILES + "/big")}
+    too_big = {**dest, "OC-Total-Length": "80000"}
+    r = alice.request("MKCOL", UPLOADS + "/u", headers=too_big)
+    assert r.status == 507 and b"quota-not-exceeded" in r.body
+    r = alice.request("MKCOL", UPLOADS + "/u", headers={**dest, "OC-Total-Length": "60000"})
+    assert r.status == 201, r.body
+    assert alice.request("PROPFIND", UPLOADS + "/u", headers={"Depth": "0"}).status == 207
+    # A chunk that says the whole will not fit is refused before its body is stored.
+    r = alice.put(UPLOADS + "/u/1", b"x" * 1000, headers=too_big)
+    assert r.status == 507
+    with dav_server.vault.index.connection():
+        assert UploadChunk.select().count() == 0
+    fits = {**dest, "OC-Total-Length": "60000"}
+    assert alice.put(UPLOADS + "/u/1", os.urandom(30_000), headers=fits).status == 201
+    # What waits in chunks counts: 30 000 stored + 30 000 waiting leave 40 000.
+    r = alice.request("MKCOL", UPLOADS + "/v", headers={**dest, "OC-Total-Length": "50000"})
+    assert r.status == 507
+    fills = {"OC-Total-Length": "40000"}
+    assert alice.request("MKCOL", UPLOADS + "/v", headers=fills).status == 201
+    assert alice.put(UPLOADS + "/u/2", os.urandom(30_000), headers=fits).status == 201
+    move = {**fits, "Destination": alice.url(FILES + "/big")}
+    assert alice.request("MOVE", UPLOADS + "/u/.file", headers=move).status == 201
+    assert alice.request("MKCOL", UPLOADS + "/w", headers={"OC-Total-Length": "x"}).status == 400
+
+
 def test_uploads_namespace_answers(alice: DavClient) -> None:
     r = alice.propfind(UPLOADS + "/", "1")
     assert r.status == 207 and hrefs(r.text) == [UPLOADS + "/"]
