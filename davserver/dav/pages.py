@@ -26,6 +26,7 @@ from wsgidav.dir_browser import WsgiDavDirBrowser
 from wsgidav.error_printer import ErrorPrinter
 
 from davserver.dav.middleware import LISTING_KEY
+from davserver.dav.resources import HREF_PREFIX_KEY
 
 
 def error_page(error: DAVError) -> tuple[str, bytes]:
@@ -45,14 +46,26 @@ def error_page(error: DAVError) -> tuple[str, bytes]:
     return "text/html; charset=utf-8", page.encode("utf-8")
 
 
+def _empty_page() -> tuple[str, bytes]:
+    return "text/plain; charset=utf-8", b""
+
+
 def _quiet_errors(app: Any) -> Any:
-    """Wrap a WSGI app so every DAVError leaving it renders with :func:`error_page`."""
+    """Wrap a WSGI app so every DAVError leaving it renders with :func:`error_page`.
+
+    A failed download under the Nextcloud paths (``/remote.php/…``, where the sync clients
+    and apps fetch files) has an empty body, as Nextcloud's own: the status says it all, and
+    no client can mistake a page for the file's content."""
 
     def wrapped(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
         try:
             yield from app(environ, start_response)
         except DAVError as exc:
-            exc.get_response_page = functools.partial(error_page, exc)
+            download = environ.get("REQUEST_METHOD") in ("GET", "HEAD")
+            if download and environ.get(HREF_PREFIX_KEY) and not exc.err_condition:
+                exc.get_response_page = _empty_page
+            else:
+                exc.get_response_page = functools.partial(error_page, exc)
             raise
 
     return wrapped

@@ -359,3 +359,17 @@ def test_oc_properties_through_alias(alice: DavClient, path: str) -> None:
     }
     assert perms["f"] == "DNVW"
     assert "CK" in perms.values()
+
+
+def test_failed_downloads_have_empty_bodies_under_the_nextcloud_paths(alice: DavClient) -> None:
+    """As Nextcloud's: the status says it; no page a client could take for the file."""
+    assert alice.put("/f", b"hello").status == 201
+    for prefix in (FILES, "/remote.php/webdav"):
+        r = alice.get(prefix + "/missing")
+        assert r.status == 404 and r.body == b"" and r.header("Content-Length") == "0"
+        r = alice.get(prefix + "/f", headers={"Range": "bytes=10-20"})
+        assert r.status == 416 and r.body == b""
+        assert alice.get(prefix + "/f").body == b"hello"
+    # The plain tree keeps its short page for browsers.
+    r = alice.get("/missing")
+    assert r.status == 404 and b"404 Not Found" in r.body
