@@ -30,7 +30,7 @@ from davserver.index.models import SchemaInfo, database_proxy
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 def _migrate_v1(db: pw.Database) -> None:
@@ -126,6 +126,12 @@ def _migrate_v7(db: pw.Database) -> None:
     db.create_tables(models.V7_MODELS, safe=True)
 
 
+def _migrate_login_flows(db: pw.Database) -> None:
+    """Nextcloud login flows (v2) in progress (``davserver.vault.loginflow``): one table,
+    rows that live at most 20 minutes. Self-contained: nothing else depends on its number."""
+    db.create_tables([models.LoginFlow], safe=True)
+
+
 # MIGRATIONS[n] brings a schema at version n to version n + 1. Never edit a released one:
 # add the next.
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
@@ -136,6 +142,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     4: _migrate_v5,
     5: _migrate_v6,
     6: _migrate_v7,
+    7: _migrate_login_flows,
 }
 
 

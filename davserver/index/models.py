@@ -237,6 +237,25 @@ class TrashItem(BaseModel):
     locks_ct = pw.BlobField(null=True)
 
 
+class LoginFlow(BaseModel):
+    """A Nextcloud login flow (v2) between its start and the client's successful poll, at
+    most ``vault.loginflow.LIFETIME`` seconds (``davserver.vault.loginflow``). Its tokens
+    are stored only as keyed hashes; the client name is sealed under a key from the login
+    token, the flow's secret key under one from the poll token, and the result (login name
+    and app password) is encrypted to the flow's public key: this row alone, or with the
+    pepper, gives nothing usable (DESIGN §13.1)."""
+
+    poll_mac = pw.BlobField(primary_key=True)
+    login_mac = pw.BlobField(unique=True)
+    created = pw.BigIntegerField(index=True)
+    client_ct = pw.BlobField()
+    public_key = pw.BlobField()
+    secret_ct = pw.BlobField()
+    tag = pw.BlobField()
+    #: None until the user approves the flow; deleted with the row at delivery.
+    result_ct = pw.BlobField(null=True)
+
+
 # The tables each schema version added (see davserver.index.MIGRATIONS).
 V1_MODELS: list[type[BaseModel]] = [
     SchemaInfo,
@@ -253,4 +272,7 @@ V2_MODELS: list[type[BaseModel]] = [Upload, UploadChunk]
 V3_MODELS: list[type[BaseModel]] = [DirVersion]
 V4_MODELS: list[type[BaseModel]] = [InlineBlob, LoginFailure]
 V7_MODELS: list[type[BaseModel]] = [TrashItem]
-ALL_MODELS: list[type[BaseModel]] = V1_MODELS + V2_MODELS + V3_MODELS + V4_MODELS + V7_MODELS
+LOGINFLOW_MODELS: list[type[BaseModel]] = [LoginFlow]
+ALL_MODELS: list[type[BaseModel]] = (
+    V1_MODELS + V2_MODELS + V3_MODELS + V4_MODELS + V7_MODELS + LOGINFLOW_MODELS
+)
