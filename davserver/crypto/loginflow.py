@@ -1,5 +1,5 @@
 """What a Nextcloud login flow (v2) keeps in the index, sealed so that the index alone, or the
-index with the pepper, gives nothing usable (DESIGN §13.1).
+index with the pepper, gives nothing usable (DESIGN §15).
 
 A flow has two secrets that only ever travel to the client: the *poll token* (the client
 keeps it and polls with it) and the *login token* (in the URL of the page the user opens).

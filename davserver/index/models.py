@@ -243,7 +243,7 @@ class LoginFlow(BaseModel):
     are stored only as keyed hashes; the client name is sealed under a key from the login
     token, the flow's secret key under one from the poll token, and the result (login name
     and app password) is encrypted to the flow's public key: this row alone, or with the
-    pepper, gives nothing usable (DESIGN §13.1)."""
+    pepper, gives nothing usable (DESIGN §15)."""
 
     poll_mac = pw.BlobField(primary_key=True)
     login_mac = pw.BlobField(unique=True)

@@ -9,7 +9,7 @@ client's next ``poll`` takes it out, exactly once, and the row is gone. A flow l
 ``lifetime`` seconds (20 minutes, as Nextcloud's) from its start; after that every call
 treats it as unknown, and the maintenance loop deletes it (``purge_expired``).
 
-Why the rows are safe to lose (DESIGN §13.1, ``davserver.crypto.loginflow``): tokens are
+Why the rows are safe to lose (DESIGN §15, ``davserver.crypto.loginflow``): tokens are
 stored only as keyed hashes under a pepper-derived key; the client's name is sealed under
 a key from the login token; the app password is encrypted to a per-flow public key whose
 secret key is wrapped under a key from the poll token, which never reaches the index. A

@@ -1,5 +1,5 @@
 """Nextcloud's Login Flow v2 over HTTP: how the desktop and mobile apps add an account
-without ever storing the user's password (DESIGN §13.1, docs/clients.md).
+without ever storing the user's password (DESIGN §15, docs/clients.md).
 
 1. ``POST /index.php/login/v2`` (no login): the client starts a flow and gets
    ``{"poll": {"token": T, "endpoint": BASE/index.php/login/v2/poll},

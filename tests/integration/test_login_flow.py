@@ -15,6 +15,8 @@ import json
 import logging
 import shutil
 import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -447,6 +449,38 @@ def test_the_flow_across_forked_workers(tmp_path: Path) -> None:
     finally:
         code, _out, err = served.stop()
     assert code == 0, err
+
+
+def racing_polls(doc: dict[str, Any], n: int = 8) -> list[int]:
+    """``n`` polls of one approved flow at once; their statuses."""
+    barrier = threading.Barrier(n)
+
+    def one(_: int) -> int:
+        barrier.wait()
+        return poll(doc).status
+
+    with ThreadPoolExecutor(n) as pool:
+        return sorted(pool.map(one, range(n)))
+
+
+def test_racing_polls_deliver_once(server: Server) -> None:
+    doc = start_flow(server)
+    assert log_in(server, doc).status == 200
+    assert racing_polls(doc) == [200] + [404] * 7
+
+
+@pytest.mark.postgres
+def test_the_flow_on_postgresql(tmp_path: Path, postgres_db_url: str) -> None:
+    dav = start_dav_server(tmp_path / "data", {"DAVSERVER_INDEX_URL": postgres_db_url})
+    try:
+        server = Server(dav.url, dav.users["alice"], dav.vault)
+        token = run_desktop_flow(server)
+        assert propfind(server, "alice", token) == 207
+        doc = start_flow(server)
+        assert log_in(server, doc).status == 200
+        assert racing_polls(doc) == [200] + [404] * 7
+    finally:
+        dav.stop()
 
 
 # -- the base URL from behind a trusted proxy ------------------------------------------------
