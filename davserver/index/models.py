@@ -55,15 +55,28 @@ class User(BaseModel):
 
 
 class Envelope(BaseModel):
-    """One wrapping of a user's master key: by a password or by a token (DESIGN §4)."""
+    """One wrapping of a user's master key (by a password, a token or a recovery code) or
+    of one directory's key (a scoped token); DESIGN §4 and §13.
+
+    The token columns (schema v8) restate what the envelope's associated data binds, so
+    that a keyless admin can list and expire tokens: a row edited to widen ``perms``,
+    ``scope_node`` or ``expires`` no longer opens. ``label_ct`` is the user's name for the
+    token ("Alice's phone"), sealed under a server key and bound to the envelope id.
+    """
 
     id = IdField(primary_key=True)
     user = pw.ForeignKeyField(User, backref="envelopes", on_delete="CASCADE")
-    kind = pw.CharField(max_length=16)  # "password" | "token"
+    user_id: str  # set by peewee for the foreign key above
+    kind = pw.CharField(max_length=16)  # "password" | "token" | "scoped" | "recovery"
     kdf_params = pw.BlobField()
     verifier = pw.BlobField()
     wrapped = pw.BlobField()
     created = pw.DoubleField()
+    label_ct = pw.BlobField(null=True)
+    scope_node = IdField(null=True)  # a scoped token's directory (no foreign key: see v8)
+    perms = pw.CharField(max_length=2, null=True)  # "rw" | "ro" | "wo"; None for passwords
+    expires = pw.DoubleField(null=True)  # Unix time; None = never
+    last_used = pw.DoubleField(null=True)  # written at most once a minute
 
 
 class Node(BaseModel):
