@@ -169,7 +169,7 @@ class LoginFlows:
         if found is None:
             return False
         row, client = found
-        token_id, token = self.vault.create_token_for(session, client, perms=perms)  # type: ignore[attr-defined]  # TOKENS-API
+        token_id, token = self.vault.create_token_for(session, client, perms=perms)
         payload = json.dumps(
             {"loginName": session.user_name, "appPassword": token}, ensure_ascii=False
         ).encode("utf-8")
@@ -192,10 +192,10 @@ class LoginFlows:
         try:
             won = index.run(once) == 1
         except BaseException:
-            self.vault.revoke_token(session.user_name, token_id)  # type: ignore[attr-defined]  # TOKENS-API
+            self.vault.revoke_token(session.user_name, token_id)
             raise
         if not won:  # approved by another request meanwhile, or expired just now
-            self.vault.revoke_token(session.user_name, token_id)  # type: ignore[attr-defined]  # TOKENS-API
+            self.vault.revoke_token(session.user_name, token_id)
             return False
         audit.emit("login_flow_approved", user_id=session.user_id, token_id=token_id)
         return True

@@ -34,6 +34,7 @@ import logging
 import re
 import secrets
 import threading
+import unicodedata
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -76,7 +77,8 @@ def client_name(user_agent: str) -> str:
     """The name a client is shown (and its token labelled) by, from its ``User-Agent``:
     "Nextcloud desktop 3.7.3 (Linux)" for the Nextcloud apps, else the header itself
     without control characters, cut to ``MAX_CLIENT_NAME`` characters."""
-    text = " ".join("".join(c if c.isprintable() else " " for c in user_agent).split())
+    text = unicodedata.normalize("NFC", user_agent)
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
     for pattern, name in _CLIENTS:
         found = pattern.search(text)
         if found:
@@ -328,7 +330,7 @@ class LoginFlowApp:
             return loginpage.respond(environ, start_response, 403, loginpage.message_page(text))
         user = form.get("user", "").strip()
         password = form.get("password", "")
-        perms = "r" if form.get("access") == "read" else "rw"
+        perms = "ro" if form.get("access") == "read" else "rw"
 
         def again(message: str, status: int = 200, headers: Any = None) -> list[bytes]:
             return self._form(
@@ -368,7 +370,7 @@ class LoginFlowApp:
             except AuthError:
                 self._failed_login(addr, user)
                 return again("Wrong user name or password.")
-            if session.token_id is not None:  # type: ignore[attr-defined]  # TOKENS-API
+            if session.token_id is not None:
                 # A device token cannot make another: the account's password is needed.
                 return again("Log in with your account's password, not an app password.")
             self._record(self.throttle.login_succeeded, addr, user)

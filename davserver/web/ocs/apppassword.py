@@ -46,11 +46,11 @@ class AppPasswords:
     def _get(
         self, environ: dict[str, Any], start_response: Any, session: Session
     ) -> Iterable[bytes]:
-        if session.token_id is not None:  # type: ignore[attr-defined]  # TOKENS-API
+        if session.token_id is not None:
             message = "You cannot request an new apppassword with an apppassword"
             return envelope.respond(environ, start_response, FORBIDDEN, [], message)
         label = client_name(str(environ.get("HTTP_USER_AGENT", "")))
-        token_id, token = self.vault.create_token_for(session, label)  # type: ignore[attr-defined]  # TOKENS-API
+        token_id, token = self.vault.create_token_for(session, label)
         audit.emit("app_password_issued", user_id=session.user_id, token_id=token_id)
         data = {"apppassword": token}
         return envelope.respond(environ, start_response, _ok(environ), data)
@@ -58,8 +58,8 @@ class AppPasswords:
     def _delete(
         self, environ: dict[str, Any], start_response: Any, session: Session
     ) -> Iterable[bytes]:
-        if session.token_id is None:  # type: ignore[attr-defined]  # TOKENS-API
+        if session.token_id is None:
             message = "only an app password can delete itself"
             return envelope.respond(environ, start_response, FORBIDDEN, [], message)
-        self.vault.revoke_token(session.user_name, session.token_id)  # type: ignore[attr-defined]  # TOKENS-API
+        self.vault.revoke_token(session.user_name, session.token_id)
         return envelope.respond(environ, start_response, _ok(environ), [])
