@@ -32,6 +32,7 @@ from tests.harness.davserver import DavServer, Response, basic, start_dav_server
 DESKTOP = "Mozilla/5.0 (Linux) mirall/3.7.3 (Nextcloud, ubuntu-6.5.0 ClientArchitecture: x86_64)"
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0"
 START = "/index.php/login/v2"
+POLL = "/index.php/login/v2/poll"
 
 
 @dataclass
@@ -431,18 +432,45 @@ def test_deleting_the_app_password_revokes_it(server: Server) -> None:
 
 # -- several worker processes ----------------------------------------------------------------
 def test_the_flow_across_forked_workers(tmp_path: Path) -> None:
-    """Two `davserver serve` processes on one index: start, page, form, polls and WebDAV on
-    fresh connections, spread over both by the kernel; several flows so that each step
-    lands on the other worker at least sometimes."""
+    """server.workers = 2 on one index, and a second `davserver serve` on the same data
+    directory: the start, the page, the form and the polls go to different processes —
+    deterministically between the two servers, and spread by the kernel between the two
+    workers (fresh connections) — and the app password works on both."""
+    from tests.harness.serveproc import start_serve_process
     from tests.integration.test_dav_server import ServeProcess
 
     served = ServeProcess(tmp_path, {"DAVSERVER_SERVER_WORKERS": "2"})
+    other = None
     try:
-        server = Server(served.url, served.password)
-        for _ in range(4):
-            token = run_desktop_flow(server)
-            assert propfind(server, "alice", token) == 207
+        other = start_serve_process(served.data_dir)
+        a, b = Server(served.url, served.password), Server(other.url, served.password)
+        for _ in range(3):  # through the workers of a
+            token = run_desktop_flow(a)
+            assert propfind(a, "alice", token) == 207
+        # started on a, approved and polled on b, delivered once whoever is asked
+        doc = start_flow(a)
+        moved = {
+            "poll": {"token": doc["poll"]["token"], "endpoint": b.base + POLL},
+            "login": doc["login"].replace(a.base, b.base),
+        }
+        assert poll(moved).status == 404
+        assert log_in(b, moved).status == 200
+        got = poll(moved)
+        assert got.status == 200, got.text
+        creds = json.loads(got.body)
+        assert creds["server"] == b.base and creds["loginName"] == "alice"
+        assert poll(doc).status == 404  # a sees it delivered
+        assert propfind(a, "alice", creds["appPassword"]) == 207
+        assert propfind(b, "alice", creds["appPassword"]) == 207
+        # approved on a, polled on b
+        doc = start_flow(a)
+        assert log_in(a, doc).status == 200
+        moved = {"poll": {"token": doc["poll"]["token"], "endpoint": b.base + POLL}}
+        assert poll(moved).status == 200
+        assert poll(doc).status == 404
     finally:
+        if other is not None:
+            other.stop()
         code, _out, err = served.stop()
     assert code == 0, err
 
