@@ -267,6 +267,9 @@ class LoginFlow(BaseModel):
     tag = pw.BlobField()
     #: None until the user approves the flow; deleted with the row at delivery.
     result_ct = pw.BlobField(null=True)
+    #: Keyed hash of the starting client's address (as the failed-login throttle keys it):
+    #: bounds the flows one address may have pending.
+    addr_mac = pw.BlobField(index=True)
 
 
 # The tables each schema version added (see davserver.index.MIGRATIONS).

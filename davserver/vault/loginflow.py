@@ -33,8 +33,9 @@ import peewee as pw
 from davserver import audit
 from davserver.crypto import AuthenticationFailed
 from davserver.crypto import loginflow as lfc
-from davserver.errors import IntegrityError, Overloaded, StorageError
+from davserver.errors import IntegrityError, Overloaded, RateLimited, StorageError
 from davserver.index.models import LoginFlow
+from davserver.vault.throttle import address_key
 
 if TYPE_CHECKING:
     from davserver.vault import Vault
@@ -44,8 +45,10 @@ log = logging.getLogger(__name__)
 
 #: Seconds a flow lives from its start (Nextcloud's 20 minutes).
 LIFETIME = 20 * 60
-#: Most flows pending at once, server-wide: starting one needs no login, so this bounds
-#: what anonymous requests can make the index hold (a 503 above it).
+#: Most flows pending at once from one client address (IPv6: its /64), and server-wide:
+#: starting one needs no login, so these bound what anonymous requests can make the index
+#: hold (429 with Retry-After, resp. 503, above them).
+MAX_PER_ADDRESS = 20
 MAX_PENDING = 10_000
 
 _POLL = b"poll"
@@ -124,14 +127,15 @@ class LoginFlows:
         return row, client
 
     # -- the flow --------------------------------------------------------------------------
-    def start(self, client: str) -> NewFlow:
+    def start(self, client: str, addr: str) -> NewFlow:
         """A new flow for the client named ``client`` (shown to the user, and the label of
-        the token it gets)."""
+        the token it gets), started from the address ``addr``."""
         poll_token, login_token = secrets.token_urlsafe(48), secrets.token_urlsafe(32)
         poll_mac = lfc.token_mac(self._mac_key, _POLL, poll_token)
         login_mac = lfc.token_mac(self._mac_key, _LOGIN, login_token)
         public, secret = lfc.flow_keys()
         created = int(self.vault.clock())
+        addr_mac = lfc.token_mac(self._mac_key, b"addr", address_key(addr))[:16]
         row = LoginFlow(
             poll_mac=poll_mac,
             login_mac=login_mac,
@@ -141,13 +145,25 @@ class LoginFlows:
             secret_ct=lfc.seal_flow_secret(secret, poll_token, poll_mac),
             tag=b"",
             result_ct=None,
+            addr_mac=addr_mac,
         )
         row.tag = self._tag(row)
         index = self.vault.index
 
         def once() -> None:
             with index.atomic():
-                pending = LoginFlow.select().where(LoginFlow.created > self._cutoff()).count()
+                cutoff = self._cutoff()
+                mine = [
+                    int(r.created)
+                    for r in LoginFlow.select(LoginFlow.created)
+                    .where((LoginFlow.addr_mac == addr_mac) & (LoginFlow.created > cutoff))
+                    .order_by(LoginFlow.created.desc())
+                    .limit(MAX_PER_ADDRESS)
+                ]
+                if len(mine) >= MAX_PER_ADDRESS:
+                    wait = max(1, mine[-1] - cutoff)  # until its oldest counted one expires
+                    raise RateLimited("too many login flows pending", retry_after=wait)
+                pending = LoginFlow.select().where(LoginFlow.created > cutoff).count()
                 if pending >= MAX_PENDING:
                     raise Overloaded("too many login flows pending")
                 row.save(force_insert=True)

@@ -41,7 +41,7 @@ from urllib.parse import parse_qs
 
 from davserver import audit, metrics
 from davserver.crypto.primitives import fields, keyed_hash
-from davserver.dav.auth import client_address
+from davserver.dav.auth import ADDR_KEY, client_address
 from davserver.dav.middleware import LOG_PATH_KEY
 from davserver.errors import AuthError, DavServerError
 from davserver.vault.loginflow import LoginFlows
@@ -182,8 +182,10 @@ class LoginFlowApp:
         except ValueError:
             return _json(start_response, "400 Bad Request", {"message": "invalid Host"})
         client = client_name(str(environ.get("HTTP_USER_AGENT", "")))
+        addr = client_address(environ, self.trusted_proxies)
+        environ[ADDR_KEY] = addr
         try:
-            flow = self.flows.start(client)
+            flow = self.flows.start(client, addr)
         except DavServerError as exc:
             return self._failed(start_response, exc)
         return _json(
@@ -214,9 +216,10 @@ class LoginFlowApp:
 
     @staticmethod
     def _failed(start_response: Any, exc: DavServerError) -> list[bytes]:
-        status = exc.status if exc.status >= 500 else 500
+        status = exc.status if exc.status >= 500 or exc.status == 429 else 500
         retry = getattr(exc, "retry_after", None)
-        body = json.dumps({"message": "service unavailable" if status == 503 else "failed"})
+        message = {429: "too many requests", 503: "service unavailable"}.get(status, "failed")
+        body = json.dumps({"message": message})
         headers = [
             ("Content-Type", "application/json; charset=utf-8"),
             ("Content-Length", str(len(body))),
@@ -340,6 +343,7 @@ class LoginFlowApp:
         if not user or not password or any(ord(c) < 32 for c in user):
             return again("Enter your user name and password.")
         addr = client_address(environ, self.trusted_proxies)
+        environ[ADDR_KEY] = addr
         try:
             refusal = self.throttle.check(addr, user)
             if refusal is not None:

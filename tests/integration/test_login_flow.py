@@ -26,7 +26,7 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 
 from davserver.index.models import LoginFailure, LoginFlow
-from davserver.vault.loginflow import LIFETIME, LoginFlows
+from davserver.vault.loginflow import LIFETIME, MAX_PER_ADDRESS, LoginFlows
 from tests.harness.davserver import DavServer, Response, basic, start_dav_server
 
 DESKTOP = "Mozilla/5.0 (Linux) mirall/3.7.3 (Nextcloud, ubuntu-6.5.0 ClientArchitecture: x86_64)"
@@ -530,6 +530,24 @@ def test_urls_name_the_proxy_only_when_it_is_trusted(tmp_path: Path) -> None:
         resp = request(dav.url.rstrip("/") + START, "POST", b"", forwarded)
         doc = json.loads(resp.body)
         assert doc["poll"]["endpoint"] == dav.url.rstrip("/") + "/index.php/login/v2/poll"
+    finally:
+        dav.stop()
+
+
+def test_pending_flows_are_bounded_per_address(tmp_path: Path) -> None:
+    dav = start_dav_server(tmp_path / "data", {"DAVSERVER_SERVER_TRUSTED_PROXIES": "127.0.0.1"})
+    try:
+        url = dav.url.rstrip("/") + START
+
+        def start_from(addr: str) -> Response:
+            return request(url, "POST", b"", {"X-Forwarded-For": addr, "User-Agent": DESKTOP})
+
+        assert all(start_from("192.0.2.1").status == 200 for _ in range(MAX_PER_ADDRESS))
+        refused = start_from("192.0.2.1")
+        assert refused.status == 429
+        assert 0 < int(refused.header("Retry-After") or 0) <= LIFETIME
+        assert start_from("2001:db8::1").status == 200  # another address is not concerned
+        assert start_from("198.51.100.2").status == 200
     finally:
         dav.stop()
 
