@@ -35,9 +35,9 @@ import re
 import secrets
 import threading
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from davserver import audit, metrics
 from davserver.crypto.primitives import fields, keyed_hash
@@ -52,12 +52,14 @@ from davserver.web.origin import base_url, origin_of
 if TYPE_CHECKING:
     from davserver.config import Config
     from davserver.vault import Vault
+    from davserver.vault.tree import Session
 
 log = logging.getLogger(__name__)
 
 START_PATH = "/index.php/login/v2"
 POLL_PATH = "/index.php/login/v2/poll"
 FLOW_PREFIX = "/index.php/login/v2/flow/"
+LEGACY_PATH = "/index.php/login/flow"
 CSRF_COOKIE = "davserver_lflow_csrf"
 #: The largest form body read (the poll's and the login form's are a few hundred bytes).
 MAX_FORM = 16 << 10
@@ -255,15 +257,57 @@ class LoginFlowApp:
             return self._page_failed(environ, start_response, exc)
         if client is None:
             return loginpage.respond(environ, start_response, 404, loginpage.gone_page())
+        page_path = FLOW_PREFIX + token
+
+        def approve(session: Session, perms: str) -> list[bytes]:
+            if not self.flows.approve(token, session, perms=perms):
+                return loginpage.respond(environ, start_response, 404, loginpage.gone_page())
+            log.info("login flow approved (user id %s)", session.user_id[:12])
+            return loginpage.respond(environ, start_response, 200, loginpage.done_page(client))
+
         if method == "POST":
-            return self._submit(environ, start_response, token, client, base)
-        return self._form(environ, start_response, token, client, base, "", 200)
+            return self._submit(environ, start_response, page_path, client, base, approve)
+        return self._form(environ, start_response, page_path, client, base, "", 200)
+
+    # -- Login Flow v1: the mobile apps' web view --------------------------------------------
+    def legacy(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        """``/index.php/login/flow``: the same form in the app's web view, no flow state;
+        a right password ends in a redirect to ``nc://login/server:…&user:…&password:…``
+        (the app password), which the app catches (Nextcloud's Login Flow v1)."""
+        try:
+            base = base_url(environ, self.trusted_proxies)
+        except ValueError:
+            return loginpage.respond(
+                environ, start_response, 400, loginpage.message_page("Invalid request.")
+            )
+        client = client_name(str(environ.get("HTTP_USER_AGENT", "")))
+
+        def redirect(session: Session, perms: str) -> list[bytes]:
+            _token_id, token = self.vault.create_token_for(session, client, perms=perms)
+            log.info("login flow v1: app password issued (user id %s)", session.user_id[:12])
+            target = (
+                f"nc://login/server:{base}&user:{quote(session.user_name, safe='')}"
+                f"&password:{quote(token, safe='')}"
+            )
+            page = loginpage.done_page(client)
+            return loginpage.respond(
+                environ,
+                start_response,
+                303,
+                page,
+                [("Location", target)],
+                policy=loginpage.LEGACY_POLICY,
+            )
+
+        if str(environ.get("REQUEST_METHOD", "")) == "POST":
+            return self._submit(environ, start_response, LEGACY_PATH, client, base, redirect)
+        return self._form(environ, start_response, LEGACY_PATH, client, base, "", 200)
 
     def _form(
         self,
         environ: dict[str, Any],
         start_response: Any,
-        token: str,
+        page_path: str,
         client: str,
         base: str,
         message: str,
@@ -271,15 +315,16 @@ class LoginFlowApp:
         user: str = "",
         headers: list[tuple[str, str]] | None = None,
     ) -> list[bytes]:
-        csrf = self._new_csrf(token)
+        csrf = self._new_csrf(page_path)
         secure = base.startswith("https://")
         cookie = (
-            f"{CSRF_COOKIE}={csrf}; Path={FLOW_PREFIX}{token}; Max-Age={int(self.flows.lifetime)}; "
+            f"{CSRF_COOKIE}={csrf}; Path={page_path}; Max-Age={int(self.flows.lifetime)}; "
             f"HttpOnly; SameSite=Strict{'; Secure' if secure else ''}"
         )
         page = loginpage.form_page(client, origin_of(base), csrf, message, user)
         extra = [("Set-Cookie", cookie), *(headers or [])]
-        return loginpage.respond(environ, start_response, status, page, extra)
+        policy = loginpage.LEGACY_POLICY if page_path == LEGACY_PATH else loginpage.POLICY
+        return loginpage.respond(environ, start_response, status, page, extra, policy=policy)
 
     def _page_failed(
         self, environ: dict[str, Any], start_response: Any, exc: DavServerError
@@ -293,18 +338,20 @@ class LoginFlowApp:
         )
 
     # -- CSRF ------------------------------------------------------------------------------
-    def _csrf_mac(self, token: str, nonce: bytes) -> bytes:
+    def _csrf_mac(self, page_path: str, nonce: bytes) -> bytes:
+        """The CSRF value's MAC, bound to the page (whose path holds the login token)."""
         if not self._csrf_key:
             self._setup()
         return keyed_hash(
-            self._csrf_key, fields(b"wdv/lflow/csrf/v1", token, nonce), _CSRF_PERSON, b"", 16
+            self._csrf_key, fields(b"wdv/lflow/csrf/v1", page_path, nonce), _CSRF_PERSON, b"", 16
         )
 
-    def _new_csrf(self, token: str) -> str:
+    def _new_csrf(self, page_path: str) -> str:
         nonce = secrets.token_bytes(16)
-        return base64.urlsafe_b64encode(nonce + self._csrf_mac(token, nonce)).decode().rstrip("=")
+        raw = nonce + self._csrf_mac(page_path, nonce)
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
-    def _csrf_ok(self, environ: dict[str, Any], token: str, sent: str, base: str) -> bool:
+    def _csrf_ok(self, environ: dict[str, Any], page_path: str, sent: str, base: str) -> bool:
         origin = environ.get("HTTP_ORIGIN")
         if origin is not None and not _same_origin(str(origin), base):
             return False
@@ -320,14 +367,23 @@ class LoginFlowApp:
             return False
         if len(raw) != 32:
             return False
-        return secrets.compare_digest(raw[16:], self._csrf_mac(token, raw[:16]))
+        return secrets.compare_digest(raw[16:], self._csrf_mac(page_path, raw[:16]))
 
     # -- the login -------------------------------------------------------------------------
     def _submit(
-        self, environ: dict[str, Any], start_response: Any, token: str, client: str, base: str
+        self,
+        environ: dict[str, Any],
+        start_response: Any,
+        page_path: str,
+        client: str,
+        base: str,
+        finish: Callable[[Session, str], list[bytes]],
     ) -> list[bytes]:
+        """Check the form's CSRF value, the throttle and the password; then ``finish`` with
+        the user's session and the permissions chosen."""
         form = _read_form(environ)
-        if form is None or not self._csrf_ok(environ, token, (form or {}).get("csrf", ""), base):
+        csrf = (form or {}).get("csrf", "")
+        if form is None or not self._csrf_ok(environ, page_path, csrf, base):
             log.info("login flow form refused: no valid CSRF value or a cross-site request")
             text = "This form has expired or did not come from this page. Reload it and try again."
             return loginpage.respond(environ, start_response, 403, loginpage.message_page(text))
@@ -337,7 +393,7 @@ class LoginFlowApp:
 
         def again(message: str, status: int = 200, headers: Any = None) -> list[bytes]:
             return self._form(
-                environ, start_response, token, client, base, message, status, user, headers
+                environ, start_response, page_path, client, base, message, status, user, headers
             )
 
         if not user or not password or any(ord(c) < 32 for c in user):
@@ -379,12 +435,9 @@ class LoginFlowApp:
                 return again("Log in with your account's password, not an app password.")
             self._record(self.throttle.login_succeeded, addr, user)
             environ["davserver.user_id"] = session.user_id
-            if not self.flows.approve(token, session, perms=perms):
-                return loginpage.respond(environ, start_response, 404, loginpage.gone_page())
+            return finish(session, perms)
         except DavServerError as exc:
             return self._page_failed(environ, start_response, exc)
-        log.info("login flow approved (user id %s)", session.user_id[:12])
-        return loginpage.respond(environ, start_response, 200, loginpage.done_page(client))
 
     def _failed_login(self, addr: str, user: str) -> None:
         self._record(self.throttle.login_failed, addr, user)

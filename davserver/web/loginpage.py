@@ -32,8 +32,10 @@ POLICY = (
     f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
+#: Login Flow v1 ends in a redirect to the app's ``nc:`` URL, which the form's submission
+#: must be allowed to follow.
+LEGACY_POLICY = POLICY.replace("form-action 'self'", "form-action 'self' nc:")
 HEADERS = (
-    ("Content-Security-Policy", POLICY),
     ("X-Frame-Options", "DENY"),
     ("Referrer-Policy", "no-referrer"),
     ("X-Content-Type-Options", "nosniff"),
@@ -115,11 +117,14 @@ def respond(
     status: int,
     page: str,
     extra: list[tuple[str, str]] | None = None,
+    *,
+    policy: str = POLICY,
 ) -> list[bytes]:
     body = page.encode("utf-8")
     headers = [
         ("Content-Type", "text/html; charset=utf-8"),
         ("Content-Length", str(len(body))),
+        ("Content-Security-Policy", policy),
         *HEADERS,
         *(extra or []),
     ]

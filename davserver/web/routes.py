@@ -12,8 +12,9 @@ Any other path under ``/ocs/v1.php/`` or ``/ocs/v2.php/`` gets Nextcloud's "no s
 in the OCS envelope.
 
 A user's top-level files named ``healthz``, ``readyz`` or ``status.php`` and the folders
-``ocs/v1.php``, ``ocs/v2.php``, ``index.php/204`` and ``index.php/login/v2`` are shadowed at
-those paths; they stay reachable under ``/remote.php/dav/files/USER/``.
+``ocs/v1.php``, ``ocs/v2.php``, ``index.php/204``, ``index.php/login/flow`` and
+``index.php/login/v2`` are shadowed at those paths; they stay reachable under
+``/remote.php/dav/files/USER/``.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ def routes(config: Config, vault: Vault, dav: WSGIApp) -> list[Route | Mount]:
         # -- Login Flow v2 (web/loginflow.py): how the Nextcloud apps add an account --------
         Route(loginflow.START_PATH, flow.start, ("POST",), summary="start a flow (no login)"),
         Route(loginflow.POLL_PATH, flow.poll, ("POST",), summary="poll for the app password"),
+        Route(
+            loginflow.LEGACY_PATH,
+            flow.legacy,
+            ("GET", "HEAD", "POST"),
+            summary="Login Flow v1: the apps' web view, ends in nc://login/…",
+        ),
         Route(f"{v1}/core/getapppassword", app_passwords.get, summary="password -> app password"),
         Route(f"{v2}/core/getapppassword", app_passwords.get, summary="password -> app password"),
         Route(f"{v1}/core/apppassword", app_passwords.delete, ("DELETE",), summary="revoke it"),

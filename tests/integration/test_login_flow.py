@@ -396,6 +396,43 @@ def test_nothing_secret_reaches_the_log(
     assert "/index.php/login/v2/flow/…" in text  # the access log's path, at debug
 
 
+# -- Login Flow v1: the mobile apps' web view ------------------------------------------------
+ANDROID = "Mozilla/5.0 (Android) Nextcloud-android/3.26.0"
+
+
+def test_login_flow_v1_redirects_to_the_app_with_an_app_password(server: Server) -> None:
+    url = server.base + "/index.php/login/flow"
+    browser = Browser()
+    headers = {"OCS-APIREQUEST": "true", "User-Agent": ANDROID}
+    page = request(url, "GET", None, headers)
+    assert page.status == 200
+    assert "Nextcloud Android 3.26.0 (Android)" in page.text
+    csp = page.header("Content-Security-Policy") or ""
+    assert "form-action 'self' nc:" in csp and "frame-ancestors 'none'" in csp
+    browser._keep(page)
+    form = FormParser()
+    form.feed(page.text)
+    fields = {**form.inputs, "user": "alice", "password": server.password}
+    # without the cookie: refused, as for v2
+    assert Browser().post(url, fields, {"User-Agent": ANDROID}).status == 403
+    # a wrong password: the form again
+    wrong = browser.post(url, {**fields, "password": "nope"}, {"User-Agent": ANDROID})
+    assert wrong.status == 200 and "Wrong user name or password" in wrong.text
+    form = FormParser()
+    form.feed(wrong.text)
+    fields["csrf"] = form.inputs["csrf"]
+    done = browser.post(url, fields, {"User-Agent": ANDROID})
+    assert done.status == 303, done.text
+    location = done.header("Location") or ""
+    prefix = f"nc://login/server:{server.base}&user:alice&password:"
+    assert location.startswith(prefix), location
+    token = location[len(prefix) :]
+    assert token.startswith("wdvt_")
+    assert propfind(server, "alice", token) == 207
+    labels = [t.label for t in server.vault.list_tokens("alice")]
+    assert labels == ["Nextcloud Android 3.26.0 (Android)"]
+
+
 # -- OCS: getapppassword and apppassword -----------------------------------------------------
 def test_getapppassword_with_the_password(server: Server) -> None:
     for version, code in ((2, 200), (1, 100)):
