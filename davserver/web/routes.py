@@ -56,6 +56,8 @@ def routes(config: Config, vault: Vault, dav: WSGIApp) -> list[Route | Mount]:
         Route(f"{v2}/core/getapppassword", app_passwords.get, summary="password -> app password"),
         Route(f"{v1}/core/apppassword", app_passwords.delete, ("DELETE",), summary="revoke it"),
         Route(f"{v2}/core/apppassword", app_passwords.delete, ("DELETE",), summary="revoke it"),
+        Route(f"{v1}/core/apppassword/rotate", app_passwords.rotate, ("POST",), summary="renew"),
+        Route(f"{v2}/core/apppassword/rotate", app_passwords.rotate, ("POST",), summary="renew"),
         Route(f"{v1}/cloud/capabilities", nc.capabilities, summary="OCS capabilities"),
         Route(f"{v2}/cloud/capabilities", nc.capabilities, summary="OCS capabilities"),
         Route(f"{v1}/cloud/user", nc.user, summary="the logged-in user and their quota"),

@@ -467,6 +467,22 @@ def test_deleting_the_app_password_revokes_it(server: Server) -> None:
     assert ocs(server, "GET", "apppassword", other)[0].status == 405
 
 
+def test_rotating_the_app_password(server: Server) -> None:
+    doc = start_flow(server)
+    assert log_in(server, doc, access="read").status == 200
+    token = json.loads(poll(doc).body)["appPassword"]
+    resp, _ = ocs(server, "POST", "apppassword/rotate", server.password)
+    assert resp.status == 403  # not with the password
+    resp, doc = ocs(server, "POST", "apppassword/rotate", token)
+    assert resp.status == 200, resp.text
+    new = doc["data"]["apppassword"]
+    assert new.startswith("wdvt_") and new != token
+    assert propfind(server, "alice", token) == 401
+    assert propfind(server, "alice", new) == 207
+    (info,) = server.vault.list_tokens("alice")
+    assert info.perms == "ro" and info.label == "Nextcloud desktop 3.7.3 (Linux)"
+
+
 # -- several worker processes ----------------------------------------------------------------
 def test_the_flow_across_forked_workers(tmp_path: Path) -> None:
     """server.workers = 2 on one index, and a second `davserver serve` on the same data

@@ -8,6 +8,9 @@
   Nextcloud answers ("You cannot request an new apppassword with an apppassword").
 - ``DELETE /ocs/v{1,2}.php/core/apppassword``, logged in with a token: revokes that very
   token (a client logging out); 200 with empty data. With the password: 403.
+- ``POST /ocs/v{1,2}.php/core/apppassword/rotate``, logged in with a token: a new token
+  with the same label, permissions and expiry replaces it (the old one stops working);
+  ``{"apppassword": NEW}``. With the password: 403.
 
 Both sit behind ``LoginRequired``: Basic authentication, throttle and logs as WebDAV's. A
 403 is HTTP 200 with OCS status 403 in v1 and HTTP 403 in v2 (``envelope``). The token is
@@ -42,6 +45,7 @@ class AppPasswords:
         self.vault = vault
         self.get = LoginRequired(dav, self._get)
         self.delete = LoginRequired(dav, self._delete)
+        self.rotate = LoginRequired(dav, self._rotate)
 
     def _get(
         self, environ: dict[str, Any], start_response: Any, session: Session
@@ -63,3 +67,20 @@ class AppPasswords:
             return envelope.respond(environ, start_response, FORBIDDEN, [], message)
         self.vault.revoke_token(session.user_name, session.token_id)
         return envelope.respond(environ, start_response, _ok(environ), [])
+
+    def _rotate(
+        self, environ: dict[str, Any], start_response: Any, session: Session
+    ) -> Iterable[bytes]:
+        old = session.token_id
+        if old is None:
+            message = "only an app password can be rotated"
+            return envelope.respond(environ, start_response, FORBIDDEN, [], message)
+        info = next((t for t in self.vault.list_tokens(session.user_name) if t.id == old), None)
+        if info is None:  # revoked meanwhile
+            return envelope.respond(environ, start_response, FORBIDDEN, [], "no such token")
+        token_id, token = self.vault.create_token_for(
+            session, info.label, perms=info.perms, expires=info.expires
+        )
+        self.vault.revoke_token(session.user_name, old)
+        audit.emit("app_password_rotated", user_id=session.user_id, token_id=token_id)
+        return envelope.respond(environ, start_response, _ok(environ), {"apppassword": token})
