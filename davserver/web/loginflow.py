@@ -18,6 +18,10 @@ without ever storing the user's password (DESIGN §15, docs/clients.md).
    approved, then, once, ``{"server": BASE, "loginName": USER, "appPassword": TOKEN}``;
    404 again after that, and for a flow past its 20 minutes.
 
+Login Flow v1 (``GET``/``POST /index.php/login/flow``, the older apps' web view) is the
+same form without a flow: a right password creates the token at once and answers a redirect
+to ``nc://login/server:BASE&user:USER&password:TOKEN``, which the app catches.
+
 The flows themselves live in the index (``davserver.vault.loginflow``), so the three steps
 may land on different worker processes. Nothing here logs a token, a password or a user
 name; the login page's path (which holds the login token, as the protocol requires) is
@@ -116,7 +120,10 @@ def _read_form(environ: dict[str, Any]) -> dict[str, str] | None:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return None
-    parsed = parse_qs(text, keep_blank_values=True, max_num_fields=16)
+    try:
+        parsed = parse_qs(text, keep_blank_values=True, max_num_fields=16)
+    except ValueError:  # more fields than any of our forms has
+        return None
     return {k: v[-1] for k, v in parsed.items()}
 
 
@@ -134,7 +141,8 @@ def _same_origin(origin: str, base: str) -> bool:
 
 
 class LoginFlowApp:
-    """The three WSGI applications of the flow (see the module docstring)."""
+    """The WSGI applications of the flows (see the module docstring): ``start``, ``page``
+    and ``poll`` of v2, ``legacy`` for v1."""
 
     def __init__(self, config: Config, vault: Vault, flows: LoginFlows | None = None) -> None:
         # Nothing here touches the vault before the first request (the route table is
