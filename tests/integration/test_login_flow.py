@@ -11,6 +11,7 @@ them, so with ``server.workers`` = 2 the kernel spreads them over both processes
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import json
 import logging
 import shutil
@@ -240,7 +241,15 @@ def test_read_only_access_gives_a_read_only_token(server: Server) -> None:
     assert propfind(server, "alice", token) == 207
     (info,) = server.vault.list_tokens("alice")
     assert info.perms == "ro" and info.label == "Nextcloud desktop 3.7.3 (Linux)"
-    # (what a read-only session may do over WebDAV is the tokens' business, not the flow's)
+    if importlib.util.find_spec("davserver.vault.perms") is None:
+        return  # sessions enforce perms from the "scoped" branch on (davserver.vault.perms)
+    put = request(
+        server.base + "/remote.php/dav/files/alice/x.txt",
+        "PUT",
+        b"x",
+        {"Authorization": basic("alice", token)},
+    )
+    assert put.status == 403, put.status
 
 
 def test_polls_before_approval_unknown_and_malformed_tokens_are_404(server: Server) -> None:
