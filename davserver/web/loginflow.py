@@ -291,7 +291,8 @@ class LoginFlowApp:
         client = client_name(str(environ.get("HTTP_USER_AGENT", "")))
 
         def redirect(session: Session, perms: str) -> list[bytes]:
-            _token_id, token = self.vault.create_token_for(session, client, perms=perms)
+            token_id, token = self.vault.create_token_for(session, client, perms=perms)
+            audit.emit("login_flow_approved", user_id=session.user_id, token_id=token_id)
             log.info("login flow v1: app password issued (user id %s)", session.user_id[:12])
             target = (
                 f"nc://login/server:{base}&user:{quote(session.user_name, safe='')}"
