@@ -129,6 +129,10 @@ def _row_expiry(env: Envelope) -> int | None:
 class TokenOps:
     """The token half of ``Vault`` (see the module docstring)."""
 
+    #: token id -> (kind, perms, expires) of its row when this process opened it
+    #: (``_token_alive``).
+    _opened_tokens: dict[str, tuple[str, str | None, float | None]]
+
     # Provided by Vault.
     index: Index
     _pepper: bytes
@@ -382,6 +386,7 @@ class TokenOps:
                         m.logins.labels(KIND_TOKEN, "failure").inc()
                         raise AuthError("scoped tokens are not supported by this server yet")
                     session = open_scoped(user, env.scope_node, key, env.perms, env.id)
+                self._opened_tokens[env.id] = (env.kind, env.perms, env.expires)
                 self._note_token_use(env.id, env.last_used)
         except DavServerError as exc:
             if not isinstance(exc, AuthError):
@@ -391,21 +396,25 @@ class TokenOps:
         return session
 
     def _token_alive(self, session: Session) -> bool:
-        """For a cached token session: whether its envelope row still exists and has not
-        expired (one indexed query; revocations made by other processes show here)."""
+        """For a cached token session: whether its envelope row still exists, unchanged
+        (the kind, perms and expiry it was opened with), and has not expired. One indexed query;
+        revocations made by other processes show here at once, and a row edited to widen
+        the token sends the login back to the envelope, which then fails to open."""
         token_id = getattr(session, "token_id", None)
         if token_id is None:
             return True
+        opened = self._opened_tokens.get(token_id)
         with self.index.connection():
             row: Any = (
-                Envelope.select(Envelope.expires, Envelope.last_used)
+                Envelope.select(Envelope.kind, Envelope.perms, Envelope.expires, Envelope.last_used)
                 .where((Envelope.id == token_id) & (Envelope.user == session.user_id))
                 .tuples()
                 .first()
             )
-            if row is None:
+            if row is None or opened is None or tuple(row[:3]) != opened:
+                self._opened_tokens.pop(token_id, None)
                 return False
-            expires, last_used = row
+            _kind, _perms, expires, last_used = row
             if expires is not None and float(expires) <= self.clock():
                 return False
             self._note_token_use(token_id, last_used)
