@@ -155,6 +155,7 @@ class Vault(TokenOps):
             self.settings.login_cache_ttl, self.settings.login_cache_size
         )
         self._gate = KdfGate(self.settings.argon2_concurrency)
+        self._opened_tokens = {}
         self._gc_lock = threading.Lock()
         # Blob ids being read by this process (open FileReaders): collect_garbage leaves
         # them for a later run, so a GET of a version replaced meanwhile still reads it.

@@ -33,13 +33,14 @@ import math
 import time
 import unicodedata
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import peewee as pw
 
 from davserver import audit, crypto, metrics
 from davserver.crypto import envelopes, tokens
 from davserver.errors import AuthError, BadRequest, DavServerError, Forbidden, NotFound
+from davserver.index import fast
 from davserver.index.models import Envelope, User
 
 if TYPE_CHECKING:
@@ -116,11 +117,11 @@ def _expiry(expires: float | None, now: float) -> int:
     return math.ceil(expires)
 
 
-def _row_expiry(env: Envelope) -> int | None:
+def _row_expiry(expires: float | None) -> int | None:
     """The AD's expiry of a row, or None if the stored value cannot be one (tampered)."""
-    if env.expires is None:
+    if expires is None:
         return 0
-    value = float(env.expires)
+    value = float(expires)
     if not math.isfinite(value) or value != int(value) or value <= 0:
         return None
     return int(value)
@@ -128,6 +129,10 @@ def _row_expiry(env: Envelope) -> int | None:
 
 class TokenOps:
     """The token half of ``Vault`` (see the module docstring)."""
+
+    #: token id -> (kind, perms, expires) of its row when this process opened it
+    #: (``_token_alive``).
+    _opened_tokens: dict[str, tuple[str, str | None, float | None]]
 
     # Provided by Vault.
     index: Index
@@ -334,29 +339,22 @@ class TokenOps:
         env_id = parsed.envelope_id.hex()
         try:
             with self.index.connection():
-                user = User.get_or_none(User.name == name)
-                env = (
-                    None
-                    if user is None
-                    else Envelope.get_or_none((Envelope.id == env_id) & (Envelope.user == user.id))
-                )
-                if user is None or env is None or env.kind not in (KIND_TOKEN, KIND_SCOPED):
+                env = fast.token_login(env_id, name)  # one indexed query, by id and user
+                if env is None or env.kind not in (KIND_TOKEN, KIND_SCOPED):
                     # A recovery code's envelope never logs in, even named by a token.
                     m.logins.labels(KIND_TOKEN, "failure").inc()
                     raise AuthError("wrong user name or password")
-                exp = _row_expiry(env)
+                exp = _row_expiry(env.expires)
                 if exp is None or (exp and exp <= self.clock()):
                     m.logins.labels(KIND_TOKEN, "failure").inc()
                     raise AuthError("wrong user name or password")
                 try:
                     key = tokens.open_token(
-                        tokens.SealedToken(
-                            bytes(env.kdf_params), bytes(env.verifier), bytes(env.wrapped)
-                        ),
+                        tokens.SealedToken(env.kdf_params, env.verifier, env.wrapped),
                         self._pepper,
                         parsed.secret,
-                        _b(user.id),
-                        _b(env.id),
+                        _b(env.user_id),
+                        parsed.envelope_id,
                         env.kind,
                         _b(env.scope_node),
                         env.perms or "",
@@ -367,22 +365,24 @@ class TokenOps:
                     raise AuthError("wrong user name or password") from None
                 except crypto.AuthenticationFailed:
                     log.error(
-                        "integrity failure: token envelope %s verified but did not open", env.id
+                        "integrity failure: token envelope %s verified but did not open", env_id
                     )
                     m.logins.labels(KIND_TOKEN, "failure").inc()
                     raise AuthError("wrong user name or password") from None
                 session: Session
                 if env.kind == KIND_TOKEN:
-                    session = Session(self, user.id, user.name, key, user.root_id)  # type: ignore[arg-type]
+                    session = Session(self, env.user_id, env.user_name, key, env.root_id)  # type: ignore[arg-type]
                     session.perms = str(env.perms)
-                    session.token_id = env.id
+                    session.token_id = env_id
                 else:
                     open_scoped = getattr(self, "open_scoped", None)
                     if open_scoped is None:  # until the scoped sessions land
                         m.logins.labels(KIND_TOKEN, "failure").inc()
                         raise AuthError("scoped tokens are not supported by this server yet")
-                    session = open_scoped(user, env.scope_node, key, env.perms, env.id)
-                self._note_token_use(env.id, env.last_used)
+                    user = User.get_by_id(env.user_id)
+                    session = open_scoped(user, env.scope_node, key, env.perms, env_id)
+                self._opened_tokens[env_id] = (env.kind, env.perms, env.expires)
+                self._note_token_use(env_id, env.last_used)
         except DavServerError as exc:
             if not isinstance(exc, AuthError):
                 m.logins.labels(KIND_TOKEN, "error").inc()
@@ -391,21 +391,20 @@ class TokenOps:
         return session
 
     def _token_alive(self, session: Session) -> bool:
-        """For a cached token session: whether its envelope row still exists and has not
-        expired (one indexed query; revocations made by other processes show here)."""
+        """For a cached token session: whether its envelope row still exists, unchanged
+        (the kind, perms and expiry it was opened with), and has not expired. One indexed
+        query; revocations made by other processes show here at once, and a row edited to
+        widen the token sends the login back to the envelope, which then fails to open."""
         token_id = getattr(session, "token_id", None)
         if token_id is None:
             return True
+        opened = self._opened_tokens.get(token_id)
         with self.index.connection():
-            row: Any = (
-                Envelope.select(Envelope.expires, Envelope.last_used)
-                .where((Envelope.id == token_id) & (Envelope.user == session.user_id))
-                .tuples()
-                .first()
-            )
-            if row is None:
+            row = fast.token_check(token_id, session.user_id)
+            if row is None or opened is None or row[:3] != opened:
+                self._opened_tokens.pop(token_id, None)
                 return False
-            expires, last_used = row
+            expires, last_used = row[2], row[3]
             if expires is not None and float(expires) <= self.clock():
                 return False
             self._note_token_use(token_id, last_used)
@@ -419,13 +418,7 @@ class TokenOps:
             return
         try:
             with self.index.atomic():
-                Envelope.update(last_used=now).where(
-                    (Envelope.id == token_id)
-                    & (
-                        Envelope.last_used.is_null()
-                        | (Envelope.last_used < now - LAST_USED_RESOLUTION)
-                    )
-                ).execute()
+                fast.execute("token_used", (now, token_id, now - LAST_USED_RESOLUTION))
         except (pw.DatabaseError, DavServerError) as exc:
             log.warning("could not record a token's use: %s", exc)
 
