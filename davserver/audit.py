@@ -11,6 +11,9 @@ Events (``event`` field) and what else each line holds:
 ``password_changed``  ``user_id``
 ``quota_changed``  ``user_id``, ``quota_bytes`` (null: the server default; 0: unlimited)
 ``lock_broken``    ``user_id`` (the lock's owner), ``token``
+``login_flow_approved``  ``user_id``, ``token_id`` (a login flow gave its client a token)
+``app_password_issued``  ``user_id``, ``token_id`` (OCS ``getapppassword``)
+``app_password_rotated``  ``user_id``, ``token_id`` (the new one; OCS ``apppassword/rotate``)
 =================  =============================================================
 
 Every line also has ``time`` (RFC 3339, UTC), ``ts`` (Unix seconds) and ``pid``. There are

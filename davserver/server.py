@@ -52,6 +52,7 @@ from davserver.http.request import GuardedGateway
 from davserver.httpio import DavConnection
 from davserver.vault import Vault
 from davserver.vault.locks import LockStore
+from davserver.vault.loginflow import LoginFlows
 from davserver.vault.throttle import LoginThrottle
 from davserver.web import routes
 
@@ -260,17 +261,18 @@ def _throttle(config: Config, vault: Vault) -> LoginThrottle:
 def _maintenance(
     vault: Vault, interval: float, stop: threading.Event, throttle: LoginThrottle
 ) -> None:
-    """Every ``interval`` seconds: purge expired locks and failed logins older than their
-    window, drop chunked uploads abandoned for longer than ``gc.upload_expiry``, remove what
-    crashed uploads left in the blob store once idle for ``gc.upload_grace`` (temp files,
-    incomplete multipart uploads), collect dead blobs and the rows of uploads that never
-    committed, and put the space reserve back if a DELETE on a full disk used it (created
-    here, before the first round)."""
+    """Every ``interval`` seconds: purge expired locks, failed logins older than their
+    window and login flows past their lifetime, drop chunked uploads abandoned for longer
+    than ``gc.upload_expiry``, remove what crashed uploads left in the blob store once idle
+    for ``gc.upload_grace`` (temp files, incomplete multipart uploads), collect dead blobs
+    and the rows of uploads that never committed, and put the space reserve back if a
+    DELETE on a full disk used it (created here, before the first round)."""
     vault.keep_reserve()
     store = LockStore(vault)
     steps: list[Callable[[], object]] = [
         store.purge_expired,
         throttle.purge,
+        LoginFlows(vault).purge_expired,
         vault.expire_uploads,
         vault.expire_history,  # versions.retention, trash.retention
         vault.reclaim_partial_uploads,

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "davserver.cli.locks",  # locks list|break
     "davserver.cli.audit",  # audit tag
     "davserver.cli.history",  # trash list|restore|purge, versions list|restore
+    "davserver.cli.tokens",  # token add|list|revoke, user recovery-code
 )
 
 

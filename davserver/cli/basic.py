@@ -12,6 +12,7 @@ from davserver.cli import main
 from davserver.cli.common import (
     CONFIG_NAME,
     EXIT_CODES_HELP,
+    EXIT_USAGE,
     ask_new_password,
     ask_password,
     data_dir_option,
@@ -23,7 +24,7 @@ from davserver.cli.common import (
     print_table,
 )
 from davserver.config import load, render_for_init
-from davserver.errors import AlreadyExists, AuthError, ConfigError, NotFound
+from davserver.errors import AlreadyExists, AuthError, BadRequest, ConfigError, NotFound
 
 PEPPER_WARNING = """\
 IMPORTANT: {pepper} holds the server's pepper. Every user's keys depend on it.
@@ -97,32 +98,54 @@ def user_add(name: str, password_stdin: bool, data_dir: Path) -> None:
 @click.option(
     "--password-stdin",
     is_flag=True,
-    help="Read the current password, then the new one, one line each from stdin.",
+    help="Read the current password (or the recovery code), then the new password, one "
+    "line each from stdin.",
+)
+@click.option(
+    "--recovery-code",
+    "use_recovery",
+    is_flag=True,
+    help="Give the user's recovery code instead of the current password (it is used up).",
 )
 @data_dir_option
 @handle_errors
-def user_passwd(name: str, password_stdin: bool, data_dir: Path) -> None:
+def user_passwd(name: str, password_stdin: bool, use_recovery: bool, data_dir: Path) -> None:
     """Change the password of user NAME.
 
     The current password is required: it unlocks the user's master key, which is then
-    wrapped under the new one. A forgotten password cannot be reset (nothing else can
-    decrypt the user's data).
+    wrapped under the new one. A forgotten password can be reset only with the user's
+    recovery code (--recovery-code; see 'davserver user recovery-code'): without either,
+    nothing can decrypt the user's data. Device tokens keep working.
     """
     from davserver.runtime import open_vault
 
     vault = open_vault(load_config(data_dir))
     try:
-        old = ask_password(password_stdin, "current password")
+        old = ask_password(password_stdin, "recovery code" if use_recovery else "current password")
         new = ask_new_password(password_stdin, "new password")
         try:
-            vault.change_password(name, old, new)
+            if use_recovery:
+                vault.reset_password_with_recovery(name, old, new)
+            else:
+                vault.change_password(name, old, new)
         except NotFound:
             fail(f"no user named '{name}'")
         except AuthError:
-            fail("the current password is wrong")
+            fail(
+                "the recovery code is wrong or was used already"
+                if use_recovery
+                else "the current password is wrong"
+            )
+        except BadRequest as exc:
+            fail(exc.reason, EXIT_USAGE)
     finally:
         vault.close()
     click.echo(f"Password of '{name}' changed.")
+    if use_recovery:
+        click.echo(
+            "The recovery code is used up; create a new one with: davserver user "
+            f"recovery-code {name}"
+        )
 
 
 @user.command("list", epilog=EXIT_CODES_HELP)

@@ -18,7 +18,8 @@
   a sandbox would stop browsers' PDF viewers, and nosniff keeps them from being read as HTML.
 - One access-log line per request: client address, method, status, bytes in and out,
   duration and the user id — never credentials, user names or paths (paths only at debug).
-  Requests marked ``QUIET_KEY`` (health probes, ``davserver.web``) are logged at debug.
+  Requests marked ``QUIET_KEY`` (health probes, ``davserver.web``) are logged at debug; a
+  path holding a secret (``LOG_PATH_KEY``: the login flow's page) is logged as its prefix.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ access_log = logging.getLogger("davserver.access")
 LISTING_KEY = "davserver.listing"
 #: Set in the environ by the router for routes polled by machines: access log at debug only.
 QUIET_KEY = "davserver.quiet"
+#: Set in the environ by an application whose path holds a secret (the login flow's page:
+#: the login token): the path the access log shows at debug instead of the real one.
+LOG_PATH_KEY = "davserver.log_path"
 ACTIVE_POLICY = (
     "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'; sandbox"
 )
@@ -225,5 +229,6 @@ class RequestGuard:
             f"in={body.count} out={state['sent']} {time.monotonic() - started:.3f}s user={user}"
         )
         if access_log.isEnabledFor(logging.DEBUG):
-            line += f" path={environ.get('SCRIPT_NAME', '')}{environ.get('PATH_INFO', '')!r}"
+            shown = environ.get(LOG_PATH_KEY) or environ.get("PATH_INFO", "")
+            line += f" path={environ.get('SCRIPT_NAME', '')}{shown!r}"
         access_log.log(level, line)

@@ -30,7 +30,7 @@ from davserver.index.models import SchemaInfo, database_proxy
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 9
 
 
 def _migrate_v1(db: pw.Database) -> None:
@@ -126,6 +126,35 @@ def _migrate_v7(db: pw.Database) -> None:
     db.create_tables(models.V7_MODELS, safe=True)
 
 
+def _migrate_tokens(db: pw.Database) -> None:
+    """Device tokens and recovery codes (DESIGN §13): ``envelope.label_ct``,
+    ``scope_node``, ``perms``, ``expires``, ``last_used``, all nullable, so existing password
+    envelopes are untouched. ``scope_node`` is not a foreign key: deleting a directory must
+    not fail on a token scoped to it (the token then no longer finds its root). Columns an
+    index created at this version already has (from the model) are left alone."""
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    table = models.Envelope._meta.table_name  # type: ignore[attr-defined]
+    have = {c.name for c in db.get_columns(table)}
+    migrator = SchemaMigrator.from_database(db)
+    wanted: list[tuple[str, pw.Field]] = [
+        ("label_ct", pw.BlobField(null=True)),
+        ("scope_node", models.IdField(null=True)),
+        ("perms", pw.CharField(max_length=2, null=True)),
+        ("expires", pw.DoubleField(null=True)),
+        ("last_used", pw.DoubleField(null=True)),
+    ]
+    ops = [migrator.add_column(table, name, field) for name, field in wanted if name not in have]
+    if ops:
+        migrate(*ops)
+
+
+def _migrate_login_flows(db: pw.Database) -> None:
+    """Nextcloud login flows (v2) in progress (``davserver.vault.loginflow``): one table,
+    rows that live at most 20 minutes. Self-contained: nothing else depends on its number."""
+    db.create_tables([models.LoginFlow], safe=True)
+
+
 # MIGRATIONS[n] brings a schema at version n to version n + 1. Never edit a released one:
 # add the next.
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
@@ -136,6 +165,8 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     4: _migrate_v5,
     5: _migrate_v6,
     6: _migrate_v7,
+    7: _migrate_tokens,
+    8: _migrate_login_flows,
 }
 
 

@@ -115,6 +115,19 @@ _TEMPLATES = {
         "ck_env, meta_ct, created, digest, labelled) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, FALSE)"
     ),
     "node_set_version": 'UPDATE "node" SET current_version = ?, size = ? WHERE id = ?',
+    # Device tokens (vault.tokens): the login by envelope id and user name, in one query,
+    # and the re-check of a cached token session on every request.
+    "token_login": (
+        "SELECT e.kind, e.kdf_params, e.verifier, e.wrapped, e.scope_node, e.perms, "
+        'e.expires, e.last_used, u.id, u.name, u.root_id FROM "envelope" AS e '
+        'JOIN "user" AS u ON u.id = e.user_id WHERE e.id = ? AND u.name = ?'
+    ),
+    "token_check": (
+        'SELECT kind, perms, expires, last_used FROM "envelope" WHERE id = ? AND user_id = ?'
+    ),
+    "token_used": (
+        'UPDATE "envelope" SET last_used = ? WHERE id = ? AND (last_used IS NULL OR last_used < ?)'
+    ),
     "node_set_version_meta": (
         'UPDATE "node" SET current_version = ?, size = ?, meta_ct = ? WHERE id = ?'
     ),
@@ -150,6 +163,38 @@ def batch(statements: list[tuple[str, tuple[object, ...]]]) -> None:
         return
     sql = ";\n".join(_sql(kind) for kind, _ in statements)
     db.execute_sql(sql, tuple(p for _, params in statements for p in params))
+
+
+class TokenRow(NamedTuple):
+    """A token envelope with its user (``token_login``)."""
+
+    kind: str
+    kdf_params: bytes
+    verifier: bytes
+    wrapped: bytes
+    scope_node: str | None
+    perms: str | None
+    expires: float | None
+    last_used: float | None
+    user_id: str
+    user_name: str
+    root_id: str
+
+
+def token_login(envelope_id: str, user_name: str) -> TokenRow | None:
+    """The envelope ``envelope_id`` of the user named ``user_name``, or None."""
+    r = execute("token_login", (envelope_id, user_name)).fetchone()
+    if r is None:
+        return None
+    return TokenRow(r[0], bytes(r[1]), bytes(r[2]), bytes(r[3]), *r[4:])
+
+
+def token_check(
+    envelope_id: str, user_id: str
+) -> tuple[str, str | None, float | None, float | None] | None:
+    """(kind, perms, expires, last_used) of a token envelope of this user, or None."""
+    r = execute("token_check", (envelope_id, user_id)).fetchone()
+    return None if r is None else (r[0], r[1], r[2], r[3])
 
 
 def _row(values: tuple[object, ...] | None) -> NodeRow | None:

@@ -55,15 +55,28 @@ class User(BaseModel):
 
 
 class Envelope(BaseModel):
-    """One wrapping of a user's master key: by a password or by a token (DESIGN §4)."""
+    """One wrapping of a user's master key (by a password, a token or a recovery code) or
+    of one directory's key (a scoped token); DESIGN §4 and §13.
+
+    The token columns (schema v8) restate what the envelope's associated data binds, so
+    that a keyless admin can list and expire tokens: a row edited to widen ``perms``,
+    ``scope_node`` or ``expires`` no longer opens. ``label_ct`` is the user's name for the
+    token ("Alice's phone"), sealed under a server key and bound to the envelope id.
+    """
 
     id = IdField(primary_key=True)
     user = pw.ForeignKeyField(User, backref="envelopes", on_delete="CASCADE")
-    kind = pw.CharField(max_length=16)  # "password" | "token"
+    user_id: str  # set by peewee for the foreign key above
+    kind = pw.CharField(max_length=16)  # "password" | "token" | "scoped" | "recovery"
     kdf_params = pw.BlobField()
     verifier = pw.BlobField()
     wrapped = pw.BlobField()
     created = pw.DoubleField()
+    label_ct = pw.BlobField(null=True)
+    scope_node = IdField(null=True)  # a scoped token's directory (no foreign key: see v8)
+    perms = pw.CharField(max_length=2, null=True)  # "rw" | "ro" | "wo"; None for passwords
+    expires = pw.DoubleField(null=True)  # Unix time; None = never
+    last_used = pw.DoubleField(null=True)  # written at most once a minute
 
 
 class Node(BaseModel):
@@ -237,6 +250,28 @@ class TrashItem(BaseModel):
     locks_ct = pw.BlobField(null=True)
 
 
+class LoginFlow(BaseModel):
+    """A Nextcloud login flow (v2) between its start and the client's successful poll, at
+    most ``vault.loginflow.LIFETIME`` seconds (``davserver.vault.loginflow``). Its tokens
+    are stored only as keyed hashes; the client name is sealed under a key from the login
+    token, the flow's secret key under one from the poll token, and the result (login name
+    and app password) is encrypted to the flow's public key: this row alone, or with the
+    pepper, gives nothing usable (DESIGN §15)."""
+
+    poll_mac = pw.BlobField(primary_key=True)
+    login_mac = pw.BlobField(unique=True)
+    created = pw.BigIntegerField(index=True)
+    client_ct = pw.BlobField()
+    public_key = pw.BlobField()
+    secret_ct = pw.BlobField()
+    tag = pw.BlobField()
+    #: None until the user approves the flow; deleted with the row at delivery.
+    result_ct = pw.BlobField(null=True)
+    #: Keyed hash of the starting client's address (as the failed-login throttle keys it):
+    #: bounds the flows one address may have pending.
+    addr_mac = pw.BlobField(index=True)
+
+
 # The tables each schema version added (see davserver.index.MIGRATIONS).
 V1_MODELS: list[type[BaseModel]] = [
     SchemaInfo,
@@ -253,4 +288,7 @@ V2_MODELS: list[type[BaseModel]] = [Upload, UploadChunk]
 V3_MODELS: list[type[BaseModel]] = [DirVersion]
 V4_MODELS: list[type[BaseModel]] = [InlineBlob, LoginFailure]
 V7_MODELS: list[type[BaseModel]] = [TrashItem]
-ALL_MODELS: list[type[BaseModel]] = V1_MODELS + V2_MODELS + V3_MODELS + V4_MODELS + V7_MODELS
+LOGINFLOW_MODELS: list[type[BaseModel]] = [LoginFlow]
+ALL_MODELS: list[type[BaseModel]] = (
+    V1_MODELS + V2_MODELS + V3_MODELS + V4_MODELS + V7_MODELS + LOGINFLOW_MODELS
+)

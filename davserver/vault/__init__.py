@@ -6,8 +6,11 @@ It knows nothing of HTTP. The DAV layer and the CLI call it; it calls ``index`` 
 
 - ``Vault.create_user`` / ``change_password`` / ``delete_user`` / ``list_users``: admin.
 - ``Vault.login(name, password) -> Session``: password → master key (Argon2id behind a
-  semaphore, then cached per process, DESIGN §4); ``Session`` (``vault.tree``) holds the keys of
-  one logged-in user and offers every tree operation.
+  semaphore, then cached per process, DESIGN §4), or a device token (``wdvt_…``) → its key,
+  without Argon2id (``vault.tokens``, DESIGN §13); ``Session`` (``vault.tree``) holds the keys
+  of one logged-in user and offers every tree operation.
+- ``Vault.create_token`` / ``create_token_for`` / ``list_tokens`` / ``revoke_token``, and
+  recovery codes (``create_recovery_code``, ``reset_password_with_recovery``): ``vault.tokens``.
 - ``Vault.collect_garbage``: deletes blobs that no version references any more, and those of
   uploads that never committed; ``Vault.reclaim_partial_uploads`` removes what crashed uploads
   left in the store (temp files, incomplete multipart uploads) once idle past
@@ -38,6 +41,7 @@ import peewee as pw
 from davserver import audit, crypto, metrics
 from davserver.blobs import BlobStore, PartialUpload
 from davserver.crypto import envelopes, kdf
+from davserver.crypto import tokens as tokenfmt  # not vault.tokens (the submodule)
 from davserver.errors import (
     AlreadyExists,
     AuthError,
@@ -62,6 +66,8 @@ from davserver.index.models import (
 from davserver.vault.auth import KdfGate, LoginCache
 from davserver.vault.engine import VaultSettings as VaultSettings  # re-exported
 from davserver.vault.reserve import SpaceReserve
+from davserver.vault.tokens import TokenInfo as TokenInfo  # re-exported
+from davserver.vault.tokens import TokenOps, looks_like_credential
 
 if TYPE_CHECKING:
     from davserver.vault.tree import Session
@@ -69,7 +75,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KIND_PASSWORD = "password"  # noqa: S105 - an envelope kind, not a password
-KIND_TOKEN = "token"  # noqa: S105
+KIND_TOKEN = tokenfmt.KIND_TOKEN
+KIND_SCOPED = tokenfmt.KIND_SCOPED
+KIND_RECOVERY = tokenfmt.KIND_RECOVERY
 
 T = TypeVar("T")
 
@@ -108,12 +116,20 @@ def check_user_name(name: str) -> str:
     return name
 
 
+def _check_new_password(password: str) -> None:
+    if not password:
+        raise BadRequest("password must not be empty")
+    if looks_like_credential(password):
+        # It would never be tried as a password (a login takes it for a token).
+        raise BadRequest("a password must not have the form of a token or recovery code")
+
+
 def _password_bytes(password: str) -> bytes:
     # Clients differ in how they normalise what users type (macOS sends NFD).
     return unicodedata.normalize("NFC", password).encode("utf-8")
 
 
-class Vault:
+class Vault(TokenOps):
     """The engine. One per process; thread-safe."""
 
     def __init__(
@@ -139,6 +155,7 @@ class Vault:
             self.settings.login_cache_ttl, self.settings.login_cache_size
         )
         self._gate = KdfGate(self.settings.argon2_concurrency)
+        self._opened_tokens = {}
         self._gc_lock = threading.Lock()
         # Blob ids being read by this process (open FileReaders): collect_garbage leaves
         # them for a later run, so a GET of a version replaced meanwhile still reads it.
@@ -172,8 +189,7 @@ class Vault:
     def create_user(self, name: str, password: str) -> str:
         """Create a user with an empty root directory; return the user id."""
         name = check_user_name(name)
-        if not password:
-            raise BadRequest("password must not be empty")
+        _check_new_password(password)
         user_id, root_id = new_id(), new_id()
         mk, root_dk = crypto.random_key(), crypto.random_key()
         env = self._new_password_envelope(user_id, mk, password)
@@ -275,6 +291,11 @@ class Vault:
 
         A cached session is returned when (name, password) logged in recently; otherwise
         Argon2id runs. Unknown users cost the same as wrong passwords.
+
+        A password that has the exact form of a device token (``wdvt_`` + 64 base64url
+        characters) is only ever a token: its envelope is opened without Argon2id, and a
+        cached token session is re-checked against its row (still there, not expired) on
+        every use. Recovery codes never log in.
         """
         from davserver.vault.tree import Session
 
@@ -283,9 +304,19 @@ class Vault:
         cached = self._cache.get(key)
         m = metrics.get()
         if cached is not None:
-            m.login_cache.labels("hit").inc()
-            return cached
+            if self._token_alive(cached):
+                m.login_cache.labels("hit").inc()
+                return cached
+            self._cache.drop(key)
         m.login_cache.labels("miss").inc()
+        parsed = tokenfmt.decode(password, tokenfmt.TOKEN_PREFIX)
+        if parsed is not None:
+            session = self._token_login(name, parsed)
+            self._cache.put(key, session.user_id, session)
+            return session
+        if tokenfmt.decode(password, tokenfmt.RECOVERY_PREFIX) is not None:
+            m.logins.labels(KIND_RECOVERY, "failure").inc()
+            raise AuthError("a recovery code cannot log in; it can only set a new password")
         try:
             with self.index.connection():
                 user = User.get_or_none(User.name == name)
@@ -329,6 +360,9 @@ class Vault:
         password straight in)."""
         key = self._cache.key(unicodedata.normalize("NFC", name), _password_bytes(password))
         session = self._cache.get(key)
+        if session is not None and not self._token_alive(session):
+            self._cache.drop(key)  # revoked or expired: the login that follows refuses it
+            return None
         if session is not None:  # a miss is counted by the login that follows
             metrics.get().login_cache.labels("hit").inc()
         return session
@@ -339,9 +373,9 @@ class Vault:
         return crypto.subkey(self._pepper, purpose)
 
     def change_password(self, name: str, old_password: str, new_password: str) -> None:
-        """Re-wrap the master key under a new password; nothing else changes."""
-        if not new_password:
-            raise BadRequest("password must not be empty")
+        """Re-wrap the master key under a new password; nothing else changes (tokens and
+        recovery codes wrap MK, not the password: they keep working)."""
+        _check_new_password(new_password)
         with self.index.connection():
             user = self._user(name)
             mk = self._unlock_master_key(user, old_password)

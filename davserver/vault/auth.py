@@ -69,6 +69,11 @@ class LoginCache(Generic[T]):
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
 
+    def drop(self, key: bytes) -> None:
+        """Drop one entry (a cached token session whose token was revoked or expired)."""
+        with self._lock:
+            self._entries.pop(key, None)
+
     def forget_user(self, user_id: str) -> None:
         """Drop every entry of a user (password changed, user deleted, token revoked)."""
         with self._lock:

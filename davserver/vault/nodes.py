@@ -108,13 +108,25 @@ class _SessionCore:
     KEY_CACHE_SIZE = 50_000
 
     def __init__(
-        self, vault: Engine, user_id: str, user_name: str, mk: bytes, root_id: str
+        self,
+        vault: Engine,
+        user_id: str,
+        user_name: str,
+        mk: bytes,
+        root_id: str,
+        *,
+        perms: str = "rw",
+        token_id: str | None = None,
     ) -> None:
         self.vault = vault
         self.user_id = user_id
         self.user_name = user_name
         self._mk = mk
         self.root_id = root_id
+        #: What this session may do: "rw", "ro" or "wo" (a device token's permissions).
+        self.perms = perms
+        #: The id of the device token this session logged in with; None for a password.
+        self.token_id = token_id
         self._keys: OrderedDict[str, bytes] = OrderedDict()
         # (parent id, name MAC) -> child id, as last seen: hints that let ``_walk_hinted``
         # ask for a whole path in one query (always checked against what it returns).

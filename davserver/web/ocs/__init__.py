@@ -9,10 +9,13 @@ answers them as Nextcloud does, in Nextcloud's OCS envelope:
 - ``envelope``: the ``{"ocs": {"meta", "data"}}`` envelope, JSON or XML, v1 or v2;
 - ``login``: WebDAV's Basic authentication (same throttle, cache and logs) in front of an
   endpoint, its refusals in the envelope;
-- ``endpoints``: the answers, one WSGI application each, wired in ``davserver.web.routes``.
+- ``endpoints``: the answers, one WSGI application each, wired in ``davserver.web.routes``;
+- ``apppassword``: ``core/getapppassword``, ``core/apppassword`` (DELETE) and its
+  ``rotate``: app passwords are device tokens.
 
-It reads the vault only through the logged-in user's ``Session``, and logs nothing of its
-own beyond what the authenticator logs.
+It reads the vault only through the logged-in user's ``Session`` (and the app passwords
+through the vault's token calls for that session's user), and logs nothing of its own
+beyond what the authenticator logs.
 """
 
 from davserver.web.ocs.endpoints import NextcloudApi
