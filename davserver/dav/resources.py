@@ -103,7 +103,8 @@ def ref_url(user_id: str, path: str) -> str:
     """The lock key of ``path`` in one user's namespace: ``/<user id>/<quoted NFC path>``.
 
     Every user has their own ``/``, so lock URLs are prefixed with the user id; the provider's
-    ``ref_url_to_path`` strips it again.
+    ``ref_url_to_path`` strips it again. Callers pass ``Session.lock_namespace``: the user id
+    of a full session, S's id for a session scoped to S (whose paths are relative to S).
     """
     return quote("/" + user_id + unicodedata.normalize("NFC", path))
 
@@ -141,7 +142,7 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
         url: str | None = self.__dict__.get("_ref_url")
         if url is None:
             url = self._ref_url = ref_url(
-                session_of(self.environ).user_id, self.get_preferred_path()
+                session_of(self.environ).lock_namespace, self.get_preferred_path()
             )
         return url
 
@@ -304,7 +305,7 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
         lm = self._lock_manager()
         if lm is not None:
             lm.check_write_permission(
-                url=ref_url(session_of(self.environ).user_id, path),
+                url=ref_url(session_of(self.environ).lock_namespace, path),
                 depth=depth,
                 token_list=self._tokens(),
                 principal=self.environ["wsgidav.user_name"],
@@ -316,7 +317,7 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
     def _drop_locks(self, path: str) -> None:
         lm = self._lock_manager()
         if lm is not None:
-            lm.remove_locks_below(session_of(self.environ).user_id, path)
+            lm.remove_locks_below(session_of(self.environ).lock_namespace, path)
 
     @contextlib.contextmanager
     def _locked_step(self) -> Iterator[None]:
@@ -330,7 +331,7 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
         if lm is None:
             yield
         else:
-            with lm.atomic(session.user_id):
+            with lm.atomic(session.lock_namespace):
                 yield
         forget_resources(self.environ)
         session.vault.collect_garbage(grace=0)

@@ -30,7 +30,7 @@ from davserver.index.models import SchemaInfo, database_proxy
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 def _migrate_v1(db: pw.Database) -> None:
@@ -126,6 +126,28 @@ def _migrate_v7(db: pw.Database) -> None:
     db.create_tables(models.V7_MODELS, safe=True)
 
 
+def _migrate_identity_keys(db: pw.Database) -> None:
+    """Scoped sessions (DESIGN §13): the identity key columns of ``user`` (``id_pk``,
+    ``id_pk_mac``, ``id_sk_env``; filled in at each user's next password login, since
+    they need MK) and ``trash_item.pending``. Self-contained: columns that exist already are
+    left alone, so it may run at any number."""
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    migrator = SchemaMigrator.from_database(db)
+    user_t = models.User._meta.table_name  # type: ignore[attr-defined]
+    trash_t = models.TrashItem._meta.table_name  # type: ignore[attr-defined]
+    have_user = {c.name for c in db.get_columns(user_t)}
+    ops = [
+        migrator.add_column(user_t, column, pw.BlobField(null=True))
+        for column in ("id_pk", "id_pk_mac", "id_sk_env")
+        if column not in have_user
+    ]
+    if "pending" not in {c.name for c in db.get_columns(trash_t)}:
+        ops.append(migrator.add_column(trash_t, "pending", pw.BooleanField(default=False)))
+    if ops:
+        migrate(*ops)
+
+
 # MIGRATIONS[n] brings a schema at version n to version n + 1. Never edit a released one:
 # add the next.
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
@@ -136,6 +158,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     4: _migrate_v5,
     5: _migrate_v6,
     6: _migrate_v7,
+    7: _migrate_identity_keys,
 }
 
 
