@@ -143,7 +143,7 @@ def _migrate_identity_keys(db: pw.Database) -> None:
         if column not in have_user
     ]
     if "pending" not in {c.name for c in db.get_columns(trash_t)}:
-        ops.append(migrator.add_column(trash_t, "pending", pw.BooleanField(default=False)))
+        ops.append(migrator.add_column(trash_t, "pending", pw.BooleanField(null=True)))
     if ops:
         migrate(*ops)
 

@@ -245,7 +245,8 @@ class TrashItem(BaseModel):
     #: Deleted by a scoped session (schema v8): the node's key (its ``key_env``) and
     #: ``origin_ct`` are sealed boxes to the owner's identity key, its name unsealed; the
     #: owner's next full session folds it into an ordinary item (DESIGN §13).
-    pending = pw.BooleanField(default=False)
+    #: Nullable (NULL = not pending), so that a row written without it stays an ordinary one.
+    pending = pw.BooleanField(default=False, null=True)
 
 
 # The tables each schema version added (see davserver.index.MIGRATIONS).
