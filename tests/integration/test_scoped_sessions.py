@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,17 @@ PW = "pw-alice"
 BIG = os.urandom(70_000)  # stored as a blob, not inline
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_vault(request: Any, tmp_path: Path) -> Iterator[Vault]:
+    """A vault on SQLite or on a fresh PostgreSQL database (local blobs)."""
+    url = "sqlite:///index.db"
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_db_url")
+    v = make_vault(tmp_path, LocalBlobStore(tmp_path / "blobs"), index_url=url)
+    yield v
+    v.close()
+
+
 def _tree(vault: Vault) -> Session:
     vault.create_user("alice", PW)
     s = vault.login("alice", PW)
@@ -73,9 +85,9 @@ def _as(full: Session, perms: str) -> Session:
     return Session(full.vault, full.user_id, full.user_name, full._mk, full.root_id, perms=perms)
 
 
-def test_scoped_session_sees_only_its_directory(local_vault: Vault) -> None:
-    full = _tree(local_vault)
-    s = _scoped(local_vault, full)
+def test_scoped_session_sees_only_its_directory(any_vault: Vault) -> None:
+    full = _tree(any_vault)
+    s = _scoped(any_vault, full)
     assert s.scoped and s._mk is None and s.scope_id == s.root_id and s.token_id == "tok-1"
     assert [e.name for e in s.list_dir("/")] == ["2026", "b.jpg"]
     assert s.open_file("/b.jpg").read_all() == BIG
@@ -149,9 +161,9 @@ def test_scope_key_and_open_scoped_checks(local_vault: Vault) -> None:
         wrong.list_dir("/")
 
 
-def test_deleting_the_scope_ends_the_session(local_vault: Vault) -> None:
-    full = _tree(local_vault)
-    s = _scoped(local_vault, full)
+def test_deleting_the_scope_ends_the_session(any_vault: Vault) -> None:
+    full = _tree(any_vault)
+    s = _scoped(any_vault, full)
     assert s.stat("/b.jpg").size == len(BIG)
     full.delete("/Photos")  # into the trash: S still exists, but out of the tree
     for op in (
@@ -165,7 +177,7 @@ def test_deleting_the_scope_ends_the_session(local_vault: Vault) -> None:
         with pytest.raises(ScopeGone):
             op()
     with pytest.raises(ScopeGone):
-        local_vault.open_scoped(_user(local_vault), s.root_id, s._scope_key or b"", "rw")
+        any_vault.open_scoped(_user(any_vault), s.root_id, s._scope_key or b"", "rw")
     assert not full.exists("/Photos/c.jpg")
     (item,) = [t for t in full.trash_items() if t.original_name == "Photos"]
     full.trash_purge(item.name)
@@ -318,10 +330,10 @@ def test_read_only_refuses_every_change(local_vault: Vault) -> None:
     assert full.open_file("/Photos/b.jpg").read_all() == b"v2"
 
 
-def test_write_only_creates_and_nothing_else(local_vault: Vault) -> None:
-    full = _tree(local_vault)
+def test_write_only_creates_and_nothing_else(any_vault: Vault) -> None:
+    full = _tree(any_vault)
     fileid = full.stat("/Photos/b.jpg").fileid
-    for wo in (_scoped(local_vault, full, perms="wo"), _as(full, "wo")):
+    for wo in (_scoped(any_vault, full, perms="wo"), _as(full, "wo")):
         base = "" if wo.scoped else "/Photos"
         tag = "s" if wo.scoped else "f"
         # Allowed: new files (small and large), new directories, a stat of directories.
@@ -412,29 +424,29 @@ def _pending(vault: Vault) -> list[TrashItem]:
         return list(TrashItem.select().where(TrashItem.pending == True))  # noqa: E712
 
 
-def test_scoped_delete_is_folded_into_the_trash(local_vault: Vault) -> None:
-    full = _tree(local_vault)
-    s = _scoped(local_vault, full)
+def test_scoped_delete_is_folded_into_the_trash(any_vault: Vault) -> None:
+    full = _tree(any_vault)
+    s = _scoped(any_vault, full)
     usage = full.usage()[0]
     s.delete("/2026")  # a directory with a file in it
     s.delete("/b.jpg")
     assert [e.name for e in s.list_dir("/")] == []
     assert not full.exists("/Photos/b.jpg") and not full.exists("/Photos/2026")
     assert full.usage()[0] == usage  # still counted, as trash
-    pending = _pending(local_vault)
+    pending = _pending(any_vault)
     assert len(pending) == 2
-    with local_vault.index.connection():
+    with any_vault.index.connection():
         trash_id = User.get_by_id(full.user_id).trash_id
         rows = [Node.get_by_id(p.node_id) for p in pending]
     assert all(r.parent_id == trash_id and bytes(r.name_ct) == b"" for r in rows)
     # Sealed boxes, not key envelopes: nothing under the trash key opens them yet.
     assert all(len(bytes(r.key_env)) != 72 for r in rows)
     # fsck (keyless) sees ordinary trash items.
-    report = Fsck(local_vault).run()
+    report = Fsck(any_vault).run()
     assert not report.problems, report.problems
     # The owner's next trash listing folds them first.
     items = {t.original_location: t for t in full.trash_items()}
-    assert not _pending(local_vault)
+    assert not _pending(any_vault)
     assert set(items) == {"top.txt", "Photos/2026", "Photos/b.jpg"}
     assert items["Photos/b.jpg"].original_name == "b.jpg"
     assert full.trash_restore(items["Photos/b.jpg"].name) == "/Photos/b.jpg"
@@ -445,19 +457,19 @@ def test_scoped_delete_is_folded_into_the_trash(local_vault: Vault) -> None:
     assert full.usage()[0] == usage
 
 
-def test_a_password_login_folds_pending_items(local_vault: Vault) -> None:
-    full = _tree(local_vault)
-    s = _scoped(local_vault, full)
+def test_a_password_login_folds_pending_items(any_vault: Vault) -> None:
+    full = _tree(any_vault)
+    s = _scoped(any_vault, full)
     s.mkdir("/old")
     s.write_file("/old/x.jpg", [b"x"], 1)
     s.mkdir("/new")
     s.move("/new", "/old", overwrite=True)  # the replaced directory is kept, pending
     s.delete("/2026")
-    assert len(_pending(local_vault)) == 2
-    local_vault._cache.clear()  # a login that runs Argon2id (a cached one folds nothing)
-    fresh = local_vault.login("alice", PW)
-    assert not _pending(local_vault)
-    with local_vault.index.connection():
+    assert len(_pending(any_vault)) == 2
+    any_vault._cache.clear()  # a login that runs Argon2id (a cached one folds nothing)
+    fresh = any_vault.login("alice", PW)
+    assert not _pending(any_vault)
+    with any_vault.index.connection():
         assert TrashItem.select().count() == 3
     names = {t.original_location for t in fresh.trash_items()}
     assert names == {"top.txt", "Photos/2026", "Photos/old"}
@@ -465,22 +477,22 @@ def test_a_password_login_folds_pending_items(local_vault: Vault) -> None:
     assert fresh.trash_list_dir(old.name)[0].name == "x.jpg"
 
 
-def test_a_swapped_identity_key_stops_scoped_deletes(local_vault: Vault) -> None:
-    full = _tree(local_vault)
-    s = _scoped(local_vault, full)
+def test_a_swapped_identity_key_stops_scoped_deletes(any_vault: Vault) -> None:
+    full = _tree(any_vault)
+    s = _scoped(any_vault, full)
     attacker = nacl.public.PrivateKey.generate()
-    with local_vault.index.connection():
+    with any_vault.index.connection():
         User.update(id_pk=bytes(attacker.public_key)).where(User.id == full.user_id).execute()
     with pytest.raises(IntegrityError, match="identity public key"):
         s.delete("/b.jpg")
     assert s.stat("/b.jpg").size == len(BIG)  # nothing moved, nothing sealed
-    assert not _pending(local_vault)
+    assert not _pending(any_vault)
     # A forged binding MAC does not help either (the pepper is not in the database).
-    with local_vault.index.connection():
+    with any_vault.index.connection():
         User.update(id_pk_mac=os.urandom(32)).where(User.id == full.user_id).execute()
     with pytest.raises(IntegrityError):
         s.delete("/b.jpg")
-    assert not _pending(local_vault)
+    assert not _pending(any_vault)
 
 
 def test_forged_pending_items_are_not_folded(local_vault: Vault) -> None:
