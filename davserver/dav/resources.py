@@ -34,6 +34,7 @@ from wsgidav.util import etree
 
 from davserver.dav.errors import vault_call
 from davserver.dav.locks import lock_href
+from davserver.vault import perms
 from davserver.vault.tree import Entry, Session
 
 if TYPE_CHECKING:
@@ -97,6 +98,21 @@ def file_id(entry: Entry) -> str:
 def delete_permanently(environ: dict[str, Any]) -> bool:
     """Nextcloud's ``X-Delete-Permanently: true``: DELETE bypasses the trash."""
     return str(environ.get("HTTP_X_DELETE_PERMANENTLY", "")).strip().lower() == "true"
+
+
+def oc_permissions(session: Session, entry: Entry) -> str:
+    """``oc:permissions`` as this session may use the node: the root of a session (a scoped
+    session's too) cannot be deleted or moved; a read-only session may change nothing and an
+    upload-only one only create (``vault.perms``), so clients do not offer what would be 403."""
+    if entry.parent_id is None or entry.id == session.root_id:
+        letters = ROOT_PERMISSIONS
+    else:
+        letters = DIR_PERMISSIONS if entry.is_dir else FILE_PERMISSIONS
+    if session.perms == perms.RO:
+        return ""
+    if session.perms == perms.WO:
+        return "".join(c for c in letters if c in "CK")
+    return letters
 
 
 def ref_url(user_id: str, path: str) -> str:
@@ -245,9 +261,7 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
             # oc:id is opaque to clients: the whole node id; oc:fileid is numeric.
             return file_id(self.entry) if name == OC_FILEID else self.entry.id
         if name == OC_PERMISSIONS:
-            if self.entry.parent_id is None:
-                return ROOT_PERMISSIONS
-            return DIR_PERMISSIONS if self.is_collection else FILE_PERMISSIONS
+            return oc_permissions(session_of(self.environ), self.entry)
         if name == "{DAV:}lockdiscovery" and self.known_lock_roots is not None:
             if self.get_ref_url().rstrip("/") not in self.known_lock_roots:
                 return etree.Element(name)  # no lock here: known without a query

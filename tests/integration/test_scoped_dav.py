@@ -88,12 +88,33 @@ PROPPATCH_BODY = (
 )
 
 
+PERMS_BODY = (
+    '<?xml version="1.0"?><d:propfind xmlns:d="DAV:" xmlns:oc="http://owncloud.org/ns">'
+    "<d:prop><oc:permissions/></d:prop></d:propfind>"
+)
+
+
+def _oc_permissions(client: DavClient, path: str, depth: str = "0") -> dict[str, str]:
+    """{href: oc:permissions} of a PROPFIND."""
+    import xml.etree.ElementTree as ET
+
+    r = client.propfind(path, depth, PERMS_BODY)
+    assert r.status == 207, r.text
+    out = {}
+    for resp in ET.fromstring(r.body).iter("{DAV:}response"):
+        href = resp.findtext("{DAV:}href") or ""
+        out[href] = resp.findtext(".//{http://owncloud.org/ns}permissions") or ""
+    return out
+
+
 def test_scoped_rw_session_over_dav(dav: DavServer, monkeypatch: pytest.MonkeyPatch) -> None:
     alice, full = _prepare(dav)
     client = _serve_sessions(dav, monkeypatch)("scoped-rw", _scoped(dav, full, "rw"))
     r = client.propfind("/", "1")
     assert r.status == 207
     assert "b.jpg" in r.text and "2026" in r.text and "Secret" not in r.text
+    # S is this session's root: clients are told it cannot be deleted or moved.
+    assert _oc_permissions(client, "/", "1") == {"/": "CK", "/2026/": "DNVCK", "/b.jpg": "DNVW"}
     assert client.get("/b.jpg").body == BIG
     assert client.get(FILES + "/2026/a.jpg").body == b"a"
     # (A literal "/../" in a request line is left out: the server does not answer it at all,
@@ -134,6 +155,7 @@ def test_read_only_sessions_get_403_for_every_change(
     base = "" if kind == "scoped" else "/Photos"
     assert client.get(f"{base}/b.jpg").body == BIG
     assert client.propfind(f"{base}/", "1").status == 207
+    assert set(_oc_permissions(client, f"{base}/", "1").values()) == {""}
     assert client.propfind(f"{base}/b.jpg", "0").status == 207
     checks = [
         client.put(f"{base}/new.jpg", b"n"),
@@ -164,6 +186,7 @@ def test_upload_only_sessions_create_and_nothing_else(
     # What a camera app does: check the folder, make a date folder, upload new photos.
     assert client.propfind(f"{base}/", "0").status == 207
     assert client.propfind(f"{base}/2026", "0").status == 207
+    assert list(_oc_permissions(client, f"{base}/2026").values()) == ["CK"]
     assert client.mkcol(f"{base}/2027").status == 201
     assert client.put(f"{base}/2027/p1.jpg", b"p1").status == 201
     assert client.put(f"{base}/2027/p2.jpg", BIG).status == 201
