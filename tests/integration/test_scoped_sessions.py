@@ -495,6 +495,23 @@ def test_a_swapped_identity_key_stops_scoped_deletes(any_vault: Vault) -> None:
     assert not _pending(any_vault)
 
 
+def test_a_swapped_identity_key_leaves_the_trash_usable(local_vault: Vault) -> None:
+    """An item sealed before the key was swapped stays pending (logged); the owner's trash
+    still lists and restores the rest, and folds it once the key is put back."""
+    full = _tree(local_vault)
+    s = _scoped(local_vault, full)
+    s.delete("/b.jpg")
+    with local_vault.index.connection():
+        good = User.get_by_id(full.user_id).id_pk
+        attacker = bytes(nacl.public.PrivateKey.generate().public_key)
+        User.update(id_pk=attacker).where(User.id == full.user_id).execute()
+    assert [t.original_name for t in full.trash_items()] == ["top.txt"]
+    assert len(_pending(local_vault)) == 1
+    with local_vault.index.connection():
+        User.update(id_pk=good).where(User.id == full.user_id).execute()
+    assert {t.original_name for t in full.trash_items()} == {"top.txt", "b.jpg"}
+
+
 def test_forged_pending_items_are_not_folded(local_vault: Vault) -> None:
     """Anyone can seal to a public key; only a holder of DK_S can tag an item. A pending
     item whose tag does not verify stays pending (logged) and never shows."""
