@@ -100,6 +100,12 @@ class Forbidden(DavServerError):
     status = 403
 
 
+class ScopeGone(Forbidden):
+    """The directory a scoped session (device token) is rooted at was deleted: moved to the
+    trash or purged. Everything the session does is refused (403), not answered from the
+    trash it has no business in."""
+
+
 class BadRequest(DavServerError):
     """Malformed request."""
 

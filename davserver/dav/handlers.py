@@ -63,6 +63,7 @@ from davserver.dav.resources import (
     session_of,
 )
 from davserver.errors import BlobNotFound, DavServerError, NotFound, VersionGone
+from davserver.vault import perms
 from davserver.vault.tree import Entry, Session
 
 if TYPE_CHECKING:
@@ -93,6 +94,11 @@ def dispatch(provider: Provider, environ: dict[str, Any], start_response: Any, d
         return copy_move(provider, server, environ, start_response)
     if method == "OPTIONS":
         return options(provider, environ, start_response)
+    if method in ("LOCK", "UNLOCK"):
+        # Locks change what others may write: a read-only or upload-only session takes none
+        # (WsgiDAV's LOCK reaches the provider only to create an unmapped file).
+        with vault_call():
+            session_of(environ).require(perms.CHANGE)
     if method == "LOCK":
         return lock(provider, server, environ, start_response, default)
     return default(environ, start_response)
@@ -449,13 +455,13 @@ def put(provider: Provider, server: Any, environ: dict[str, Any], start_response
     session = session_of(environ)
     # The locks are checked again in the commit's transaction (``DavLockManager.checked``):
     # a lock granted by another server process while the body streamed in is seen there.
-    urls = [ref_url(session.user_id, path)]
+    urls = [ref_url(session.lock_namespace, path)]
     if res is None:
         urls.append(target.get_ref_url())
 
     def commit_guard() -> contextlib.AbstractContextManager[None]:
         guard: contextlib.AbstractContextManager[None] = lock_manager.checked(
-            session.user_id, urls, tokens, principal
+            session.lock_namespace, urls, tokens, principal
         )
         return guard
 
@@ -689,7 +695,7 @@ def lock(
         # so a refused lock (423) rolls the creation back (no empty file appears), and the
         # parent's locks are checked again inside it.
         forget_resources(environ)
-        with provider.lock_manager.atomic(session_of(environ).user_id):
+        with provider.lock_manager.atomic(session_of(environ).lock_namespace):
             parent = provider.get_resource_inst(_parent_path(path), environ)
             if parent is not None and isinstance(parent, _VaultResource):
                 server._check_write_permission(parent, "0", environ)

@@ -294,10 +294,10 @@ def locks_checked(
         return contextlib.nullcontext()
     if "wsgidav.conditions.if" not in environ:
         util.parse_if_header_dict(environ)
-    urls = [ref_url(session.user_id, p) for p in paths]
+    urls = [ref_url(session.lock_namespace, p) for p in paths]
     principal = str(environ.get("wsgidav.auth.user_name", ""))
     checked: contextlib.AbstractContextManager[None] = lm.checked(
-        session.user_id, urls, environ["wsgidav.ifLockTokenList"], principal
+        session.lock_namespace, urls, environ["wsgidav.ifLockTokenList"], principal
     )
     return checked
 
@@ -313,7 +313,7 @@ def check_unlocked(
     if "wsgidav.conditions.if" not in environ:
         util.parse_if_header_dict(environ)
     lm.check_write_permission(
-        url=ref_url(session.user_id, path),
+        url=ref_url(session.lock_namespace, path),
         depth="0",
         token_list=environ["wsgidav.ifLockTokenList"],
         principal=str(environ.get("wsgidav.auth.user_name", "")),

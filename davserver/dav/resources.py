@@ -34,6 +34,7 @@ from wsgidav.util import etree
 
 from davserver.dav.errors import vault_call
 from davserver.dav.locks import lock_href
+from davserver.vault import perms
 from davserver.vault.tree import Entry, Session
 
 if TYPE_CHECKING:
@@ -99,11 +100,27 @@ def delete_permanently(environ: dict[str, Any]) -> bool:
     return str(environ.get("HTTP_X_DELETE_PERMANENTLY", "")).strip().lower() == "true"
 
 
+def oc_permissions(session: Session, entry: Entry) -> str:
+    """``oc:permissions`` as this session may use the node: the root of a session (a scoped
+    session's too) cannot be deleted or moved; a read-only session may change nothing and an
+    upload-only one only create (``vault.perms``), so clients do not offer what would be 403."""
+    if entry.parent_id is None or entry.id == session.root_id:
+        letters = ROOT_PERMISSIONS
+    else:
+        letters = DIR_PERMISSIONS if entry.is_dir else FILE_PERMISSIONS
+    if session.perms == perms.RO:
+        return ""
+    if session.perms == perms.WO:
+        return "".join(c for c in letters if c in "CK")
+    return letters
+
+
 def ref_url(user_id: str, path: str) -> str:
     """The lock key of ``path`` in one user's namespace: ``/<user id>/<quoted NFC path>``.
 
     Every user has their own ``/``, so lock URLs are prefixed with the user id; the provider's
-    ``ref_url_to_path`` strips it again.
+    ``ref_url_to_path`` strips it again. Callers pass ``Session.lock_namespace``: the user id
+    of a full session, S's id for a session scoped to S (whose paths are relative to S).
     """
     return quote("/" + user_id + unicodedata.normalize("NFC", path))
 
@@ -141,7 +158,7 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
         url: str | None = self.__dict__.get("_ref_url")
         if url is None:
             url = self._ref_url = ref_url(
-                session_of(self.environ).user_id, self.get_preferred_path()
+                session_of(self.environ).lock_namespace, self.get_preferred_path()
             )
         return url
 
@@ -244,9 +261,7 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
             # oc:id is opaque to clients: the whole node id; oc:fileid is numeric.
             return file_id(self.entry) if name == OC_FILEID else self.entry.id
         if name == OC_PERMISSIONS:
-            if self.entry.parent_id is None:
-                return ROOT_PERMISSIONS
-            return DIR_PERMISSIONS if self.is_collection else FILE_PERMISSIONS
+            return oc_permissions(session_of(self.environ), self.entry)
         if name == "{DAV:}lockdiscovery" and self.known_lock_roots is not None:
             if self.get_ref_url().rstrip("/") not in self.known_lock_roots:
                 return etree.Element(name)  # no lock here: known without a query
@@ -304,7 +319,7 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
         lm = self._lock_manager()
         if lm is not None:
             lm.check_write_permission(
-                url=ref_url(session_of(self.environ).user_id, path),
+                url=ref_url(session_of(self.environ).lock_namespace, path),
                 depth=depth,
                 token_list=self._tokens(),
                 principal=self.environ["wsgidav.user_name"],
@@ -316,7 +331,7 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
     def _drop_locks(self, path: str) -> None:
         lm = self._lock_manager()
         if lm is not None:
-            lm.remove_locks_below(session_of(self.environ).user_id, path)
+            lm.remove_locks_below(session_of(self.environ).lock_namespace, path)
 
     @contextlib.contextmanager
     def _locked_step(self) -> Iterator[None]:
@@ -330,7 +345,7 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
         if lm is None:
             yield
         else:
-            with lm.atomic(session.user_id):
+            with lm.atomic(session.lock_namespace):
                 yield
         forget_resources(self.environ)
         session.vault.collect_garbage(grace=0)

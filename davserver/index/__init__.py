@@ -30,7 +30,7 @@ from davserver.index.models import SchemaInfo, database_proxy
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 def _migrate_v1(db: pw.Database) -> None:
@@ -149,6 +149,28 @@ def _migrate_tokens(db: pw.Database) -> None:
         migrate(*ops)
 
 
+def _migrate_identity_keys(db: pw.Database) -> None:
+    """Scoped sessions (DESIGN §13): the identity key columns of ``user`` (``id_pk``,
+    ``id_pk_mac``, ``id_sk_env``; filled in at each user's next password login, since
+    they need MK) and ``trash_item.pending``. Self-contained: columns that exist already are
+    left alone, so it may run at any number."""
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    migrator = SchemaMigrator.from_database(db)
+    user_t = models.User._meta.table_name  # type: ignore[attr-defined]
+    trash_t = models.TrashItem._meta.table_name  # type: ignore[attr-defined]
+    have_user = {c.name for c in db.get_columns(user_t)}
+    ops = [
+        migrator.add_column(user_t, column, pw.BlobField(null=True))
+        for column in ("id_pk", "id_pk_mac", "id_sk_env")
+        if column not in have_user
+    ]
+    if "pending" not in {c.name for c in db.get_columns(trash_t)}:
+        ops.append(migrator.add_column(trash_t, "pending", pw.BooleanField(null=True)))
+    if ops:
+        migrate(*ops)
+
+
 def _migrate_login_flows(db: pw.Database) -> None:
     """Nextcloud login flows (v2) in progress (``davserver.vault.loginflow``): one table,
     rows that live at most 20 minutes. Self-contained: nothing else depends on its number."""
@@ -167,6 +189,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     6: _migrate_v7,
     7: _migrate_tokens,
     8: _migrate_login_flows,
+    9: _migrate_identity_keys,
 }
 
 

@@ -52,6 +52,13 @@ class User(BaseModel):
     #: keeps what it deletes (schema v7). ``usage_bytes`` counts every version row of the
     #: user's nodes, in the tree and in the trash (old versions too).
     trash_id = IdField(null=True)
+    #: The user's X25519 identity key pair (DESIGN §13; schema v8): the public key in clear,
+    #: its pepper-keyed binding MAC (checked before every use), the secret key wrapped under
+    #: ``subkey(MK, "id-wrap")``. Null until made (``create_user``, else the next password
+    #: login of a user from before v8).
+    id_pk = pw.BlobField(null=True)
+    id_pk_mac = pw.BlobField(null=True)
+    id_sk_env = pw.BlobField(null=True)
 
 
 class Envelope(BaseModel):
@@ -248,6 +255,11 @@ class TrashItem(BaseModel):
     #: The WebDAV locks that were on it and below it, sealed under the trash key: a
     #: restore puts them back (same tokens, same expiry) at the path it returns to.
     locks_ct = pw.BlobField(null=True)
+    #: Deleted by a scoped session (schema v8): the node's key (its ``key_env``) and
+    #: ``origin_ct`` are sealed boxes to the owner's identity key, its name unsealed; the
+    #: owner's next full session folds it into an ordinary item (DESIGN §13).
+    #: Nullable (NULL = not pending), so that a row written without it stays an ordinary one.
+    pending = pw.BooleanField(default=False, null=True)
 
 
 class LoginFlow(BaseModel):

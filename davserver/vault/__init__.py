@@ -11,6 +11,8 @@ It knows nothing of HTTP. The DAV layer and the CLI call it; it calls ``index`` 
   of one logged-in user and offers every tree operation.
 - ``Vault.create_token`` / ``create_token_for`` / ``list_tokens`` / ``revoke_token``, and
   recovery codes (``create_recovery_code``, ``reset_password_with_recovery``): ``vault.tokens``.
+- ``Vault.open_scoped(user, scope_node_id, dk, perms, token_id) -> Session``: a session
+  rooted at one directory, holding only its key (DESIGN §13; ``Session.scope_key`` makes it).
 - ``Vault.collect_garbage``: deletes blobs that no version references any more, and those of
   uploads that never committed; ``Vault.reclaim_partial_uploads`` removes what crashed uploads
   left in the store (temp files, incomplete multipart uploads) once idle past
@@ -63,6 +65,7 @@ from davserver.index.models import (
     User,
     Version,
 )
+from davserver.vault import identity
 from davserver.vault.auth import KdfGate, LoginCache
 from davserver.vault.engine import VaultSettings as VaultSettings  # re-exported
 from davserver.vault.reserve import SpaceReserve
@@ -193,6 +196,7 @@ class Vault(TokenOps):
         user_id, root_id = new_id(), new_id()
         mk, root_dk = crypto.random_key(), crypto.random_key()
         env = self._new_password_envelope(user_id, mk, password)
+        ident = identity.new_identity(self, user_id, mk)
         now = time.time()
 
         def once() -> None:
@@ -201,7 +205,15 @@ class Vault(TokenOps):
             with self.index.write(None):
                 if User.get_or_none(User.name == name) is not None:
                     raise AlreadyExists("user already exists")
-                User.create(id=user_id, name=name, root_id=root_id, created=now)
+                User.create(
+                    id=user_id,
+                    name=name,
+                    root_id=root_id,
+                    created=now,
+                    id_pk=ident.pk,
+                    id_pk_mac=ident.pk_mac,
+                    id_sk_env=ident.sk_env,
+                )
                 env.save(force_insert=True)
                 Node.create(
                     id=root_id,
@@ -330,11 +342,66 @@ class Vault(TokenOps):
                     raise AuthError("wrong user name or password")
                 session = Session(self, user.id, user.name, mk, user.root_id)
                 self._note_login(user)
+                self._after_full_login(session, user, mk)
         except StorageError:
             m.logins.labels(KIND_PASSWORD, "error").inc()
             raise
         m.logins.labels(KIND_PASSWORD, "success").inc()
         self._cache.put(key, user.id, session)
+        return session
+
+    def _after_full_login(self, session: Session, user: User, mk: bytes) -> None:
+        """What only MK can do, done at a password login: give a user from before schema v8
+        an identity key pair, and fold what scoped sessions deleted into the trash. Best
+        effort: neither may fail the login (both are done again at the next)."""
+        if user.id_pk is None:
+            identity.ensure_identity(self, user.id, mk)
+        try:
+            session._fold_pending()
+        except DavServerError as exc:
+            log.warning("could not fold pending trash items yet: %s", exc)
+
+    def open_scoped(
+        self,
+        user: User,
+        scope_node_id: str,
+        dk: bytes,
+        perms: str,
+        token_id: str | None = None,
+    ) -> Session:
+        """A scoped session (DESIGN §13): ``user`` is the owner's ``User`` row (the peewee
+        model, as a token lookup has it), ``scope_node_id`` and ``dk`` the directory S and
+        its key, as ``Session.scope_key`` returned them (unwrapped from the token), ``perms``
+        ``"rw"``, ``"ro"`` or ``"wo"``, ``token_id`` the token's id (kept on the session).
+
+        The session holds no master key and its root ``/`` is S: no path names anything
+        outside S, and nothing outside S's subtree can be opened with DK_S. S must exist,
+        be a directory of ``user`` and lie in the tree (not in the trash): ``NotFound``
+        otherwise, ``ScopeGone`` (a ``Forbidden``) if it was deleted. ``dk`` cannot be
+        checked here (S's envelope is wrapped under its parent's key, which this session
+        must never have): under a wrong key no name is found and every listed name fails
+        authentication (``IntegrityError``). If S is deleted later, every operation of the
+        session raises ``ScopeGone``."""
+        from davserver.vault.nodes import DIR
+        from davserver.vault.tree import Session
+
+        if not isinstance(dk, bytes) or len(dk) != 32:
+            raise BadRequest("a scope key is 32 bytes")
+        with self.index.connection():
+            row = Node.get_or_none((Node.id == scope_node_id) & (Node.owner == user.id))
+            if row is None or row.kind != DIR:
+                raise NotFound("the directory of this scope does not exist")
+            session = Session(
+                self,
+                user.id,
+                user.name,
+                None,
+                scope_node_id,
+                perms=perms,
+                token_id=token_id,
+                scope_key=dk,
+            )
+            session._check_scope_alive()
         return session
 
     def _note_login(self, user: User) -> None:
@@ -436,7 +503,7 @@ class Vault(TokenOps):
         only ids and sizes (expiry, admin purge). Opening any key through it fails."""
         from davserver.vault.tree import Session
 
-        return Session(self, user.id, user.name, bytes(32), user.root_id)
+        return Session(self, user.id, user.name, None, user.root_id)
 
     def expire_history(self, now: float | None = None) -> tuple[int, int]:
         """Apply ``versions.retention`` and ``trash.retention`` to every user (the

@@ -38,6 +38,7 @@ from davserver.errors import (
 )
 from davserver.index import fast
 from davserver.index.models import Node, TrashItem, User, Version, database_proxy
+from davserver.vault import perms as _perms
 from davserver.vault.nodes import (
     _VMETA_LABEL,
     _VMETA_PURPOSE,
@@ -140,15 +141,22 @@ class _HistoryOps(_SubtreeOps):
 
     # -- nodes by id -------------------------------------------------------------------------
     def _chain(self, row: NodeLike) -> list[NodeLike]:
-        """``row`` and its ancestors up to a parentless node (root or trash)."""
+        """``row`` and its ancestors up to a parentless node (root or trash); in a scoped
+        session up to S, its root (``NotFound`` for a node outside S: nothing above S
+        could be opened anyway)."""
         chain = [row]
         while chain[-1].parent_id is not None:
+            if self.scoped and chain[-1].id == self.root_id:
+                self._check_scope_alive()
+                return chain
             if len(chain) > MAX_HOPS:
                 raise IntegrityError("the tree is deeper than any walk allows (a cycle?)")
             parent = fast.node_by_id(chain[-1].parent_id, self.user_id)
             if parent is None:
                 raise IntegrityError("a parent directory is missing")
             chain.append(parent)
+        if self.scoped and chain[-1].id != self.root_id:
+            raise NotFound("not found")
         return chain
 
     def _ref_of_row(self, row: NodeLike) -> tuple[_Ref, list[_Ref]]:
@@ -172,12 +180,14 @@ class _HistoryOps(_SubtreeOps):
         return self._ref_of_row(row)[0]
 
     def node_by_fileid(self, fileid: int) -> Entry:
+        self._may(_perms.READ)
         with self._db():
             ref = self._ref_by_fileid(fileid)
             return self._entry(ref.row, ref.parent_key, ref.name)
 
     def path_of(self, fileid: int) -> str | None:
         """``/a/b.txt`` for a node of the tree, None for one in the trash."""
+        self._may(_perms.READ)
         with self._db():
             ref = self._ref_by_fileid(fileid)
             _, trail = self._ref_of_row(ref.row)
@@ -234,6 +244,7 @@ class _HistoryOps(_SubtreeOps):
     def versions(self, fileid: int) -> tuple[Entry, list[VersionInfo]]:
         """A file's entry and every version kept of it, newest first, the current one
         included."""
+        self._may(_perms.READ)
         with self._db():
             ref = self._file_by_fileid(fileid)
             out = []
@@ -265,6 +276,7 @@ class _HistoryOps(_SubtreeOps):
         return v
 
     def open_version(self, fileid: int, version_no: int) -> FileReader:
+        self._may(_perms.READ)
         with self._db():
             ref = self._file_by_fileid(fileid)
             v = fast.version(self._version_row(ref, version_no).id, ref.row.id)
@@ -351,6 +363,7 @@ class _HistoryOps(_SubtreeOps):
     def restore_version(self, fileid: int, version_no: int) -> Entry:
         """Make a kept version current again: a new version row sharing its blob, with its
         content key re-wrapped for the new number. The version that was current is kept."""
+        self._may(_perms.CHANGE)
 
         def once() -> Entry:
             with self._db(), self._txn() as locked:
@@ -399,6 +412,7 @@ class _HistoryOps(_SubtreeOps):
 
     def delete_version(self, fileid: int, version_no: int) -> None:
         """Remove one kept version (``Forbidden`` for the current one)."""
+        self._may(_perms.CHANGE)
 
         def once() -> None:
             with self._db(), self._txn():
@@ -419,6 +433,7 @@ class _HistoryOps(_SubtreeOps):
 
     def set_version_label(self, fileid: int, version_no: int, label: str | None) -> None:
         """Label a version (labelled versions are never thinned); "" or None removes it."""
+        self._may(_perms.CHANGE)
         if label is not None and len(label.encode("utf-8")) > MAX_LABEL_BYTES:
             raise BadRequest("a version label is at most 1024 bytes")
 
@@ -553,6 +568,18 @@ class _HistoryOps(_SubtreeOps):
         return freed
 
     # -- the trash ---------------------------------------------------------------------------
+    def _may_trash(self, op: str) -> None:
+        """The trash is the whole account's: a session without MK (scoped) cannot open it
+        (its key is wrapped under MK), whatever its permissions say."""
+        if self._mk is None:
+            raise Forbidden("a scoped session cannot use the trash")
+        self._may(op)
+        self._fold_pending()
+
+    def _fold_pending(self) -> int:
+        """Fold the items scoped sessions deleted into the trash (``vault.pending``)."""
+        return 0
+
     def _trash_ref(self, create: bool = False) -> _Ref | None:
         """The trash directory (created in the caller's transaction with ``create``)."""
         trash_id = self._trash_id()
@@ -569,7 +596,9 @@ class _HistoryOps(_SubtreeOps):
                 kind=DIR,
                 name_mac=b"",
                 name_ct=b"",
-                key_env=envelopes.wrap_trash_key(dk, self._mk, _b(self.user_id), _b(trash_id)),
+                key_env=envelopes.wrap_trash_key(
+                    dk, self._master_key(), _b(self.user_id), _b(trash_id)
+                ),
                 created=now,
                 fileid=fast.new_fileid(),
             )
@@ -583,6 +612,7 @@ class _HistoryOps(_SubtreeOps):
     def delete(self, path: str, permanently: bool = False) -> None:
         """Move a file or a whole tree into the trash (one row re-wrapped); with
         ``permanently``, or with ``trash.retention: disabled``, delete it for real."""
+        self._may(_perms.CHANGE)
         if permanently or not self.vault.settings.trash_policy.enabled:
             super().delete(path)
             return
@@ -715,17 +745,23 @@ class _HistoryOps(_SubtreeOps):
 
     def trash_items(self) -> list[TrashEntry]:
         """Every item in the trash, newest first."""
+        self._may_trash(_perms.READ)
         with self._db():
             trash = self._trash_ref()
             if trash is None:
                 return []
             memo: dict[str, str | None] = {}
             out = []
-            items = {
-                t.node_id: float(t.deleted_at)
-                for t in TrashItem.select().where(TrashItem.owner == self.user_id)
-            }
+            items: dict[str, float] = {}
+            pending: set[str] = set()  # left pending by ``_fold_pending`` (logged there)
+            for t in TrashItem.select().where(TrashItem.owner == self.user_id):
+                if t.pending:
+                    pending.add(t.node_id)
+                else:
+                    items[t.node_id] = float(t.deleted_at)
             for row in fast.children(trash.row.id, self.user_id):
+                if row.id in pending:
+                    continue
                 entry = self._member_entry(row, trash.key)
                 if entry.damaged or row.id not in items:
                     log.error("integrity failure: trash member %s", row.id)
@@ -738,6 +774,7 @@ class _HistoryOps(_SubtreeOps):
         return out
 
     def trash_stat(self, path: str) -> Entry:
+        self._may_trash(_perms.READ)
         with self._db():
             trash = self._trash_ref()
             parts = split_path(path)
@@ -750,6 +787,7 @@ class _HistoryOps(_SubtreeOps):
             return self._entry(ref.row, ref.parent_key, ref.name)
 
     def trash_list_dir(self, path: str) -> list[Entry]:
+        self._may_trash(_perms.READ)
         with self._db():
             trash = self._trash_ref()
             if trash is None:
@@ -762,6 +800,7 @@ class _HistoryOps(_SubtreeOps):
         return out
 
     def trash_open(self, path: str) -> FileReader:
+        self._may_trash(_perms.READ)
         with self._db():
             trash = self._trash_ref()
             if trash is None:
@@ -793,6 +832,7 @@ class _HistoryOps(_SubtreeOps):
     def trash_restore(self, name: str) -> str:
         """Put a trashed item back where it was; at the root under a free name if that
         place is gone or taken. Returns the path it now has."""
+        self._may_trash(_perms.CHANGE)
 
         def once() -> str:
             with self._db(), self._txn():
@@ -824,6 +864,7 @@ class _HistoryOps(_SubtreeOps):
 
     def trash_purge(self, name: str) -> None:
         """Delete a trashed item for real (its blobs go to the collector)."""
+        self._may_trash(_perms.CHANGE)
 
         def once() -> None:
             with self._db(), self._txn():
@@ -836,6 +877,7 @@ class _HistoryOps(_SubtreeOps):
 
     def trash_empty(self) -> int:
         """Purge every item of the trash; returns how many."""
+        self._may_trash(_perms.CHANGE)
 
         def once() -> int:
             with self._db(), self._txn():

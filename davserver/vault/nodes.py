@@ -4,6 +4,13 @@
 builds on: the user's master key and the node-key cache, walking a path to a row, opening and
 sealing a node's name and metadata, the quota in force, inserting a node. It offers no public
 operation itself and must not import the modules that build on it.
+
+A session is *full* (it holds the master key MK; its root is the user's root directory) or
+*scoped* (``Vault.open_scoped``: it holds only the key DK_S of one directory S, which is its
+root ``/``). A scoped session has ``_mk = None``: every use of MK goes through
+``_master_key``, which raises ``Forbidden`` there, so nothing above S can be opened — not by a
+check but because no key of it is derivable from DK_S (DESIGN §13). ``perms`` (``rw``, ``ro``,
+``wo``; ``davserver.vault.perms``) limits what either kind may do.
 """
 
 from __future__ import annotations
@@ -24,9 +31,11 @@ from davserver.errors import (
     Forbidden,
     IntegrityError,
     NotFound,
+    ScopeGone,
 )
 from davserver.index import fast
-from davserver.index.models import User
+from davserver.index.models import User, database_proxy
+from davserver.vault import perms as _perms
 
 if TYPE_CHECKING:
     from davserver.vault.engine import Engine
@@ -42,6 +51,15 @@ _VMETA_PURPOSE, _VMETA_LABEL = b"wdv-vmeta-v1", b"wdv/vmeta/v1"
 MAX_NAME_BYTES = 1024
 # The stand-in name of a listed member whose sealed name failed authentication.
 DAMAGED_PREFIX = ".damaged-"
+MAX_DEPTH = 4096  # deepest tree walked up from a node
+
+# The parentless top of a node's chain of parents (scoped sessions: is S still in the tree?).
+_TOP_OF = (
+    'WITH RECURSIVE up(id, parent_id, n) AS (SELECT id, parent_id, 0 FROM "node" '
+    "WHERE id = {p} AND owner_id = {p} UNION ALL SELECT m.id, m.parent_id, up.n + 1 "
+    'FROM "node" AS m JOIN up ON m.id = up.parent_id WHERE up.n < {depth}) '
+    "SELECT id FROM up WHERE parent_id IS NULL"
+)
 
 
 @dataclass(frozen=True)
@@ -112,27 +130,58 @@ class _SessionCore:
         vault: Engine,
         user_id: str,
         user_name: str,
-        mk: bytes,
+        mk: bytes | None,
         root_id: str,
         *,
         perms: str = "rw",
         token_id: str | None = None,
+        scope_key: bytes | None = None,
     ) -> None:
+        """``mk`` None and ``scope_key`` given: a scoped session rooted at ``root_id`` (the
+        directory S, whose key ``scope_key`` is); ``mk`` None without ``scope_key``: a
+        keyless session (``Vault._keyless``: ids and sizes only)."""
+        if mk is not None and scope_key is not None:
+            raise ValueError("a session holds a master key or a scope key, not both")
         self.vault = vault
         self.user_id = user_id
         self.user_name = user_name
         self._mk = mk
         self.root_id = root_id
-        #: What this session may do: "rw", "ro" or "wo" (a device token's permissions).
-        self.perms = perms
-        #: The id of the device token this session logged in with; None for a password.
+        #: What this session may do (``davserver.vault.perms``): ``rw``, ``ro`` or ``wo``.
+        self.perms = _perms.checked(perms)
+        #: The device token this session was opened with (None: a password login).
         self.token_id = token_id
+        #: Scoped sessions: the id of S (= ``root_id``) and its key, kept apart from the
+        #: bounded cache so that no eviction can ever lose it (nothing could open it again).
+        self.scope_id: str | None = root_id if scope_key is not None else None
+        self._scope_key = scope_key
         self._keys: OrderedDict[str, bytes] = OrderedDict()
         # (parent id, name MAC) -> child id, as last seen: hints that let ``_walk_hinted``
         # ask for a whole path in one query (always checked against what it returns).
         self._hints: dict[tuple[str, bytes], str] = {}
 
     # -- keys and rows -----------------------------------------------------------------------
+    @property
+    def scoped(self) -> bool:
+        """Whether this session is rooted at one directory and holds no master key."""
+        return self.scope_id is not None
+
+    @property
+    def lock_namespace(self) -> str:
+        """The namespace of this session's WebDAV locks (``LockStore`` ``user_id``): the
+        user id for a full session. A scoped session cannot know where S lies in the tree
+        (the names above S are sealed under keys it does not have), so its lock paths are
+        relative to S and live in a namespace of their own, S's id: a full session and a
+        scoped one do not see each other's locks (DESIGN §13)."""
+        return self.scope_id or self.user_id
+
+    def _master_key(self) -> bytes:
+        """MK, for the few keys wrapped directly under it (root, trash, uploads, identity).
+        Every use of MK goes through here, so a session without one fails loudly."""
+        if self._mk is None:
+            raise Forbidden("this session holds no master key (a scoped or keyless session)")
+        return self._mk
+
     def _remember(self, node_id: str, key: bytes) -> None:
         self._keys[node_id] = key
         if len(self._keys) > self.KEY_CACHE_SIZE:
@@ -142,6 +191,8 @@ class _SessionCore:
                 pass
 
     def _node_key(self, row: NodeLike, parent_key: bytes | None) -> bytes:
+        if self._scope_key is not None and row.id == self.root_id:
+            return self._scope_key
         cached = self._keys.get(row.id)
         if cached is not None:
             return cached
@@ -149,11 +200,11 @@ class _SessionCore:
             if row.parent_id is None:
                 if row.id == self.root_id:
                     key = envelopes.unwrap_root_key(
-                        bytes(row.key_env), self._mk, _b(self.user_id), _b(row.id)
+                        bytes(row.key_env), self._master_key(), _b(self.user_id), _b(row.id)
                     )
                 elif row.id == self._trash_id():
                     key = envelopes.unwrap_trash_key(
-                        bytes(row.key_env), self._mk, _b(self.user_id), _b(row.id)
+                        bytes(row.key_env), self._master_key(), _b(self.user_id), _b(row.id)
                     )
                 else:
                     raise IntegrityError("node has no parent")
@@ -177,8 +228,37 @@ class _SessionCore:
     def _root(self) -> _Ref:
         row = fast.node_by_id(self.root_id, self.user_id)
         if row is None:
+            if self.scoped:
+                raise ScopeGone("the directory this session is scoped to was deleted")
             raise IntegrityError("root directory is missing")
+        if self.scoped:
+            self._check_scope_alive()
         return _Ref(row, self._node_key(row, None), None, "")
+
+    def _check_scope_alive(self) -> None:
+        """Scoped sessions: S must still be in the tree, below the user's root (one
+        query). A DELETE of S (or of a directory above it) moves it into the trash, where a
+        scoped session must not go on writing."""
+        db = database_proxy.obj
+        sql = _TOP_OF.replace("{depth}", str(MAX_DEPTH)).replace("{p}", db.param)
+        top = db.execute_sql(sql, (self.root_id, self.user_id)).fetchone()
+        user_root = User.select(User.root_id).where(User.id == self.user_id).scalar()
+        if top is None or user_root is None or str(top[0]) != str(user_root):
+            raise ScopeGone("the directory this session is scoped to was deleted")
+
+    def _upload_key(self) -> bytes:
+        """UK, the key of chunked uploads (``vault.uploads``): ``subkey(MK,
+        "wdv-upload-v1")`` for a full session; ``subkey(DK_S, "wdv-upload-v1", S)`` for a
+        scoped one. Independent keys, so the upload-id MACs of the two never name each
+        other's rows (a clash in ``(owner, handle_mac)`` is a 2^-256 event, and would be an
+        ``AlreadyExists``, never a shared upload)."""
+        if self._scope_key is not None:
+            return crypto.subkey(self._scope_key, b"wdv-upload-v1", _b(self.root_id))
+        return crypto.subkey(self._master_key(), b"wdv-upload-v1")
+
+    def _may(self, op: str, kind: str | None = None, exists: bool = False) -> None:
+        """``perms.check`` for this session (``Forbidden`` when not allowed)."""
+        _perms.check(self.perms, op, kind=kind, exists=exists)
 
     def _root_to_descend(self) -> _Ref:
         """The root as the start of a walk below it: descending needs only its id and key,
@@ -186,7 +266,7 @@ class _SessionCore:
         every path below the root, ~4% of a small PUT). Not for reading the root's own row:
         its other fields here are placeholders."""
         key = self._keys.get(self.root_id)
-        if key is None:
+        if key is None or self.scoped:
             return self._root()
         stub = fast.NodeRow(self.root_id, None, DIR, b"", b"", b"", None, None, 0, 0.0)
         return _Ref(stub, key, None, "")

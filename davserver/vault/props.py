@@ -15,6 +15,7 @@ from typing import Any
 from davserver import crypto
 from davserver.errors import IntegrityError, PropertyLimit
 from davserver.index.models import DeadProps, Node, Version
+from davserver.vault import perms as _perms
 from davserver.vault.nodes import (
     _VMETA_LABEL,
     _VMETA_PURPOSE,
@@ -51,13 +52,18 @@ class _PropOps(_SessionCore):
 
     # -- dead properties ---------------------------------------------------------------------
     def get_props(self, path: str) -> dict[str, str]:
-        """All dead properties of a node: {property name: value (XML text)}."""
+        """All dead properties of a node: {property name: value (XML text)}. An upload-only
+        session sees none (it may stat a directory, not read what is stored on it)."""
         with self._db():
             ref = self._walk(split_path(path))
+            if not _perms.allowed(self.perms, _perms.READ):
+                self._may(_perms.STAT, kind=ref.row.kind)
+                return {}
             return self._props(ref)
 
     def set_props(self, path: str, changes: dict[str, str | None]) -> None:
         """Set (value) or remove (None) dead properties, all in one transaction."""
+        self._may(_perms.CHANGE)
         with self._db(), self._txn():
             ref = self._walk(split_path(path))
             props = self._props(ref)
@@ -91,6 +97,7 @@ class _PropOps(_SessionCore):
 
         A member whose key or properties fail authentication (logged) maps to None; one
         whose name fails is left out (``list_dir`` reports it as damaged)."""
+        self._may(_perms.READ)
         with self._db():
             ref, rows = self._members_with(
                 path, DeadProps, DeadProps.node == Node.id, DeadProps.props_ct
@@ -162,6 +169,7 @@ class _PropOps(_SessionCore):
     # -- checksums ---------------------------------------------------------------------------
     def hashes(self, path: str) -> dict[str, str]:
         """{"sha1": hex, "md5": hex} of the current version's plaintext ({} for directories)."""
+        self._may(_perms.READ)
         with self._db():
             ref = self._walk(split_path(path))
             if ref.row.kind != FILE or ref.row.current_version is None:
@@ -175,6 +183,7 @@ class _PropOps(_SessionCore):
         """SHA-1 and MD5 of every file in a directory, from one query:
         {member name: {"sha1": hex, "md5": hex}}; None (logged) for a member whose key or
         checksums fail authentication, nothing for one whose name fails."""
+        self._may(_perms.READ)
         with self._db():
             ref, rows = self._members_with(
                 path,

@@ -15,6 +15,7 @@ from davserver.crypto import envelopes, names
 from davserver.errors import AlreadyExists, Forbidden, InsufficientStorage, IntegrityError
 from davserver.index import fast
 from davserver.index.models import DeadProps, Node, User, Version
+from davserver.vault import perms as _perms
 from davserver.vault.nodes import (
     _VMETA_LABEL,
     _VMETA_PURPOSE,
@@ -84,6 +85,7 @@ class _SubtreeOps(_PropOps):
         Returns True if the destination existed (and was replaced). ``AlreadyExists`` if it
         exists and ``overwrite`` is false; ``Forbidden`` for the root or a move into itself.
         """
+        self._may(_perms.CHANGE)
         src_parts, dst_parts = split_path(src_path), split_path(dst_path)
         if not src_parts:
             raise Forbidden("the root cannot be moved")
@@ -158,6 +160,7 @@ class _SubtreeOps(_PropOps):
         (a documented leak: the index shows that two versions share a blob). With
         ``depth_infinity`` false a directory is copied without its members (Depth: 0).
         """
+        self._may(_perms.CHANGE)  # wo too: a copy reads its source
         src_parts, dst_parts = split_path(src_path), split_path(dst_path)
         existed = self._retried(
             lambda: self._copy_once(src_parts, dst_parts, overwrite, depth_infinity)
@@ -249,6 +252,7 @@ class _SubtreeOps(_PropOps):
 
     def delete(self, path: str) -> None:
         """Delete a file or a whole tree: index first (one transaction), blobs collected after."""
+        self._may(_perms.CHANGE)
         parts = split_path(path)
         if not parts:
             raise Forbidden("the root cannot be deleted")

@@ -23,8 +23,9 @@ from davserver import crypto
 from davserver.errors import AlreadyExists, Conflict, IntegrityError, NotFound, VersionGone
 from davserver.index import fast
 from davserver.index.models import Node, User
-from davserver.vault.history import _HistoryOps
+from davserver.vault import perms as _perms
 from davserver.vault.nodes import DIR, FILE, MAX_NAME_BYTES, Entry, NodeLike, _Ref, split_path
+from davserver.vault.pending import _PendingOps
 from davserver.vault.props import _PropOps
 from davserver.vault.reader import FileReader
 from davserver.vault.writes import _Counter, _WriteOps
@@ -46,28 +47,80 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-class Session(_HistoryOps, _WriteOps, _PropOps):
+class Session(_PendingOps, _WriteOps, _PropOps):
     """A logged-in user. Thread-safe for concurrent requests of the same user."""
 
     LISTING_CACHE_ENTRIES = 100_000  # decrypted entries kept per session
 
     def __init__(
-        self, vault: Engine, user_id: str, user_name: str, mk: bytes, root_id: str
+        self,
+        vault: Engine,
+        user_id: str,
+        user_name: str,
+        mk: bytes | None,
+        root_id: str,
+        *,
+        perms: str = "rw",
+        token_id: str | None = None,
+        scope_key: bytes | None = None,
     ) -> None:
-        super().__init__(vault, user_id, user_name, mk, root_id)
+        super().__init__(
+            vault,
+            user_id,
+            user_name,
+            mk,
+            root_id,
+            perms=perms,
+            token_id=token_id,
+            scope_key=scope_key,
+        )
         # dir id -> (listing version, entries): decrypted listings, in memory only.
         self._listings: OrderedDict[str, tuple[int, tuple[Entry, ...]]] = OrderedDict()
         self._listed = 0
         self._listings_lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"<Session user_id={self.user_id}>"
+        scope = f" scope={self.scope_id}" if self.scoped else ""
+        return f"<Session user_id={self.user_id}{scope} perms={self.perms}>"
+
+    def require(self, op: str) -> None:
+        """``Forbidden`` unless this session's ``perms`` allow ``op`` (``vault.perms``:
+        ``READ``, ``STAT``, ``CREATE``, ``CHANGE``), for what the DAV layer does itself
+        (LOCK and UNLOCK)."""
+        self._may(op)
+
+    # -- scopes --------------------------------------------------------------------------
+    def scope_key(self, path: str) -> tuple[str, bytes]:
+        """(node id, DK) of the directory at ``path``, for a scoped device token (DESIGN
+        §13): whoever holds DK can open S and everything below it, and nothing else.
+        ``NotFound`` if nothing is there, ``Conflict`` if it is a file. The root is allowed
+        (a whole-account token is the better choice there: it can also use the trash).
+
+        Needs the master key (a full ``rw`` session). It makes sure the user's trash
+        directory exists, since a scoped session, which cannot create it, puts what it
+        deletes there (``history``: pending trash items)."""
+        self._master_key()
+        self._may(_perms.CHANGE)
+        parts = split_path(path)
+        with self._db():
+            ref = self._walk(parts)
+            if ref.row.kind != DIR:
+                raise Conflict("a scope must be a directory")
+            scope = (str(ref.row.id), ref.key)
+
+        def once() -> None:
+            with self._db(), self._txn():
+                self._trash_ref(create=True)
+
+        self._retried(once)
+        return scope
 
     # -- reading the tree --------------------------------------------------------------------
     def stat(self, path: str) -> Entry:
         """The entry at ``path``; ``NotFound`` if there is none."""
         with self._db():
             ref = self._walk(split_path(path))
+            self._may(_perms.STAT, kind=ref.row.kind)
             return self._entry(ref.row, ref.parent_key, ref.name)
 
     def lookup(self, path: str) -> Entry | None:
@@ -88,12 +141,14 @@ class Session(_HistoryOps, _WriteOps, _PropOps):
                 parent = self._walk(parts[:-1])
             except NotFound:
                 return None, None
+            self._may(_perms.STAT, kind=parent.row.kind)
             parent_entry = self._entry(parent.row, parent.parent_key, parent.name)
             if parent.row.kind != DIR:
                 return parent_entry, None
             child = self._child(parent, parts[-1])
             if child is None:
                 return parent_entry, None
+            self._may(_perms.STAT, kind=child.row.kind)
             return parent_entry, self._entry(child.row, child.parent_key, child.name)
 
     def list_dir(self, path: str, *, with_damaged: bool = False) -> list[Entry]:
@@ -102,6 +157,7 @@ class Session(_HistoryOps, _WriteOps, _PropOps):
         A member whose name or metadata fails authentication is logged; it is an
         ``IntegrityError`` for the whole listing unless ``with_damaged``, which returns it as
         an entry with ``damaged`` set (a listing answers for the others)."""
+        self._may(_perms.READ)
         out = self._list_dir(path)
         if not with_damaged and any(e.damaged for e in out):
             raise IntegrityError("a member of the directory failed authentication")
@@ -155,6 +211,7 @@ class Session(_HistoryOps, _WriteOps, _PropOps):
         removed). The reader pins its blob against this process's garbage collection
         until it is closed. ``base``: a directory other than the root the path starts
         from (the trash)."""
+        self._may(_perms.READ)
         with self._db():
             for _attempt in range(3):
                 ref = self._walk(split_path(path), base)
@@ -175,6 +232,7 @@ class Session(_HistoryOps, _WriteOps, _PropOps):
     def mkdir(self, path: str, mtime: float | None = None) -> Entry:
         """Create a directory; ``AlreadyExists`` if the name is taken, ``Conflict`` if the
         parent is missing."""
+        self._may(_perms.CREATE)
         parts = split_path(path)
         now = time.time()
 
@@ -205,6 +263,7 @@ class Session(_HistoryOps, _WriteOps, _PropOps):
         fast.bump_dir(ref.row.parent_id)
 
     def set_mtime(self, path: str, mtime: float) -> None:
+        self._may(_perms.CHANGE)
         parts = split_path(path)
 
         def once() -> None:
@@ -215,6 +274,7 @@ class Session(_HistoryOps, _WriteOps, _PropOps):
 
     def set_props(self, path: str, changes: dict[str, str | None]) -> None:
         """``_PropOps.set_props`` (one transaction), run again when it lost a race."""
+        self._may(_perms.CHANGE)
         self._retried(lambda: super(Session, self).set_props(path, changes))
 
     def walk(self, path: str) -> Iterator[tuple[str, Entry]]:

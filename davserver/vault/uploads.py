@@ -10,7 +10,9 @@ Abandoned uploads expire (``Vault.expire_uploads``) and their blobs are collecte
 ``Uploads(session)`` builds on a ``Session``; the session does not know it (no import back).
 
 Keys (not normative; rows are bound to their ids so they cannot be swapped):
-``UK = subkey(MK, "wdv-upload-v1")``; the client's upload id is stored only as a MAC under UK;
+``UK = subkey(MK, "wdv-upload-v1")`` (a scoped session: ``subkey(DK_S, "wdv-upload-v1", S)``,
+``_SessionCore._upload_key``; its uploads are its own); the client's upload id is stored only
+as a MAC under UK;
 chunk names are MAC'd and sealed under ``subkey(UK, "wdv-upload-dir", upload_row_id)``; each
 chunk's content key is sealed under UK with AD binding upload, chunk, blob, size and header.
 """
@@ -35,6 +37,7 @@ from davserver.errors import (
     NotFound,
 )
 from davserver.index.models import BlobGC, Upload, UploadChunk, User
+from davserver.vault import perms as _perms
 from davserver.vault.nodes import Entry
 from davserver.vault.reader import FileReader
 from davserver.vault.writes import _Counter
@@ -68,7 +71,7 @@ class Uploads:
 
     def __init__(self, session: Session) -> None:
         self._s = session
-        self._uk = crypto.subkey(session._mk, b"wdv-upload-v1")
+        self._uk = session._upload_key()
 
     def _dir_key(self, upload_id: str) -> bytes:
         return crypto.subkey(self._uk, b"wdv-upload-dir", _b(upload_id))
@@ -92,6 +95,7 @@ class Uploads:
 
     def create(self, handle: str) -> None:
         """Start an upload; ``AlreadyExists`` if this user already has one with that id."""
+        self._s._may(_perms.CREATE)
         handle = _check_handle(handle, "upload id")
         now = time.time()
         mac = names.name_mac(self._uk, handle)
@@ -116,6 +120,7 @@ class Uploads:
         self, handle: str, chunk_name: str, chunks: Iterable[bytes], expected_length: int | None
     ) -> int:
         """Store one chunk (replacing a chunk of the same name); return its size."""
+        self._s._may(_perms.CREATE)
         vault = self._s.vault
         chunk_name = _check_handle(chunk_name, "chunk name")
         with vault.index.connection():
@@ -301,11 +306,13 @@ class Uploads:
     ) -> tuple[Entry, bool]:
         """Write the concatenated chunks as the new version of ``dst_path`` and end the
         upload. Returns (entry, whether the destination existed). On failure the upload
-        stays, so the client can retry."""
+        stays, so the client can retry. An upload-only session may only create (its
+        destination must not exist: ``write_file`` checks)."""
+        self._s._may(_perms.CREATE)
         vault = self._s.vault
         with vault.index.connection():
             up = self._find(handle)
-        existed = self._s.lookup(dst_path) is not None
+        existed = self._s.lookup(dst_path) is not None  # wo: Forbidden if it is a file
         entry = self._s.write_file(
             dst_path, self._chunk_stream(up.id), expected_length, mtime, sha1, md5
         )
@@ -313,6 +320,7 @@ class Uploads:
         return entry, existed
 
     def delete(self, handle: str) -> None:
+        self._s._may(_perms.CREATE)  # cancelling one's own upload: not for ro
         with self._s.vault.index.connection():
             up = self._find(handle)
         self._drop(up.id)

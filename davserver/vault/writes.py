@@ -35,6 +35,7 @@ from davserver.errors import (
 )
 from davserver.index import fast
 from davserver.index.models import BlobGC
+from davserver.vault import perms as _perms
 from davserver.vault.nodes import (
     _VMETA_LABEL,
     _VMETA_PURPOSE,
@@ -144,12 +145,15 @@ class _WriteOps(_SessionCore):
         ``commit_guard`` (the DAV layer's lock check) is entered around the commit
         transaction: what it raises aborts the write, and the commit joins its transaction.
         """
+        self._may(_perms.CREATE)  # ro: refused; wo: a new name only (checked below)
         parts = split_path(path)
         vault = self.vault
         if expected_length is not None and expected_length <= vault.settings.inline_max:
             return self._write_small(parts, chunks, expected_length, mtime, sha1, md5, commit_guard)
         with self._db():
             _, existing = self._parent_and_child(parts)
+            if existing is not None:
+                self._may(_perms.CREATE, exists=True)
             if existing is not None and existing.row.kind == DIR:
                 raise Conflict("a directory has that name")
             old_size = existing.row.size if existing is not None else 0
@@ -303,6 +307,8 @@ class _WriteOps(_SessionCore):
             # Re-resolve inside the transaction: the tree may have changed during the upload.
             parent, ref = self._parent_and_child(parts)
             name = parts[-1]
+            if ref is not None:
+                self._may(_perms.CREATE, exists=True)  # wo: created meanwhile is taken
             if ref is not None and ref.row.kind == DIR:
                 raise Conflict("a directory has that name")
             # The writes go in one batch at the end (one round trip on PostgreSQL).
