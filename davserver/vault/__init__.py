@@ -198,6 +198,7 @@ class Vault:
                     created=now,
                     fileid=fast.new_fileid(),
                 )
+                fast.execute("dir_tree_insert", (root_id,))
 
         self.index.run(once)
         audit.emit("user_created", user_id=user_id)
