@@ -41,7 +41,13 @@ def expected_bytes(db: pw.Database) -> dict[str, int]:
     parent: dict[str, str | None] = {}
     totals: dict[str, int] = {}
     files: list[tuple[str, int]] = []
-    for node_id, parent_id, kind, size in _sql(db, 'SELECT id, parent_id, kind, size FROM "node"'):
+    # A file counts with its current version's size (which its key envelope binds), so a
+    # damaged ``node.size`` is fsck's ``node_size`` problem alone, not every ancestor's too.
+    for node_id, parent_id, kind, size in _sql(
+        db,
+        "SELECT n.id, n.parent_id, n.kind, COALESCE(v.plain_size, n.size) "
+        'FROM "node" AS n LEFT JOIN "version" AS v ON v.id = n.current_version',
+    ):
         parent[node_id] = parent_id
         if kind == "dir":
             totals[node_id] = 0
@@ -81,11 +87,17 @@ def drift(db: pw.Database) -> TreeDrift:
     return out
 
 
-def repair(db: pw.Database, found: TreeDrift | None = None) -> TreeDrift:
+def repair(db: pw.Database) -> TreeDrift:
     """Within the caller's transaction: make ``dir_tree`` match the tree. Rows are added or
     corrected, and every row written gets its counter raised (a changed ETag: clients
-    look again); rows of nodes that are not directories go. Returns what was wrong."""
-    found = drift(db) if found is None else found
+    look again); rows of nodes that are not directories go. Returns what was wrong.
+
+    On PostgreSQL the table is locked against writers first (a running server's
+    ``propagate`` waits), so the totals written are those of the tree as it is; SQLite's
+    write transaction excludes other writers already."""
+    if not isinstance(db, pw.SqliteDatabase):
+        _exec(db, 'LOCK TABLE "dir_tree" IN EXCLUSIVE MODE')
+    found = drift(db)
     want = expected_bytes(db) if found.missing else {}
     for dir_id in found.stray:
         _exec(db, 'DELETE FROM "dir_tree" WHERE dir_id = ?', (dir_id,))
