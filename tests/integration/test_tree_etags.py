@@ -269,3 +269,20 @@ def test_concurrent_puts_in_sibling_folders_all_reach_the_root(
     assert root.tree_bytes == 2 * per_thread * 10
     assert session.stat("/l").changes == per_thread
     assert session.stat("/r").tree_bytes == per_thread * 10
+
+
+def test_version_restore_and_mtime_change_the_ancestors(dav: DavServer, alice: DavClient) -> None:
+    tree(alice)
+    assert alice.put("/a/b/c/f", b"first version").status == 201
+    assert alice.put("/a/b/c/f", b"second").status == 204
+    session = dav.vault.login("alice", dav.users["alice"])
+    before = etags(alice, *ALL)
+    fileid = session.stat("/a/b/c/f").fileid
+    session.restore_version(fileid, 1)
+    after = etags(alice, *ALL)
+    assert changed(before, after) == {"/", "/a", "/a/b", "/a/b/c"}
+    assert props(alice, "/a/b/c")["size"] == str(len(b"first version"))
+    assert props(alice, "/")["size"] == str(len(b"first version"))
+    session.set_mtime("/a/sib", 1_000_000.0)  # a member re-timed: its parent's listing changed
+    timed = etags(alice, *ALL)
+    assert changed(after, timed) == {"/", "/a"}
