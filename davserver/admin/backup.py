@@ -46,7 +46,7 @@ from davserver.blobs import BlobStore
 from davserver.config import Config, load
 from davserver.crypto import blobfmt
 from davserver.errors import BlobNotFound, ConfigError, StorageError
-from davserver.index import SCHEMA_VERSION, connect
+from davserver.index import SCHEMA_VERSION, connect, identity
 from davserver.index.copy import (
     copy_index,
     count_rows,
@@ -401,7 +401,21 @@ def restore(
     os.sync()
     report = verify(config, manifest, advance)
     report.pepper = pepper
+    _renew_fingerprint(config)
     return report
+
+
+def _renew_fingerprint(config: Config) -> None:
+    """The restored index is older data than the clients have seen: a new data fingerprint
+    (``oc:data-fingerprint``) makes Nextcloud clients keep, not delete, what it lacks.
+    After ``verify``, which compares the tables as the backup had them."""
+    db = connect(config.index.url, config.data_dir)
+    try:
+        db.connect(reuse_if_open=True)
+        with db.atomic():
+            identity.renew_fingerprint(db)
+    finally:
+        db.close()
 
 
 __all__ = ["backup", "read_manifest", "restore", "snapshot_index", "verify"]

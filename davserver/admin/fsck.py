@@ -16,6 +16,8 @@ Keyless checks (no password; read-only and safe on a live server):
   a blob queued as unreferenced ("dead") or as an upload in flight while rows reference it
   has a wrong count. Several version rows naming one blob is normal (COPY, and restoring an
   old version, share the blob);
+- ``dir_tree``: every directory has its row and no other node has one, and each row's byte
+  total (``oc:size``) is the sum of the sizes of the files below that directory;
 - per-user usage totals equal the sum of ``plain_size`` over every version row of the
   user's nodes — the tree and the trash, current and older versions alike; every user has a
   password envelope; a version's ``labelled`` flag and its sealed label go together;
@@ -27,7 +29,8 @@ every key of that user's tree and trash and authenticates every name, metadata r
 checksum record and every segment of every version, using the session's and the reader's own
 code; its problems join this module's report.
 
-``repair`` fixes only what is derivable from the rows — usage totals, node sizes (from the
+``repair`` fixes only what is derivable from the rows — usage totals, ``dir_tree`` rows and
+totals, node sizes (from the
 version, whose size its key envelope binds), tracking rows (removed where rows reference the
 blob, added for orphans so that gc collects them after its grace period) — and never touches
 ciphertext. Everything else is reported with its ids. Problems never carry names or paths.
@@ -55,6 +58,7 @@ from davserver.blobs import BlobStat
 from davserver.blobs.local import LocalBlobStore
 from davserver.crypto import blobfmt
 from davserver.errors import BlobNotFound, StorageError
+from davserver.index import dirtree
 from davserver.index.models import BlobGC, database_proxy
 from davserver.vault import Vault
 
@@ -191,6 +195,7 @@ class Fsck:
                 self.check_fileids()
                 self.check_trash()
                 self.check_usage()
+                self.check_dir_tree()
                 self.check_versions()
                 self.check_labels()
                 self.check_chunks()
@@ -457,6 +462,36 @@ class Fsck:
                     # One statement: a write committed meanwhile is counted either way.
                     sql = f'UPDATE "user" SET usage_bytes = ({_USAGE_SQL}) WHERE id = ?'  # noqa: S608
                     _q(sql, (uid,))
+                self._fixed(p, True)
+
+    def check_dir_tree(self) -> None:
+        """``dir_tree`` (directory ETags and ``oc:size``): one row per directory, none for
+        anything else, each with the bytes of the files below it (after ``check_nodes``,
+        whose size repair it builds on). The change counters cannot be checked (any value
+        is valid); a repaired row's goes up, so clients look at that directory again."""
+        db = database_proxy.obj
+        found = dirtree.drift(db)
+        problems = [
+            self._add("dir_tree_missing", {"node": d}, "a directory has no dir_tree row", True)
+            for d in found.missing
+        ]
+        problems += [
+            self._add("dir_tree_stray", {"node": d}, "a dir_tree row of no directory", True)
+            for d in found.stray
+        ]
+        problems += [
+            self._add(
+                "dir_bytes",
+                {"node": d},
+                f"dir_tree records {have} bytes below the directory, its files hold {want}",
+                repairable=True,
+            )
+            for d, (have, want) in found.wrong_bytes.items()
+        ]
+        if problems and self.repair:
+            with self.vault.index.atomic():
+                dirtree.repair(db)
+            for p in problems:
                 self._fixed(p, True)
 
     # -- blobs -----------------------------------------------------------------------------

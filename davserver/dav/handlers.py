@@ -46,7 +46,7 @@ from wsgidav.dav_error import (
 )
 from wsgidav.util import etree
 
-from davserver.dav import destination
+from davserver.dav import destination, syncprops
 from davserver.dav import propfind as fast_propfind
 from davserver.dav.errors import to_dav_error, vault_call
 from davserver.dav.resources import (
@@ -101,7 +101,36 @@ def dispatch(provider: Provider, environ: dict[str, Any], start_response: Any, d
             session_of(environ).require(perms.CHANGE)
     if method == "LOCK":
         return lock(provider, server, environ, start_response, default)
+    if method == "MKCOL":
+        return mkcol(provider, environ, start_response, default)
     return default(environ, start_response)
+
+
+def written_headers(
+    provider: Provider, environ: dict[str, Any], path: str
+) -> list[tuple[str, str]]:
+    """``ETag``, ``OC-ETag`` and ``OC-FileId`` of what a request just wrote at ``path``
+    (``syncprops.entity_headers``), looked up afresh; none if it is already gone again."""
+    forget_resources(environ)
+    res = provider.get_resource_inst(path, environ)
+    entry = getattr(res, "entry", None)
+    if entry is None:
+        return []
+    return syncprops.write_headers(session_of(environ), entry)
+
+
+def mkcol(provider: Provider, environ: dict[str, Any], start_response: Any, default: Any) -> Any:
+    """WsgiDAV's MKCOL, with the new collection's ETag and file id in a 201's headers."""
+
+    def respond(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        if status.startswith("201"):
+            try:
+                headers = [*headers, *written_headers(provider, environ, environ["PATH_INFO"])]
+            except (DAVError, DavServerError):
+                pass  # the collection was made; its headers are a courtesy
+        return start_response(status, headers, exc_info)
+
+    return default(environ, respond)
 
 
 def _parent_path(path: str) -> str:
@@ -480,7 +509,7 @@ def put(provider: Provider, server: Any, environ: dict[str, Any], start_response
                 commit_guard=commit_guard,
             )
     forget_resources(environ)
-    headers = [("ETag", f'"{entry.etag}"'), ("Content-Length", "0")]
+    headers = [*syncprops.write_headers(session, entry), ("Content-Length", "0")]
     if mtime is not None:
         headers.append(("X-OC-Mtime", "accepted"))
     if res is None:
@@ -655,7 +684,7 @@ def copy_move(provider: Provider, server: Any, environ: dict[str, Any], start_re
         src_res.handle_move(dest_path)
     else:
         src_res.handle_copy(dest_path, depth_infinity=depth == "infinity")
-    headers = [("Content-Length", "0")]
+    headers = [*written_headers(provider, environ, dest_path), ("Content-Length", "0")]
     if environ.get(MTIME_ACCEPTED_KEY):
         headers.append(("X-OC-Mtime", "accepted"))
     created = bool(environ.get(CREATED_KEY))

@@ -55,7 +55,7 @@ from wsgidav.dav_error import (
 from wsgidav.mw.base_mw import BaseMiddleware
 from wsgidav.util import etree
 
-from davserver.dav import handlers, trashbin, versions
+from davserver.dav import handlers, syncprops, trashbin, versions
 from davserver.dav.destination import (
     FILES_PREFIX,
     TRASHBIN_PREFIX,
@@ -70,7 +70,6 @@ from davserver.dav.errors import vault_call
 from davserver.dav.resources import (
     HREF_PREFIX_KEY,
     SESSION_KEY,
-    file_id,
     forget_resources,
     parse_mtime,
 )
@@ -327,12 +326,7 @@ class NextcloudRouter(BaseMiddleware):  # type: ignore[misc]
                     handle, dest, expected_length=expected, mtime=mtime, sha1=sha1, md5=md5
                 )
         forget_resources(environ)
-        headers = [
-            ("ETag", f'"{entry.etag}"'),
-            ("OC-ETag", f'"{entry.etag}"'),
-            ("OC-FileId", file_id(entry)),
-            ("Content-Length", "0"),
-        ]
+        headers = [*syncprops.write_headers(session, entry), ("Content-Length", "0")]
         if mtime is not None:
             headers.append(("X-OC-Mtime", "accepted"))
         start_response("204 No Content" if existed else "201 Created", headers)

@@ -204,12 +204,12 @@ def _fast_value(res: Any, name: str) -> Any:
         if roots is not None and res.get_ref_url().rstrip("/") not in roots:
             return _NO_LOCKS
         return _MISSING
-    if is_dir:
-        return _MISSING
-    if local == "getcontentlength":
-        return str(entry.size)
     if local == "getetag":
         return f'"{entry.etag}"'
+    if local == "getcontentlength":
+        return str(entry.tree_bytes if is_dir else entry.size)
+    if is_dir:
+        return _MISSING
     if local == "getcontenttype":
         return _mime(entry.name)
     return _MISSING

@@ -32,6 +32,7 @@ from wsgidav.dav_error import (
 from wsgidav.dav_provider import DAVCollection, DAVNonCollection, _DAVResource
 from wsgidav.util import etree
 
+from davserver.dav import syncprops
 from davserver.dav.errors import vault_call
 from davserver.dav.locks import lock_href
 from davserver.vault import perms
@@ -59,12 +60,18 @@ OC_PERMISSIONS = "{%s}permissions" % OC_NS  # noqa: UP031
 # rclone's fastmail vendor reads the SHA-1 from this element; its parser matches the
 # namespace "ME:" literally (checked against rclone 1.75).
 ME_SHA1 = "{ME:}sha1hex"
+OC_SIZE = syncprops.OC_SIZE
+OC_DATA_FINGERPRINT = syncprops.OC_DATA_FINGERPRINT
 # Read-only properties we compute; PROPPATCH on them is 403 (cannot-modify-protected-property).
-COMPUTED_PROPS = (OC_CHECKSUMS, OC_FILEID, OC_ID, OC_PERMISSIONS, ME_SHA1)
-# ownCloud/Nextcloud permission letters: D delete, N rename, V move, W write (files),
-# C create files, K create folders (collections). No R (sharing does not exist here), no S
-# (shared) or M (mounted): rclone's --webdav-owncloud-exclude-shares/-mounts look for those.
-FILE_PERMISSIONS, DIR_PERMISSIONS, ROOT_PERMISSIONS = "DNVW", "DNVCK", "CK"
+COMPUTED_PROPS = (
+    OC_CHECKSUMS,
+    OC_FILEID,
+    OC_ID,
+    OC_PERMISSIONS,
+    OC_SIZE,
+    OC_DATA_FINGERPRINT,
+    ME_SHA1,
+)
 # Set by davserver.dav.nextcloud when a request came through /remote.php/dav/files/USER:
 # hrefs in responses then carry that prefix.
 HREF_PREFIX_KEY = "davserver.href_prefix"
@@ -203,6 +210,8 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
             names += ["{DAV:}getcontentlength", "{DAV:}getcontenttype", "{DAV:}getetag"]
             if is_allprop and self._wants_me_sha1():
                 names.append(ME_SHA1)
+        else:
+            names.append("{DAV:}getetag")
         if self.provider.lock_manager is not None:
             names += LOCK_PROPS
         try:
@@ -234,10 +243,17 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
         return sorted(props, key=lambda item: isinstance(item[1], DAVError))
 
     def get_property_value(self, name: str) -> Any:
-        if name == "{DAV:}getetag" and not self.is_collection:
+        if name == "{DAV:}getetag":
             # RFC 4918 §15.6: the property holds the entity-tag, quotes included, as the
-            # ETag header does (WsgiDAV would send it bare).
-            return f'"{self.entry.etag}"'
+            # ETag header does (WsgiDAV would send it bare). A collection's changes with
+            # anything below it (DESIGN §7): what a sync client descends by.
+            return syncprops.quoted_etag(self.entry)
+        if name == "{DAV:}getcontentlength" and self.is_collection:
+            return str(self.entry.tree_bytes)  # Nextcloud clients ask for it on folders
+        if name == OC_SIZE:
+            return str(self.entry.bytes_below)
+        if name == OC_DATA_FINGERPRINT and self.entry.parent_id is None:
+            return session_of(self.environ).server_identity()[1]
         if name in (QUOTA_USED, QUOTA_AVAILABLE) and self.is_collection:
             used, quota = self.provider.usage(self.environ)
             if name == QUOTA_USED:
@@ -257,11 +273,13 @@ class _VaultResource(_DAVResource):  # type: ignore[misc]
             if not sha1:
                 raise DAVError(HTTP_NOT_FOUND)
             return sha1
-        if name in (OC_FILEID, OC_ID):
-            # oc:id is opaque to clients: the whole node id; oc:fileid is numeric.
-            return file_id(self.entry) if name == OC_FILEID else self.entry.id
+        if name == OC_FILEID:
+            return file_id(self.entry)
+        if name == OC_ID:
+            instance_id = session_of(self.environ).server_identity()[0]
+            return syncprops.oc_id(self.entry, instance_id)
         if name == OC_PERMISSIONS:
-            return oc_permissions(session_of(self.environ), self.entry)
+            return syncprops.permissions(self.entry, session_of(self.environ))
         if name == "{DAV:}lockdiscovery" and self.known_lock_roots is not None:
             if self.get_ref_url().rstrip("/") not in self.known_lock_roots:
                 return etree.Element(name)  # no lock here: known without a query

@@ -135,7 +135,7 @@ def _entry_props(row: Row, entry: Entry, name: str) -> Row:
     props[D + "getetag"] = f'"{entry.etag}"'
     props[OC + "fileid"] = str(entry.fileid)
     props[OC + "id"] = entry.id
-    props[OC + "size"] = str(entry.size)
+    props[OC + "size"] = str(entry.bytes_below)
     if not entry.is_dir:
         props[D + "getcontentlength"] = str(entry.size)
         props[D + "getcontenttype"] = str(util.guess_mime_type(name))

@@ -24,13 +24,13 @@ from urllib.parse import unquote, urlsplit
 import peewee as pw
 
 from davserver.errors import ConfigError, StorageError
-from davserver.index import errors, fast, models
+from davserver.index import dirtree, errors, fast, identity, models
 from davserver.index.models import SchemaInfo, database_proxy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 
 def _migrate_v1(db: pw.Database) -> None:
@@ -177,6 +177,18 @@ def _migrate_login_flows(db: pw.Database) -> None:
     db.create_tables([models.LoginFlow], safe=True)
 
 
+def _migrate_dir_tree(db: pw.Database) -> None:
+    """Directory ETags and sizes: the ``dir_tree`` table (a change counter and the bytes
+    below every directory), filled from the node rows, replaces ``dir_version`` (dropped:
+    one counter mechanism, not two); and the index's instance id and data fingerprint in
+    ``schema_info`` (``oc:id``, ``oc:data-fingerprint``). Run again on a table that exists
+    (an index copied from an older backup), it recomputes the totals."""
+    db.create_tables(models.V8_MODELS, safe=True)
+    dirtree.fill(db)
+    db.execute_sql('DROP TABLE IF EXISTS "dir_version"')  # type: ignore[no-untyped-call]
+    identity.ensure(db)
+
+
 # MIGRATIONS[n] brings a schema at version n to version n + 1. Never edit a released one:
 # add the next.
 MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
@@ -190,6 +202,7 @@ MIGRATIONS: dict[int, Callable[[pw.Database], None]] = {
     7: _migrate_tokens,
     8: _migrate_login_flows,
     9: _migrate_identity_keys,
+    10: _migrate_dir_tree,
 }
 
 
@@ -245,7 +258,7 @@ class Index:
         row first (PostgreSQL ``SELECT … FOR NO KEY UPDATE``; SQLite's BEGIN IMMEDIATE
         already serialises all writers). Every transaction that changes a user's tree,
         usage, uploads or locks starts here, so two of them never hold rows the other wants
-        (the deadlocks of ``dir_version`` against ``user``): writers of one user queue on
+        (the deadlocks of ``dir_tree`` against ``user``): writers of one user queue on
         that row, writers of different users share nothing. ``FOR NO KEY UPDATE`` leaves
         inserts of rows that merely reference the user (their foreign-key checks) alone.
 
@@ -371,6 +384,15 @@ class Index:
             time.sleep(random.uniform(0, pause))  # noqa: S311 - jitter, not a secret
             pause = min(pause * 2, RETRY_CAP)
             attempt += 1
+
+    def identity(self) -> tuple[str, str]:
+        """(instance id, data fingerprint) of this index (``davserver.index.identity``),
+        read once: they change only while no server runs (a restore)."""
+        cached: tuple[str, str] | None = getattr(self, "_identity", None)
+        if cached is None:
+            with self.connection():
+                cached = self._identity = identity.read(self.db)
+        return cached
 
     def schema_version(self) -> int:
         if not self.db.table_exists(SchemaInfo._meta.table_name):  # type: ignore[attr-defined]

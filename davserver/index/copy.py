@@ -24,7 +24,14 @@ from typing import Any
 import peewee as pw
 
 from davserver.index import Index
-from davserver.index.models import ALL_MODELS, BaseModel, InlineBlob, UploadChunk, Version
+from davserver.index.models import (
+    ALL_MODELS,
+    MIGRATION_MODELS,
+    BaseModel,
+    InlineBlob,
+    UploadChunk,
+    Version,
+)
 
 BATCH = 1000
 
@@ -146,7 +153,7 @@ def non_empty_tables(db: pw.Database) -> list[str]:
 def create_schema(db: pw.Database) -> None:
     """The current schema on an empty ``db``, made by the migrations as ``open_index`` would;
     the rows they write (``schemainfo``) are removed, since the copy brings its own."""
-    with db.bind_ctx(ALL_MODELS):
+    with db.bind_ctx(MIGRATION_MODELS):
         Index(db).migrate()
     db.connect(reuse_if_open=True)
     for model in ALL_MODELS:
@@ -233,13 +240,19 @@ def copy_index(
     """Copy every table from ``src`` (read in one snapshot) into the empty ``dst`` (one
     transaction); returns the source's row counts in that snapshot, which the caller checks
     against ``count_rows(dst)`` after the commit. ``on_table(name, total)`` may return a
-    progress callback for that table."""
+    progress callback for that table.
+
+    A table the source does not have yet (``dir_tree`` of an index older than schema 8) is
+    left empty: the source's ``schema_version`` is copied with the rest, so the target's
+    next open runs that migration, which fills it."""
     create_schema(dst)
     copied: dict[str, int] = {}
     with snapshot(src):
-        totals = count_rows(src, [table_name(m) for m in ALL_MODELS])
+        present = set(our_tables(src))
+        models = [m for m in ALL_MODELS if table_name(m) in present]
+        totals = count_rows(src, [table_name(m) for m in models])
         with dst.atomic():
-            for model in ALL_MODELS:
+            for model in models:
                 name = table_name(model)
                 advance = on_table(name, totals[name]) if on_table else (lambda n: None)
                 copied[name] = copy_table(src, dst, model, advance)

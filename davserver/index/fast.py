@@ -29,6 +29,10 @@ _COLUMNS = (
     "created",
     "fileid",
 )
+# A directory's row comes with its ``dir_tree`` counters (0 for a file): its ETag and
+# ``oc:size`` need no query of their own, in a listing or a walk.
+_TREE_COLS = "COALESCE(t.changes, 0), COALESCE(t.bytes, 0)"
+_FROM = 'FROM "node" AS n LEFT JOIN "dir_tree" AS t ON t.dir_id = n.id'
 
 
 class NodeRow(NamedTuple):
@@ -43,6 +47,9 @@ class NodeRow(NamedTuple):
     size: int
     created: float
     fileid: int = 0
+    #: ``dir_tree`` of a directory: its change counter and the bytes of the files below it.
+    changes: int = 0
+    tree_bytes: int = 0
 
 
 def new_fileid() -> int:
@@ -50,20 +57,29 @@ def new_fileid() -> int:
     return secrets.randbelow((1 << 63) - 1) + 1
 
 
-_NODE_COLS = ", ".join(_COLUMNS)
+_NODE_COLS = ", ".join("n." + c for c in _COLUMNS) + ", " + _TREE_COLS
 
 # One SQL text per statement; "?" stands for the driver's placeholder (SQLite "?",
 # psycopg2 "%s"), substituted once per dialect.
 _TEMPLATES = {
-    "by_id": f'SELECT {_NODE_COLS} FROM "node" WHERE id = ? AND owner_id = ?',
-    "children": f'SELECT {_NODE_COLS} FROM "node" WHERE parent_id = ? AND owner_id = ?',
+    "by_id": f"SELECT {_NODE_COLS} {_FROM} WHERE n.id = ? AND n.owner_id = ?",
+    "children": f"SELECT {_NODE_COLS} {_FROM} WHERE n.parent_id = ? AND n.owner_id = ?",
     "child": (
-        f'SELECT {_NODE_COLS} FROM "node" WHERE parent_id = ? AND name_mac = ? AND owner_id = ?'
+        f"SELECT {_NODE_COLS} {_FROM} WHERE n.parent_id = ? AND n.name_mac = ? AND n.owner_id = ?"
     ),
-    "dir_version": 'SELECT version FROM "dir_version" WHERE dir_id = ?',
-    "bump": (
-        'INSERT INTO "dir_version" (dir_id, version) VALUES (?, 1) '
-        'ON CONFLICT (dir_id) DO UPDATE SET version = "dir_version".version + 1'
+    "dir_changes": 'SELECT changes FROM "dir_tree" WHERE dir_id = ?',
+    "dir_bytes": 'SELECT bytes FROM "dir_tree" WHERE dir_id = ?',
+    "dir_tree_insert": 'INSERT INTO "dir_tree" (dir_id, changes, bytes) VALUES (?, 0, 0)',
+    # (directory id, byte delta): something below this directory changed. Its counter and
+    # every ancestor's go up by one and their byte totals by the delta, in one statement
+    # (a recursive CTE that SQLite and PostgreSQL both run) in the caller's transaction.
+    # UNION, not UNION ALL: a parent cycle (a damaged index, fsck's business) still ends.
+    "propagate": (
+        'WITH RECURSIVE up(id) AS (SELECT id FROM "node" WHERE id = ? '
+        'UNION SELECT n.parent_id FROM "node" AS n JOIN up ON n.id = up.id '
+        "WHERE n.parent_id IS NOT NULL) "
+        'UPDATE "dir_tree" SET changes = changes + 1, bytes = bytes + ? '
+        "WHERE dir_id IN (SELECT id FROM up)"
     ),
     "locks_at": (
         'SELECT token, path_mac, data_ct, expire FROM "lock" WHERE path_mac = ? AND expire >= ?'
@@ -224,8 +240,8 @@ def children_by_macs(
     """The child rows for several (parent id, name MAC) pairs, from one statement (one
     snapshot): {(parent id, name MAC): row} for those that exist."""
     param = database_proxy.obj.param
-    where = " OR ".join([f"(parent_id = {param} AND name_mac = {param})"] * len(keys))
-    sql = f'SELECT {_NODE_COLS} FROM "node" WHERE owner_id = {param} AND ({where})'
+    where = " OR ".join([f"(n.parent_id = {param} AND n.name_mac = {param})"] * len(keys))
+    sql = f"SELECT {_NODE_COLS} {_FROM} WHERE n.owner_id = {param} AND ({where})"
     params: list[object] = [owner_id]
     for parent_id, mac in keys:
         params += [parent_id, mac]
@@ -246,15 +262,23 @@ def children(parent_id: str, owner_id: str) -> list[NodeRow]:
     return [NodeRow(*r) for r in rows]
 
 
-def dir_version(dir_id: str) -> int:
-    """The listing version of a directory (0 if it never changed)."""
-    row = database_proxy.obj.execute_sql(_sql("dir_version"), (dir_id,)).fetchone()
+def dir_changes(dir_id: str) -> int:
+    """The change counter of a directory (its ETag; 0 if it has no ``dir_tree`` row)."""
+    row = database_proxy.obj.execute_sql(_sql("dir_changes"), (dir_id,)).fetchone()
     return int(row[0]) if row else 0
 
 
-def bump_dir(dir_id: str) -> None:
-    """Within the caller's transaction: mark a directory's listing as changed."""
-    database_proxy.obj.execute_sql(_sql("bump"), (dir_id,))
+def dir_bytes(dir_id: str) -> int:
+    """The bytes of all files below a directory (``oc:size``)."""
+    row = database_proxy.obj.execute_sql(_sql("dir_bytes"), (dir_id,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def propagate(dir_id: str, delta: int = 0) -> None:
+    """Within the caller's transaction: something below ``dir_id`` changed (by ``delta``
+    bytes); count it there and in every ancestor. ``("propagate", (dir_id, delta))`` is the
+    same for ``batch``."""
+    database_proxy.obj.execute_sql(_sql("propagate"), (dir_id, delta))
 
 
 class LockRow(NamedTuple):

@@ -212,13 +212,30 @@ class UploadChunk(BaseModel):
 
 
 class DirVersion(BaseModel):
-    """A counter per directory, bumped in the same transaction as any change to its listing
-    (a member added, removed, renamed, rewritten or re-timed). Listings are cached in memory
-    per session and revalidated with one lookup here, also across server processes. Kept
-    out of ``node`` so that a MOVE still rewrites exactly one node row."""
+    """Schema 3 to 7 only: a counter per directory, bumped when its listing changed.
+    Replaced by ``DirTree`` (schema 8 drops the table); kept so that migration 3 still
+    creates what it always created."""
 
     dir_id = IdField(primary_key=True)
     version = pw.BigIntegerField()
+
+
+class DirTree(BaseModel):
+    """Per directory (the root and the trash root included): ``changes``, a counter that
+    every change anywhere below it increments, and ``bytes``, the sizes of all files below
+    it (their current versions) added up. Both are kept in the transaction of the change by
+    one recursive statement over the ancestor chain (``fast`` ``propagate``).
+
+    ``changes`` makes the directory's ETag (DESIGN §7: ``"<node id>-<changes>"``), which a
+    sync client compares to know whether to descend; it also revalidates the in-memory
+    listing caches, across processes. ``bytes`` is ``oc:size``. Kept out of ``node`` so
+    that a MOVE still rewrites exactly one node row (plus these counters). Sizes and change
+    counts are not secret (DESIGN §2: sizes and how often things change leak already)."""
+
+    dir = pw.ForeignKeyField(Node, primary_key=True, on_delete="CASCADE", column_name="dir_id")
+    dir_id: str  # set by peewee for the foreign key above
+    changes = pw.BigIntegerField(default=0)
+    bytes = pw.BigIntegerField(default=0)
 
 
 class InlineBlob(BaseModel):
@@ -301,6 +318,10 @@ V3_MODELS: list[type[BaseModel]] = [DirVersion]
 V4_MODELS: list[type[BaseModel]] = [InlineBlob, LoginFailure]
 V7_MODELS: list[type[BaseModel]] = [TrashItem]
 LOGINFLOW_MODELS: list[type[BaseModel]] = [LoginFlow]
+V8_MODELS: list[type[BaseModel]] = [DirTree]
+#: The tables of the current schema (``dir_version`` is gone since the dir_tree migration).
 ALL_MODELS: list[type[BaseModel]] = (
-    V1_MODELS + V2_MODELS + V3_MODELS + V4_MODELS + V7_MODELS + LOGINFLOW_MODELS
+    V1_MODELS + V2_MODELS + V4_MODELS + V7_MODELS + LOGINFLOW_MODELS + V8_MODELS
 )
+#: Every model any migration uses (to bind them all while migrating another database).
+MIGRATION_MODELS: list[type[BaseModel]] = ALL_MODELS + V3_MODELS

@@ -226,6 +226,7 @@ class Vault(TokenOps):
                     created=now,
                     fileid=fast.new_fileid(),
                 )
+                fast.execute("dir_tree_insert", (root_id,))
 
         self.index.run(once)
         audit.emit("user_created", user_id=user_id)

@@ -399,7 +399,7 @@ class _HistoryOps(_SubtreeOps):
                 meta["m"] = vmeta["m"]
                 meta_ct = self._seal_meta(ref.parent_key, node_id, ref.row.parent_id, meta)
                 batch.append(("node_set_version_meta", (new_id, size, meta_ct, node_id)))
-                batch.append(("bump", (ref.row.parent_id,)))
+                batch.append(("propagate", (ref.row.parent_id, size - int(ref.row.size or 0))))
                 if growth:
                     batch.append(("usage_add", (growth, self.user_id)))
                 fast.batch(batch)
@@ -508,7 +508,7 @@ class _HistoryOps(_SubtreeOps):
         meta["m"] = self._meta(src.row, src.parent_key).get("m", time.time())
         meta_ct = self._seal_meta(dst.parent_key, node_id, dst.row.parent_id, meta)
         batch.append(("node_set_version_meta", (current, size, meta_ct, node_id)))
-        batch.append(("bump", (dst.row.parent_id,)))
+        batch.append(("propagate", (dst.row.parent_id, size - int(dst.row.size or 0))))
         if added:  # for a MOVE, removing the source below takes its versions off again
             batch.append(("usage_add", (added, self.user_id)))
         fast.batch(batch)
@@ -602,6 +602,7 @@ class _HistoryOps(_SubtreeOps):
                 created=now,
                 fileid=fast.new_fileid(),
             )
+            fast.execute("dir_tree_insert", (trash_id,))
             User.update(trash_id=trash_id).where(User.id == self.user_id).execute()
             self._remember(trash_id, dk)
         row = fast.node_by_id(trash_id, self.user_id)
@@ -700,11 +701,7 @@ class _HistoryOps(_SubtreeOps):
     def _rehome(self, ref: _Ref, parent: _Ref, name: str) -> None:
         """Re-wrap one node's row under another directory (key, name, metadata)."""
         fast.batch(
-            [
-                self._move_statement(ref, parent, name),
-                ("bump", (parent.row.id,)),
-                ("bump", (ref.row.parent_id,)),
-            ]
+            [self._move_statement(ref, parent, name), *self._propagate_move(ref.row, parent.row.id)]
         )
 
     def _origin(self, trash: _Ref, node_id: str) -> envelopes.Origin:

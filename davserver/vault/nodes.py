@@ -79,6 +79,9 @@ class Entry:
     damaged: bool = False
     #: Nextcloud's FILEID (``oc:fileid``): random, unique, stable across moves and trash.
     fileid: int = 0
+    #: A directory's ``dir_tree`` counters: changes below it, bytes of the files below it.
+    changes: int = 0
+    tree_bytes: int = 0
 
     @property
     def is_dir(self) -> bool:
@@ -86,8 +89,17 @@ class Entry:
 
     @property
     def etag(self) -> str:
-        """Changes with content (a new version id), not with MOVE (same node, same version)."""
+        """A file's changes with content (a new version id), not with MOVE (same node, same
+        version). A directory's is its id and its change counter, which every change below
+        it raises (DESIGN §7): a sync client descends only where it changed. Unquoted."""
+        if self.kind == DIR:
+            return f"{self.id}-{self.changes}"
         return self.version_id or self.id
+
+    @property
+    def bytes_below(self) -> int:
+        """``oc:size``: a file's size, or the bytes of all files below a directory."""
+        return self.tree_bytes if self.kind == DIR else self.size
 
 
 # A node row: a peewee ``Node`` or a ``fast.NodeRow`` tuple (same attribute names).
@@ -427,6 +439,8 @@ class _SessionCore:
             ctime=float(meta.get("c", row.created)),
             version_id=row.current_version,
             fileid=int(row.fileid or 0),
+            changes=int(getattr(row, "changes", 0) or 0),
+            tree_bytes=int(getattr(row, "tree_bytes", 0) or 0),
         )
 
     def _member_entry(self, row: NodeLike, parent_key: bytes) -> Entry:
@@ -500,9 +514,12 @@ class _SessionCore:
         mtime: float,
         ctime: float,
         batch: list[tuple[str, tuple[object, ...]]] | None = None,
+        propagate: bool = True,
     ) -> fast.NodeRow:
-        """Insert a node (and mark its parent's listing changed); with ``batch``, the two
-        statements are appended to it for the caller's ``fast.batch`` instead of run."""
+        """Insert a node (a directory with its ``dir_tree`` row) and count the change in
+        its ancestors (``propagate``; false: the caller does, with the size it writes);
+        with ``batch``, the statements are appended to it for the caller's ``fast.batch``
+        instead of run."""
         node_id = crypto.random_id().hex()
         row = fast.NodeRow(
             id=node_id,
@@ -535,8 +552,11 @@ class _SessionCore:
                     row.fileid,
                 ),
             ),
-            ("bump", (parent.row.id,)),
         ]
+        if kind == DIR:
+            statements.append(("dir_tree_insert", (node_id,)))
+        if propagate:
+            statements.append(("propagate", (parent.row.id, 0)))
         if batch is None:
             fast.batch(statements)
         else:

@@ -14,11 +14,13 @@ from typing import Any
 
 from davserver import crypto
 from davserver.errors import IntegrityError, PropertyLimit
+from davserver.index import fast
 from davserver.index.models import DeadProps, Node, Version
 from davserver.vault import perms as _perms
 from davserver.vault.nodes import (
     _VMETA_LABEL,
     _VMETA_PURPOSE,
+    DIR,
     FILE,
     _b,
     _Ref,
@@ -75,6 +77,11 @@ class _PropOps(_SessionCore):
                     props[k] = v
             self._check_props_limits(before, props)
             self._store_props(ref, props)
+            # A directory's own properties count as a change of it (its ETag), a file's
+            # as a change of its directory (the file's ETag is its version).
+            where = ref.row.id if ref.row.kind == DIR else ref.row.parent_id
+            if where is not None:
+                fast.propagate(where)
 
     def _check_props_limits(self, before: tuple[int, int], props: dict[str, str]) -> None:
         """``PropertyLimit`` if a change grows the properties past a cap (a change that

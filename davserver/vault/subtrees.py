@@ -104,14 +104,25 @@ class _SubtreeOps(_PropOps):
                 self._remove_replaced(existing)
             dst_id = dst_parent.row.id
             # One round trip for the writes (fast.batch) while the user's row is held.
-            batch: list[tuple[str, tuple[object, ...]]] = [
-                self._move_statement(src, dst_parent, name),
-                ("bump", (dst_id,)),
-            ]
-            if src.row.parent_id != dst_id:
-                batch.append(("bump", (src.row.parent_id,)))
+            batch = [self._move_statement(src, dst_parent, name)]
+            batch += self._propagate_move(src.row, dst_id)
             fast.batch(batch)
         return existing is not None
+
+    def _propagate_move(self, row: NodeLike, dst_id: str) -> list[tuple[str, tuple[object, ...]]]:
+        """The ``propagate`` statements of moving ``row`` under ``dst_id``: both ancestor
+        chains change (their counters, and their byte totals by what moved), the moved
+        node's own counter does not (a moved directory keeps its ETag)."""
+        if row.parent_id == dst_id:
+            return [("propagate", (dst_id, 0))]
+        moved = self._bytes_below(row)
+        return [("propagate", (row.parent_id, -moved)), ("propagate", (dst_id, moved))]
+
+    def _bytes_below(self, row: NodeLike) -> int:
+        """A file's size, or the bytes below a directory (its ``dir_tree`` total)."""
+        if row.kind == DIR:
+            return fast.dir_bytes(row.id)
+        return int(row.size or 0)
 
     def _move_statement(self, ref: _Ref, parent: _Ref, name: str) -> tuple[str, tuple[object, ...]]:
         """The one row a move rewrites: the node's key wrapped under its new parent, its
@@ -136,7 +147,9 @@ class _SubtreeOps(_PropOps):
         round trip on PostgreSQL). Its blobs are queued for the collector, which checks
         that no other version (COPY shares blobs) still uses one before deleting it."""
         now = time.time()
-        batch: list[tuple[str, tuple[object, ...]]] = [("bump", (row.parent_id,))]
+        batch: list[tuple[str, tuple[object, ...]]] = []
+        if row.parent_id is not None:
+            batch.append(("propagate", (row.parent_id, -int(row.size or 0))))
         freed = 0
         for v in fast.execute("history_of", (row.id,)).fetchall():
             batch.append(("version_delete", (v[0],)))
@@ -242,6 +255,7 @@ class _SubtreeOps(_PropOps):
                 digest=v.digest,  # the same object: its keyless digest carries over
             )
             Node.update(current_version=vid, size=v.plain_size).where(Node.id == row.id).execute()
+            fast.propagate(dst_parent.row.id, int(v.plain_size))
             added += v.plain_size
         elif src.row.kind == DIR and recurse:
             for child in Node.select().where(Node.parent == src.row.id):
@@ -271,7 +285,7 @@ class _SubtreeOps(_PropOps):
         if row.kind == FILE and row.parent_id is not None:
             return self._delete_file(row)
         if row.parent_id is not None:
-            fast.bump_dir(row.parent_id)
+            fast.propagate(row.parent_id, -self._bytes_below(row))
         levels: list[list[str]] = [[row.id]]
         while row.kind == DIR:
             below: list[str] = []

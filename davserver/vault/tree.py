@@ -115,6 +115,11 @@ class Session(_PendingOps, _WriteOps, _PropOps):
         self._retried(once)
         return scope
 
+    def server_identity(self) -> tuple[str, str]:
+        """(instance id, data fingerprint) of the index: ``oc:id`` and the root's
+        ``oc:data-fingerprint`` (``davserver.index.identity``)."""
+        return self.vault.index.identity()
+
     # -- reading the tree --------------------------------------------------------------------
     def stat(self, path: str) -> Entry:
         """The entry at ``path``; ``NotFound`` if there is none."""
@@ -168,9 +173,9 @@ class Session(_PendingOps, _WriteOps, _PropOps):
             ref = self._walk(split_path(path), base)
             if ref.row.kind != DIR:
                 raise Conflict("not a directory")
-            # Revalidate a cached listing with one lookup of the directory's version
-            # (bumped in every transaction that changes the listing, by any process).
-            version = fast.dir_version(ref.row.id)
+            # Revalidate a cached listing with one lookup of the directory's change counter
+            # (raised in every transaction that changes anything below it, by any process).
+            version = fast.dir_changes(ref.row.id)
             cached = self._listings.get(ref.row.id)
             if cached is not None and cached[0] == version:
                 with self._listings_lock:
@@ -260,7 +265,7 @@ class Session(_PendingOps, _WriteOps, _PropOps):
         Node.update(
             meta_ct=self._seal_meta(ref.parent_key, ref.row.id, ref.row.parent_id, meta)
         ).where(Node.id == ref.row.id).execute()
-        fast.bump_dir(ref.row.parent_id)
+        fast.propagate(ref.row.parent_id)
 
     def set_mtime(self, path: str, mtime: float) -> None:
         self._may(_perms.CHANGE)

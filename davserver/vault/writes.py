@@ -315,7 +315,9 @@ class _WriteOps(_SessionCore):
             batch: list[tuple[str, tuple[object, ...]]] = []
             if ref is None:
                 key = crypto.random_key()
-                row = self._insert_node(parent, name, FILE, key, mtime or now, now, batch)
+                row = self._insert_node(
+                    parent, name, FILE, key, mtime or now, now, batch, propagate=False
+                )
                 ref = _Ref(row, self._keys[row.id], parent.key, name)
                 version_no = 1
                 old: list[Any] = []
@@ -376,8 +378,8 @@ class _WriteOps(_SessionCore):
                 batch.append(("node_set_version_meta", (version_id, size, meta_ct, node_id)))
             else:
                 batch.append(("node_set_version", (version_id, size, node_id)))
-            if version_no > 1:  # a new node was counted by _insert_node
-                batch.append(("bump", (parent.row.id,)))
+            # Every ancestor's ETag and byte total: one statement (a new node's too).
+            batch.append(("propagate", (parent.row.id, size - int(ref.row.size or 0))))
             if growth:
                 batch.append(("usage_add", (growth, self.user_id)))
             if inline is None:

@@ -1,10 +1,10 @@
 """``nextcloudcmd`` (Debian package ``nextcloud-desktop-cmd``, the Nextcloud desktop client's
 sync engine) against a real davserver, with the account's password.
 
-What holds today: discovery (``status.php``, OCS capabilities and user) and the first sync of
-a tree into an empty account, byte for byte, with the run's requests all answered. What does
-not yet: any later sync, which stops at "Server reported no ETag" because collections carry
-no ``getetag`` (issue 12, point 6) — that part is marked xfail until they do.
+What holds: discovery (``status.php``, OCS capabilities and user), the first sync of a tree
+into an empty account, byte for byte, a second folder syncing the same account down, and
+later syncs that pick up changes made on the server deep in the tree and deletions (they
+need collection ETags that change with everything below them, issue 12 point 6).
 """
 
 from __future__ import annotations
@@ -87,7 +87,6 @@ def test_first_sync_uploads_the_tree(dav: DavServer, local: Path, tmp_path: Path
         assert hashlib.sha256(got.body).hexdigest() == digest, rel
 
 
-@pytest.mark.xfail(reason="collections have no getetag yet (issue 12, point 6)", strict=False)
 def test_a_second_folder_syncs_down(dav: DavServer, local: Path, tmp_path: Path) -> None:
     assert sync(dav, local, tmp_path / "home").returncode == 0
     down = tmp_path / "down"
@@ -95,3 +94,20 @@ def test_a_second_folder_syncs_down(dav: DavServer, local: Path, tmp_path: Path)
     proc = sync(dav, down, tmp_path / "home2")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert tree(down) == tree(local)
+
+
+def test_later_syncs_pick_up_server_changes(dav: DavServer, local: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert sync(dav, local, home).returncode == 0
+    client = dav.client(USER)
+    assert client.put("/docs/deep/new.txt", b"made on the server\n").status == 201
+    assert client.delete("/hello.txt").status == 204
+    proc = sync(dav, local, home)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert (local / "docs" / "deep" / "new.txt").read_bytes() == b"made on the server\n"
+    assert not (local / "hello.txt").exists()
+    # Nothing changed since: a third run finds nothing to do and changes nothing.
+    before = tree(local)
+    proc = sync(dav, local, home)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert tree(local) == before

@@ -329,3 +329,74 @@ def test_backup_with_s3_then_rclone_sync_then_restore(
         _check_history(dav2.vault, password)
     finally:
         dav2.stop()
+
+
+def _identity(data_dir: Path) -> tuple[str, str]:
+    import sqlite3
+
+    db = sqlite3.connect(data_dir / "index.db")
+    try:
+        rows = dict(db.execute("SELECT key, value FROM schema_info").fetchall())
+    finally:
+        db.close()
+    return rows["instanceid"], rows["data_fingerprint"]
+
+
+@pytest.mark.parametrize("to_postgres", [False, pytest.param(True, marks=pytest.mark.postgres)])
+def test_a_restore_gets_a_new_data_fingerprint_and_keeps_the_etags(
+    tmp_path: Path, to_postgres: bool, request: Any
+) -> None:
+    """Nextcloud clients compare ``oc:data-fingerprint``: a restored index is older data, so
+    it must change (clients then keep what the backup lacks instead of deleting it); the
+    instance id (in every ``oc:id``) and the directory ETags stay."""
+    fingerprint_propfind = (
+        '<?xml version="1.0"?><d:propfind xmlns:d="DAV:" xmlns:oc="http://owncloud.org/ns">'
+        "<d:prop><oc:data-fingerprint/><d:getetag/><oc:id/></d:prop></d:propfind>"
+    )
+
+    def root_props(dav: DavServer) -> tuple[str, str, str]:
+        import xml.etree.ElementTree as ET
+
+        r = dav.client("alice").propfind("/", "0", fingerprint_propfind)
+        assert r.status == 207, r.text
+        root = ET.fromstring(r.text)
+        oc, d = "{http://owncloud.org/ns}", "{DAV:}"
+        return (
+            root.findtext(f".//{oc}data-fingerprint") or "",
+            root.findtext(f".//{d}getetag") or "",
+            root.findtext(f".//{oc}id") or "",
+        )
+
+    dav = start_dav_server(tmp_path / "data")
+    password = dav.users["alice"]
+    try:
+        assert dav.client("alice").mkcol("/d").status == 201
+        assert dav.client("alice").put("/d/a.bin", os.urandom(5_000)).status == 201
+        before = root_props(dav)
+    finally:
+        dav.stop()
+    assert before[0] == _identity(tmp_path / "data")[1]
+    bk = tmp_path / "bk"
+    r = run_cli(["backup", str(bk), "--include-pepper", "--data-dir", str(tmp_path / "data")])
+    assert r.returncode == 0, r.stderr
+    restored = tmp_path / "restored"
+    args = ["restore", str(bk), "--data-dir", str(restored)]
+    env: dict[str, str] = {}
+    if to_postgres:
+        url = request.getfixturevalue("postgres_db_url")
+        args += ["--index-url", url]
+        env["DAVSERVER_INDEX_URL"] = url
+    r = run_cli(args)
+    assert r.returncode == 0, r.stderr
+    if not to_postgres:
+        instance, fingerprint = _identity(restored)
+        assert instance == _identity(tmp_path / "data")[0]
+        assert fingerprint and fingerprint != before[0]
+    dav = start_dav_server(restored, env, users=())
+    dav.users["alice"] = password
+    try:
+        after = root_props(dav)
+    finally:
+        dav.stop()
+    assert after[0] != before[0]  # a new fingerprint
+    assert after[1:] == before[1:]  # the same root ETag and oc:id

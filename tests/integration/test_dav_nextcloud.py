@@ -357,8 +357,8 @@ def test_oc_properties_through_alias(alice: DavClient, path: str) -> None:
         )
         for resp in ET.fromstring(r.text).iter(D + "response")
     }
-    assert perms["f"] == "DNVW"
-    assert "CK" in perms.values()
+    assert perms["f"] == "RGDNVW"
+    assert "RGCK" in perms.values()
 
 
 def test_failed_downloads_have_empty_bodies_under_the_nextcloud_paths(alice: DavClient) -> None:

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -64,9 +65,13 @@ def test_file_ids_are_stable_across_move(alice: DavClient) -> None:
     assert alice.put("/d/f", b"content").status == 201
     before = oc_props(alice, "/d/f")
     assert before[OC + "fileid"] and str(before[OC + "fileid"]).isdigit()
-    assert before[OC + "permissions"] == "DNVW"
-    assert oc_props(alice, "/d")[OC + "permissions"] == "DNVCK"
-    assert oc_props(alice, "/")[OC + "permissions"] == "CK"
+    assert before[OC + "permissions"] == "RGDNVW"
+    assert oc_props(alice, "/d")[OC + "permissions"] == "RGDNVCK"
+    assert oc_props(alice, "/")[OC + "permissions"] == "RGCK"
+    # oc:id: the file id zero-padded to eight digits, then the instance id ("oc" + 10).
+    oc_id = str(before[OC + "id"])
+    assert oc_id.startswith(f"{int(str(before[OC + 'fileid'])):08d}")
+    assert re.fullmatch(r"oc[a-z0-9]{10}", oc_id[len(str(before[OC + "fileid"])) :])
     assert alice.move("/d/f", "/moved").status == 201
     assert alice.put("/moved", b"new content").status == 204
     after = oc_props(alice, "/moved")
@@ -89,7 +94,7 @@ def test_computed_properties_are_protected(alice: DavClient) -> None:
         ms = proppatch(alice, "/f", inner + '<x:color xmlns:x="urn:x">red</x:color>')
         codes = statuses(ms)
         assert sorted(codes.values()) == ["403", "424"], codes
-    assert oc_props(alice, "/f")[OC + "permissions"] == "DNVW"
+    assert oc_props(alice, "/f")[OC + "permissions"] == "RGDNVW"
     r = alice.propfind("/f", "0", '<d:propfind xmlns:d="DAV:"><d:allprop/></d:propfind>')
     assert "urn:x" not in r.text  # nothing was applied
     # Re-sending the checksums we computed (rclone does, with every modtime) is a no-op.

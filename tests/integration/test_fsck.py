@@ -167,7 +167,12 @@ def test_each_fault_is_found_named_and_the_derivable_ones_repaired(store: Store)
         "refcount": 1,
         "usage": 1,
         "parent_missing": 1,
+        # The deleted directory's dir_tree row stays behind, and the totals of /d and the
+        # root still count the file below it that is now cut off.
+        "dir_tree_stray": 1,
+        "dir_bytes": 2,
     }
+    assert found["dir_tree_stray"] == [{"node": store.nodes["/d/sub"]}]
     assert found["blob_missing"][0]["node"] == store.nodes["/big.bin"]
     assert found["blob_missing"][0]["blob"] == store.blobs["/big.bin"]
     assert found["blob_truncated"][0]["blob"] == truncated
@@ -186,7 +191,7 @@ def test_each_fault_is_found_named_and_the_derivable_ones_repaired(store: Store)
     code, report = run_json(store, "fsck", "--repair")
     assert code == 1  # what is not derivable remains
     repaired = {p["kind"] for p in report["problems"] if p["repaired"]}
-    assert repaired == {"orphan", "refcount", "usage"}
+    assert repaired == {"orphan", "refcount", "usage", "dir_tree_stray", "dir_bytes"}
     code, report = run_json(store, "fsck")
     assert code == 1
     assert set(kinds(report)) == {"blob_missing", "blob_truncated", "parent_missing"}
@@ -546,3 +551,42 @@ def test_fsck_scrub_and_repair_on_postgresql(tmp_path: Path, postgres_db_url: st
     assert code == 0, report
     code = store.cli("scrub").exit_code
     assert code == 0
+
+
+def test_dir_tree_totals_and_rows_are_checked_and_recounted(store: Store) -> None:
+    root = None
+    with store.db() as db:
+        (root,) = db.execute("SELECT root_id FROM user").fetchone()
+        (changes_before,) = db.execute(
+            "SELECT changes FROM dir_tree WHERE dir_id = ?", (store.nodes["/d"],)
+        ).fetchone()
+        db.execute("UPDATE dir_tree SET bytes = bytes + 5 WHERE dir_id = ?", (store.nodes["/d"],))
+        db.execute("DELETE FROM dir_tree WHERE dir_id = ?", (store.nodes["/d/sub"],))
+        db.execute(  # a row for a file
+            "INSERT INTO dir_tree (dir_id, changes, bytes) VALUES (?, 0, 0)",
+            (store.nodes["/g.bin"],),
+        )
+    code, report = run_json(store, "fsck")
+    assert code == 1
+    found = kinds(report)
+    assert found == {
+        "dir_bytes": [{"node": store.nodes["/d"]}],
+        "dir_tree_missing": [{"node": store.nodes["/d/sub"]}],
+        "dir_tree_stray": [{"node": store.nodes["/g.bin"]}],
+    }, report
+    assert_no_names(json.dumps(report))
+    code, report = run_json(store, "fsck", "--repair")
+    assert code == 0, report
+    assert all(p["repaired"] for p in report["problems"])
+    code, report = run_json(store, "fsck")
+    assert code == 0, report
+    with store.db() as db:
+        rows = dict(db.execute("SELECT dir_id, bytes FROM dir_tree").fetchall())
+        (changes_after,) = db.execute(
+            "SELECT changes FROM dir_tree WHERE dir_id = ?", (store.nodes["/d"],)
+        ).fetchone()
+    assert rows[root] == sum(len(d) for d in FILES.values())
+    assert rows[store.nodes["/d"]] == len(FILES["/d/e.bin"]) + len(FILES["/d/sub/f.bin"])
+    assert rows[store.nodes["/d/sub"]] == len(FILES["/d/sub/f.bin"])
+    assert store.nodes["/g.bin"] not in rows
+    assert changes_after > changes_before  # a recounted directory's ETag changes

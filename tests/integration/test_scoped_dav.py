@@ -114,7 +114,7 @@ def test_scoped_rw_session_over_dav(dav: DavServer, monkeypatch: pytest.MonkeyPa
     assert r.status == 207
     assert "b.jpg" in r.text and "2026" in r.text and "Secret" not in r.text
     # S is this session's root: clients are told it cannot be deleted or moved.
-    assert _oc_permissions(client, "/", "1") == {"/": "CK", "/2026/": "DNVCK", "/b.jpg": "DNVW"}
+    assert _oc_permissions(client, "/", "1") == {"/": "RGCK", "/2026/": "RGDNVCK", "/b.jpg": "RGDNVW"}
     assert client.get("/b.jpg").body == BIG
     assert client.get(FILES + "/2026/a.jpg").body == b"a"
     # (A literal "/../" in a request line is left out: the server does not answer it at all,
@@ -155,7 +155,7 @@ def test_read_only_sessions_get_403_for_every_change(
     base = "" if kind == "scoped" else "/Photos"
     assert client.get(f"{base}/b.jpg").body == BIG
     assert client.propfind(f"{base}/", "1").status == 207
-    assert set(_oc_permissions(client, f"{base}/", "1").values()) == {""}
+    assert set(_oc_permissions(client, f"{base}/", "1").values()) == {"G"}
     assert client.propfind(f"{base}/b.jpg", "0").status == 207
     checks = [
         client.put(f"{base}/new.jpg", b"n"),
