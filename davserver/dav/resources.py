@@ -35,7 +35,6 @@ from wsgidav.util import etree
 from davserver.dav import syncprops
 from davserver.dav.errors import vault_call
 from davserver.dav.locks import lock_href
-from davserver.vault import perms
 from davserver.vault.tree import Entry, Session
 
 if TYPE_CHECKING:
@@ -105,21 +104,6 @@ def file_id(entry: Entry) -> str:
 def delete_permanently(environ: dict[str, Any]) -> bool:
     """Nextcloud's ``X-Delete-Permanently: true``: DELETE bypasses the trash."""
     return str(environ.get("HTTP_X_DELETE_PERMANENTLY", "")).strip().lower() == "true"
-
-
-def oc_permissions(session: Session, entry: Entry) -> str:
-    """``oc:permissions`` as this session may use the node: the root of a session (a scoped
-    session's too) cannot be deleted or moved; a read-only session may change nothing and an
-    upload-only one only create (``vault.perms``), so clients do not offer what would be 403."""
-    if entry.parent_id is None or entry.id == session.root_id:
-        letters = ROOT_PERMISSIONS
-    else:
-        letters = DIR_PERMISSIONS if entry.is_dir else FILE_PERMISSIONS
-    if session.perms == perms.RO:
-        return ""
-    if session.perms == perms.WO:
-        return "".join(c for c in letters if c in "CK")
-    return letters
 
 
 def ref_url(user_id: str, path: str) -> str:

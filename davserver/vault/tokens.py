@@ -427,7 +427,7 @@ class TokenOps:
         """A new recovery code for user ``name`` (the account password unlocks MK): text
         shown once, which can set a new password once. Replaces any older code."""
         session = self._full_session(name, password)
-        mk: bytes = session._mk
+        mk = session._master_key()
         env_id = crypto.random_id().hex()
         secret = tokens.new_secret()
         sealed = tokens.seal_token(

@@ -114,7 +114,8 @@ def test_scoped_rw_session_over_dav(dav: DavServer, monkeypatch: pytest.MonkeyPa
     assert r.status == 207
     assert "b.jpg" in r.text and "2026" in r.text and "Secret" not in r.text
     # S is this session's root: clients are told it cannot be deleted or moved.
-    assert _oc_permissions(client, "/", "1") == {"/": "RGCK", "/2026/": "RGDNVCK", "/b.jpg": "RGDNVW"}
+    want = {"/": "RGCK", "/2026/": "RGDNVCK", "/b.jpg": "RGDNVW"}
+    assert _oc_permissions(client, "/", "1") == want
     assert client.get("/b.jpg").body == BIG
     assert client.get(FILES + "/2026/a.jpg").body == b"a"
     # (A literal "/../" in a request line is left out: the server does not answer it at all,
