@@ -86,8 +86,7 @@ class _PendingOps(_HistoryOps):
             [
                 # name_ct empty, name_mac random: the name is in the sealed origin.
                 ("node_move", (trash_id, key_box, os.urandom(32), b"", None, ref.row.id)),
-                ("bump", (trash_id,)),
-                ("bump", (ref.row.parent_id,)),
+                *self._propagate_move(ref.row, trash_id),
             ]
         )
         TrashItem.create(
@@ -191,7 +190,7 @@ class _PendingOps(_HistoryOps):
                         node_id,
                     ),
                 ),
-                ("bump", (trash_id,)),
+                ("propagate", (trash_id, 0)),
             ]
         )
         TrashItem.update(
