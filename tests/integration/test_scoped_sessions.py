@@ -39,7 +39,7 @@ from davserver.index.models import Node, SchemaInfo, TrashItem, Upload, User
 from davserver.vault import Vault
 from davserver.vault.tree import Session
 from davserver.vault.uploads import Uploads
-from tests.harness.vaults import make_vault
+from tests.harness.vaults import PLAIN, make_vault
 
 PW = "pw-alice"
 BIG = os.urandom(70_000)  # stored as a blob, not inline
@@ -594,3 +594,33 @@ def test_scoped_session_without_identity_key_cannot_delete(local_vault: Vault) -
     with pytest.raises(Forbidden, match="identity key"):
         s.delete("/b.jpg")
     assert s.stat("/b.jpg").size == len(BIG)
+
+
+def test_scoped_delete_needs_the_trash_or_deletes_for_real(tmp_path: Path) -> None:
+    """``scope_key`` makes the trash directory, so a scoped DELETE finds one; without it
+    (the database says so) the DELETE is refused, not half done. With the trash disabled
+    a scoped DELETE is final, as a full one is."""
+    vault = make_vault(tmp_path / "a", LocalBlobStore(tmp_path / "a" / "blobs"))
+    try:
+        vault.create_user("alice", PW)
+        full = vault.login("alice", PW)
+        full.mkdir("/Photos")
+        full.write_file("/Photos/p.jpg", [b"p"], 1)
+        assert _user(vault).trash_id is None
+        s = _scoped(vault, full)
+        assert _user(vault).trash_id is not None  # made by scope_key
+        with vault.index.connection():
+            User.update(trash_id=None).where(User.id == full.user_id).execute()
+        with pytest.raises(Forbidden, match="trash"):
+            s.delete("/p.jpg")
+        assert s.stat("/p.jpg").size == 1
+    finally:
+        vault.close()
+    plain = make_vault(tmp_path / "b", LocalBlobStore(tmp_path / "b" / "blobs"), settings=PLAIN)
+    try:
+        full = _tree(plain)
+        s = _scoped(plain, full)
+        s.delete("/b.jpg")
+        assert not full.exists("/Photos/b.jpg") and not _pending(plain)
+    finally:
+        plain.close()
