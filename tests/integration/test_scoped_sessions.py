@@ -624,3 +624,16 @@ def test_scoped_delete_needs_the_trash_or_deletes_for_real(tmp_path: Path) -> No
         assert not full.exists("/Photos/b.jpg") and not _pending(plain)
     finally:
         plain.close()
+
+
+def test_the_scope_key_survives_a_full_key_cache(local_vault: Vault) -> None:
+    full = _tree(local_vault)
+    s = _scoped(local_vault, full)
+    s.KEY_CACHE_SIZE = 2  # every walk evicts
+    for i in range(5):
+        s.write_file(f"/2026/n{i}.jpg", [b"n"], 1)
+    s._keys.clear()
+    s._hints.clear()
+    assert s.root_id not in s._keys  # never there: a fixed attribute
+    assert len(s.list_dir("/2026")) == 6
+    assert s.open_file("/b.jpg").read_all() == BIG
