@@ -441,9 +441,10 @@ def test_scoped_delete_is_folded_into_the_trash(any_vault: Vault) -> None:
     assert all(r.parent_id == trash_id and bytes(r.name_ct) == b"" for r in rows)
     # Sealed boxes, not key envelopes: nothing under the trash key opens them yet.
     assert all(len(bytes(r.key_env)) != 72 for r in rows)
-    # fsck (keyless) sees ordinary trash items.
+    # fsck (keyless) sees ordinary trash items, and counts the pending ones.
     report = Fsck(any_vault).run()
     assert not report.problems, report.problems
+    assert report.checked["pending trash items"] == 2
     # The owner's next trash listing folds them first.
     items = {t.original_location: t for t in full.trash_items()}
     assert not _pending(any_vault)
@@ -485,6 +486,8 @@ def test_a_swapped_identity_key_stops_scoped_deletes(any_vault: Vault) -> None:
         User.update(id_pk=bytes(attacker.public_key)).where(User.id == full.user_id).execute()
     with pytest.raises(IntegrityError, match="identity public key"):
         s.delete("/b.jpg")
+    kinds = [p.kind for p in Fsck(any_vault).run().problems]
+    assert kinds == ["identity_key_unbound"]
     assert s.stat("/b.jpg").size == len(BIG)  # nothing moved, nothing sealed
     assert not _pending(any_vault)
     # A forged binding MAC does not help either (the pepper is not in the database).
