@@ -10,7 +10,9 @@ Keyless checks (no password; read-only and safe on a live server):
   two (no cycles); ``(parent, name_mac)`` is unique; every file points at a version of its
   own whose size it records; every node has a positive ``fileid`` that no other node has;
 - the trash: each ``trash_item`` row names a direct child of its owner's trash directory,
-  and each direct child of a trash directory has its ``trash_item`` row;
+  and each direct child of a trash directory has its ``trash_item`` row (items a scoped
+  session deleted and the owner has not folded yet, DESIGN §13.4, are ordinary here);
+- every identity public key is bound to its user by its pepper-keyed MAC (DESIGN §13.3);
 - blob reference counts: the schema keeps no counter, a blob's count *is* the number of
   version and chunk rows naming it, so what can disagree is its tracking row (``blob_gc``):
   a blob queued as unreferenced ("dead") or as an upload in flight while rows reference it
@@ -57,10 +59,11 @@ from davserver.admin import ProgressFactory, no_progress
 from davserver.blobs import BlobStat
 from davserver.blobs.local import LocalBlobStore
 from davserver.crypto import blobfmt
+from davserver.crypto import identity as crypto_identity
 from davserver.errors import BlobNotFound, StorageError
 from davserver.index import dirtree
 from davserver.index.models import BlobGC, database_proxy
-from davserver.vault import Vault
+from davserver.vault import Vault, identity
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +192,7 @@ class Fsck:
         try:
             with self.vault.index.connection():
                 self.check_users()
+                self.check_identity_keys()
                 self.check_nodes()
                 self.check_reachable()
                 self.check_duplicate_names()
@@ -247,6 +251,26 @@ class Fsck:
                     {"user": uid, "node": tid},
                     "the trash is not a parentless directory of its user apart from the root",
                 )
+
+    def check_identity_keys(self) -> None:
+        """Every identity public key is bound to its user by the pepper-keyed MAC (DESIGN
+        §13.3): one that is not was swapped in, and scoped sessions refuse to seal to it.
+        A user without a pair yet (from before schema 8) gets it at the next password login;
+        items scoped sessions deleted and the owner has not folded yet are counted."""
+        bind = self.vault.server_key(identity.BIND_PURPOSE)
+        rows = _q('SELECT id, id_pk, id_pk_mac FROM "user" WHERE id_pk IS NOT NULL').fetchall()
+        for uid, pk, mac in rows:
+            self.report.count("identity keys")
+            try:
+                crypto_identity.check_pk(bind, bytes.fromhex(uid), _bytes(pk), _bytes(mac or b""))
+            except crypto.AuthenticationFailed:
+                self._add(
+                    "identity_key_unbound",
+                    {"user": uid},
+                    "the identity public key is not the one bound to this user",
+                )
+        pending = _q('SELECT COUNT(*) FROM "trash_item" WHERE pending = ?', (True,)).fetchone()
+        self.report.count("pending trash items", int(pending[0] or 0))
 
     def check_nodes(self) -> None:
         total = _q('SELECT COUNT(*) FROM "node"').fetchone()[0]

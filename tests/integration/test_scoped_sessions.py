@@ -39,7 +39,7 @@ from davserver.index.models import Node, SchemaInfo, TrashItem, Upload, User
 from davserver.vault import Vault
 from davserver.vault.tree import Session
 from davserver.vault.uploads import Uploads
-from tests.harness.vaults import make_vault
+from tests.harness.vaults import PLAIN, make_vault
 
 PW = "pw-alice"
 BIG = os.urandom(70_000)  # stored as a blob, not inline
@@ -441,9 +441,10 @@ def test_scoped_delete_is_folded_into_the_trash(any_vault: Vault) -> None:
     assert all(r.parent_id == trash_id and bytes(r.name_ct) == b"" for r in rows)
     # Sealed boxes, not key envelopes: nothing under the trash key opens them yet.
     assert all(len(bytes(r.key_env)) != 72 for r in rows)
-    # fsck (keyless) sees ordinary trash items.
+    # fsck (keyless) sees ordinary trash items, and counts the pending ones.
     report = Fsck(any_vault).run()
     assert not report.problems, report.problems
+    assert report.checked["pending trash items"] == 2
     # The owner's next trash listing folds them first.
     items = {t.original_location: t for t in full.trash_items()}
     assert not _pending(any_vault)
@@ -485,6 +486,8 @@ def test_a_swapped_identity_key_stops_scoped_deletes(any_vault: Vault) -> None:
         User.update(id_pk=bytes(attacker.public_key)).where(User.id == full.user_id).execute()
     with pytest.raises(IntegrityError, match="identity public key"):
         s.delete("/b.jpg")
+    kinds = [p.kind for p in Fsck(any_vault).run().problems]
+    assert kinds == ["identity_key_unbound"]
     assert s.stat("/b.jpg").size == len(BIG)  # nothing moved, nothing sealed
     assert not _pending(any_vault)
     # A forged binding MAC does not help either (the pepper is not in the database).
@@ -594,3 +597,46 @@ def test_scoped_session_without_identity_key_cannot_delete(local_vault: Vault) -
     with pytest.raises(Forbidden, match="identity key"):
         s.delete("/b.jpg")
     assert s.stat("/b.jpg").size == len(BIG)
+
+
+def test_scoped_delete_needs_the_trash_or_deletes_for_real(tmp_path: Path) -> None:
+    """``scope_key`` makes the trash directory, so a scoped DELETE finds one; without it
+    (the database says so) the DELETE is refused, not half done. With the trash disabled
+    a scoped DELETE is final, as a full one is."""
+    vault = make_vault(tmp_path / "a", LocalBlobStore(tmp_path / "a" / "blobs"))
+    try:
+        vault.create_user("alice", PW)
+        full = vault.login("alice", PW)
+        full.mkdir("/Photos")
+        full.write_file("/Photos/p.jpg", [b"p"], 1)
+        assert _user(vault).trash_id is None
+        s = _scoped(vault, full)
+        assert _user(vault).trash_id is not None  # made by scope_key
+        with vault.index.connection():
+            User.update(trash_id=None).where(User.id == full.user_id).execute()
+        with pytest.raises(Forbidden, match="trash"):
+            s.delete("/p.jpg")
+        assert s.stat("/p.jpg").size == 1
+    finally:
+        vault.close()
+    plain = make_vault(tmp_path / "b", LocalBlobStore(tmp_path / "b" / "blobs"), settings=PLAIN)
+    try:
+        full = _tree(plain)
+        s = _scoped(plain, full)
+        s.delete("/b.jpg")
+        assert not full.exists("/Photos/b.jpg") and not _pending(plain)
+    finally:
+        plain.close()
+
+
+def test_the_scope_key_survives_a_full_key_cache(local_vault: Vault) -> None:
+    full = _tree(local_vault)
+    s = _scoped(local_vault, full)
+    s.KEY_CACHE_SIZE = 2  # every walk evicts
+    for i in range(5):
+        s.write_file(f"/2026/n{i}.jpg", [b"n"], 1)
+    s._keys.clear()
+    s._hints.clear()
+    assert s.root_id not in s._keys  # never there: a fixed attribute
+    assert len(s.list_dir("/2026")) == 6
+    assert s.open_file("/b.jpg").read_all() == BIG
