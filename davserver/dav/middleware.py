@@ -156,6 +156,19 @@ def _plain(status: str, body: bytes, start_response: Any, environ: dict[str, Any
     return [body]
 
 
+def escapes_root(path: str) -> bool:
+    """Whether a request path's ``..`` segments climb above ``/`` (``/../x``, ``/a/../..``)."""
+    depth = 0
+    for part in path.split("/"):
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        elif part not in ("", "."):
+            depth += 1
+    return False
+
+
 class RequestGuard:
     """See the module docstring."""
 
@@ -176,6 +189,12 @@ class RequestGuard:
             return _plain("400 Bad Request", b"invalid Content-Length\n", start_response, environ)
         body = BodyReader(environ["wsgi.input"], None if chunked else int(raw_length))
         environ["wsgi.input"] = body
+        if escapes_root(str(environ.get("PATH_INFO") or "/")):
+            # WsgiDAV refuses these itself, but from inside a generator: its 400 came out
+            # with a Content-Length and no body, and the client waited for one forever.
+            state["status"] = "400"
+            self._log(environ, state, body, started)
+            return _plain("400 Bad Request", b"the path leaves the root\n", start_response, environ)
         if method != "PUT" and not chunked and int(raw_length) > self.max_xml_body:
             state["status"] = "413"
             self._log(environ, state, body, started)

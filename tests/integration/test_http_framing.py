@@ -219,6 +219,23 @@ def test_invalid_utf8_in_the_decoded_path_is_400_without_a_traceback(
     assert dav.client("alice").get("/é.txt").body == b"e"
 
 
+@pytest.mark.parametrize("path", ["/../x", "/a/../../x", "/%2e%2e/x", "/remote.php/../../x"])
+def test_a_path_that_leaves_the_root_is_a_complete_400(dav: DavServer, path: str) -> None:
+    """Answered in full on a kept-alive connection (WsgiDAV's own refusal had a
+    Content-Length and no body: the client waited for it until its timeout)."""
+    conn = http.client.HTTPConnection(dav.host, dav.port, timeout=10)
+    try:
+        for _ in range(2):
+            conn.request("GET", path, headers={"Authorization": _auth(dav)})
+            r = conn.getresponse()
+            assert r.status == 400 and r.read() == b"the path leaves the root\n"
+            conn.close()
+        conn.request("GET", "/a/../x", headers={"Authorization": _auth(dav)})
+        assert conn.getresponse().status == 404  # inside the root: an ordinary path
+    finally:
+        conn.close()
+
+
 # -- the outermost guard --------------------------------------------------------------------
 
 
