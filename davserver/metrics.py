@@ -76,7 +76,8 @@ class Metrics:
     http_received_bytes: Counter
     http_sent_bytes: Counter
     uploads: Counter  # result: ok | rejected | no_space | failed | aborted
-    logins: Counter  # kind: password | token | recovery; result: success | failure | throttled | malformed | error
+    # kind: password | token | recovery; result: success | failure | throttled | malformed | error
+    logins: Counter
     login_cache: Counter  # result: hit | miss
     argon2_duration: Histogram
     argon2_queue: Gauge
