@@ -130,9 +130,9 @@ def _row_expiry(expires: float | None) -> int | None:
 class TokenOps:
     """The token half of ``Vault`` (see the module docstring)."""
 
-    #: token id -> (kind, perms, expires) of its row when this process opened it
-    #: (``_token_alive``).
-    _opened_tokens: dict[str, tuple[str, str | None, float | None]]
+    #: token id -> (kind, scope_node, perms, expires) of its row when this process opened
+    #: it (``_token_alive``).
+    _opened_tokens: dict[str, tuple[str, str | None, str | None, float | None]]
 
     # Provided by Vault.
     index: Index
@@ -381,7 +381,7 @@ class TokenOps:
                         raise AuthError("scoped tokens are not supported by this server yet")
                     user = User.get_by_id(env.user_id)
                     session = open_scoped(user, env.scope_node, key, env.perms, env_id)
-                self._opened_tokens[env_id] = (env.kind, env.perms, env.expires)
+                self._opened_tokens[env_id] = (env.kind, env.scope_node, env.perms, env.expires)
                 self._note_token_use(env_id, env.last_used)
         except DavServerError as exc:
             if not isinstance(exc, AuthError):
@@ -392,7 +392,7 @@ class TokenOps:
 
     def _token_alive(self, session: Session) -> bool:
         """For a cached token session: whether its envelope row still exists, unchanged
-        (the kind, perms and expiry it was opened with), and has not expired. One indexed
+        (the kind, scope, perms and expiry it was opened with), and has not expired. One indexed
         query; revocations made by other processes show here at once, and a row edited to
         widen the token sends the login back to the envelope, which then fails to open."""
         token_id = getattr(session, "token_id", None)
@@ -401,10 +401,10 @@ class TokenOps:
         opened = self._opened_tokens.get(token_id)
         with self.index.connection():
             row = fast.token_check(token_id, session.user_id)
-            if row is None or opened is None or row[:3] != opened:
+            if row is None or opened is None or row[:4] != opened:
                 self._opened_tokens.pop(token_id, None)
                 return False
-            expires, last_used = row[2], row[3]
+            expires, last_used = row[3], row[4]
             if expires is not None and float(expires) <= self.clock():
                 return False
             self._note_token_use(token_id, last_used)
