@@ -223,8 +223,9 @@ class TokenOps:
         request): ``(token id, token text)``.
 
         ``scope`` (a directory path in the session) makes a scoped token that opens only
-        that directory. A token session may create tokens no wider than itself; a scoped
-        session none (it has no master key)."""
+        that directory. A token session may create tokens no wider than itself (its own
+        perms unless "rw"; expiring no later than it: a later or missing expiry is cut to
+        its own); a scoped session none (it has no master key)."""
         label = _check_label(label)
         perms = _check_perms(perms)
         mk = getattr(session, "_mk", None)
@@ -235,6 +236,14 @@ class TokenOps:
             raise Forbidden("a token cannot create a token with other permissions than its own")
         now = self.clock()
         exp = _expiry(expires, now)
+        parent = getattr(session, "token_id", None)
+        if parent is not None:
+            opened = self._opened_tokens.get(parent)
+            parent_exp = _row_expiry(opened[3]) if opened is not None else None
+            if parent_exp is None:  # not opened by this process: cannot tell its limits
+                raise Forbidden("this token session cannot create tokens")
+            if parent_exp and (exp == 0 or exp > parent_exp):
+                exp = parent_exp
         env_id = crypto.random_id().hex()
         secret = tokens.new_secret()
         if scope is None:

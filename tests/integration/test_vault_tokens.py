@@ -100,6 +100,18 @@ def test_create_token_for_a_session(v: Vault) -> None:
         v.create_token_for(ro, "wider", perms="rw")
 
 
+def test_a_token_made_by_an_expiring_token_expires_no_later(v: Vault) -> None:
+    end = time.time() + 3600
+    parent_id, parent = v.create_token("alice", PW, "parent", expires=end)
+    session = v.login("alice", parent)
+    never_id, _ = v.create_token_for(session, "asks for never")
+    later_id, _ = v.create_token_for(session, "asks for later", expires=end + 86400)
+    sooner_id, _ = v.create_token_for(session, "asks for sooner", expires=end - 60)
+    got = {t.id: t.expires for t in v.list_tokens("alice")}
+    assert got[never_id] == got[later_id] == got[parent_id]
+    assert got[sooner_id] is not None and got[sooner_id] < got[parent_id]
+
+
 def test_revoke(v: Vault) -> None:
     token_id, token = v.create_token("alice", PW, "x")
     with pytest.raises(NotFound):
