@@ -133,7 +133,8 @@ def _make() -> Metrics:
         ),
         login_cache=Counter(
             "davserver_login_cache_lookups",
-            "Logins served from the login cache (hit) or that needed Argon2id (miss).",
+            "Logins served from the login cache (hit) or that needed Argon2id or a token's "
+            "envelope (miss).",
             ["result"],
         ),
         argon2_duration=Histogram(
