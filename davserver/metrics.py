@@ -76,7 +76,8 @@ class Metrics:
     http_received_bytes: Counter
     http_sent_bytes: Counter
     uploads: Counter  # result: ok | rejected | no_space | failed | aborted
-    logins: Counter  # kind: password | token | recovery; result: success | failure | throttled | malformed | error
+    # kind: password | token | recovery; result: success | failure | throttled | malformed | error
+    logins: Counter
     login_cache: Counter  # result: hit | miss
     argon2_duration: Histogram
     argon2_queue: Gauge
@@ -132,7 +133,8 @@ def _make() -> Metrics:
         ),
         login_cache=Counter(
             "davserver_login_cache_lookups",
-            "Logins served from the login cache (hit) or that needed Argon2id (miss).",
+            "Logins served from the login cache (hit) or that needed Argon2id or a token's "
+            "envelope (miss).",
             ["result"],
         ),
         argon2_duration=Histogram(

@@ -2,6 +2,7 @@
 
 - ``primitives``: ``subkey``, ``fields`` (associated data), ``wrap``/``unwrap``, the errors;
 - ``kdf``: password/token → KEK, ``KdfParams`` and the login verifier;
+- ``tokens``: device tokens and recovery codes: their text, their envelope (DESIGN §13);
 - ``envelopes``: the key tree (MK, root DK, DK/FK, CK) and sealed metadata;
 - ``names``: name MACs for lookups and padded encrypted names;
 - ``blobfmt``: the segmented blob stream format, streaming encrypt/decrypt, range plans.

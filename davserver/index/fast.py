@@ -139,7 +139,8 @@ _TEMPLATES = {
         'JOIN "user" AS u ON u.id = e.user_id WHERE e.id = ? AND u.name = ?'
     ),
     "token_check": (
-        'SELECT kind, perms, expires, last_used FROM "envelope" WHERE id = ? AND user_id = ?'
+        'SELECT kind, scope_node, perms, expires, last_used FROM "envelope" '
+        "WHERE id = ? AND user_id = ?"
     ),
     "token_used": (
         'UPDATE "envelope" SET last_used = ? WHERE id = ? AND (last_used IS NULL OR last_used < ?)'
@@ -205,12 +206,13 @@ def token_login(envelope_id: str, user_name: str) -> TokenRow | None:
     return TokenRow(r[0], bytes(r[1]), bytes(r[2]), bytes(r[3]), *r[4:])
 
 
-def token_check(
-    envelope_id: str, user_id: str
-) -> tuple[str, str | None, float | None, float | None] | None:
-    """(kind, perms, expires, last_used) of a token envelope of this user, or None."""
+TokenCheck = tuple[str, str | None, str | None, float | None, float | None]
+
+
+def token_check(envelope_id: str, user_id: str) -> TokenCheck | None:
+    """(kind, scope_node, perms, expires, last_used) of a token envelope of this user."""
     r = execute("token_check", (envelope_id, user_id)).fetchone()
-    return None if r is None else (r[0], r[1], r[2], r[3])
+    return None if r is None else (r[0], r[1], r[2], r[3], r[4])
 
 
 def _row(values: tuple[object, ...] | None) -> NodeRow | None:

@@ -130,9 +130,9 @@ def _row_expiry(expires: float | None) -> int | None:
 class TokenOps:
     """The token half of ``Vault`` (see the module docstring)."""
 
-    #: token id -> (kind, perms, expires) of its row when this process opened it
-    #: (``_token_alive``).
-    _opened_tokens: dict[str, tuple[str, str | None, float | None]]
+    #: token id -> (kind, scope_node, perms, expires) of its row when this process opened
+    #: it (``_token_alive``).
+    _opened_tokens: dict[str, tuple[str, str | None, str | None, float | None]]
 
     # Provided by Vault.
     index: Index
@@ -223,8 +223,9 @@ class TokenOps:
         request): ``(token id, token text)``.
 
         ``scope`` (a directory path in the session) makes a scoped token that opens only
-        that directory. A token session may create tokens no wider than itself; a scoped
-        session none (it has no master key)."""
+        that directory. A token session may create tokens no wider than itself (its own
+        perms unless "rw"; expiring no later than it: a later or missing expiry is cut to
+        its own); a scoped session none (it has no master key)."""
         label = _check_label(label)
         perms = _check_perms(perms)
         mk = getattr(session, "_mk", None)
@@ -235,6 +236,14 @@ class TokenOps:
             raise Forbidden("a token cannot create a token with other permissions than its own")
         now = self.clock()
         exp = _expiry(expires, now)
+        parent = getattr(session, "token_id", None)
+        if parent is not None:
+            opened = self._opened_tokens.get(parent)
+            parent_exp = _row_expiry(opened[3]) if opened is not None else None
+            if parent_exp is None:  # not opened by this process: cannot tell its limits
+                raise Forbidden("this token session cannot create tokens")
+            if parent_exp and (exp == 0 or exp > parent_exp):
+                exp = parent_exp
         env_id = crypto.random_id().hex()
         secret = tokens.new_secret()
         if scope is None:
@@ -381,7 +390,7 @@ class TokenOps:
                         raise AuthError("scoped tokens are not supported by this server yet")
                     user = User.get_by_id(env.user_id)
                     session = open_scoped(user, env.scope_node, key, env.perms, env_id)
-                self._opened_tokens[env_id] = (env.kind, env.perms, env.expires)
+                self._opened_tokens[env_id] = (env.kind, env.scope_node, env.perms, env.expires)
                 self._note_token_use(env_id, env.last_used)
         except DavServerError as exc:
             if not isinstance(exc, AuthError):
@@ -392,7 +401,7 @@ class TokenOps:
 
     def _token_alive(self, session: Session) -> bool:
         """For a cached token session: whether its envelope row still exists, unchanged
-        (the kind, perms and expiry it was opened with), and has not expired. One indexed
+        (the kind, scope, perms and expiry it was opened with), and has not expired. One indexed
         query; revocations made by other processes show here at once, and a row edited to
         widen the token sends the login back to the envelope, which then fails to open."""
         token_id = getattr(session, "token_id", None)
@@ -401,10 +410,10 @@ class TokenOps:
         opened = self._opened_tokens.get(token_id)
         with self.index.connection():
             row = fast.token_check(token_id, session.user_id)
-            if row is None or opened is None or row[:3] != opened:
+            if row is None or opened is None or row[:4] != opened:
                 self._opened_tokens.pop(token_id, None)
                 return False
-            expires, last_used = row[2], row[3]
+            expires, last_used = row[3], row[4]
             if expires is not None and float(expires) <= self.clock():
                 return False
             self._note_token_use(token_id, last_used)

@@ -56,3 +56,36 @@ def test_a_schema_7_sqlite_index_is_migrated(tmp_path: Path) -> None:
 def test_a_schema_7_postgres_index_is_migrated(tmp_path: Path, postgres_db_url: str) -> None:
     _back_to_schema_7(postgres_db_url, tmp_path)
     _check_migrated(postgres_db_url, tmp_path)
+
+
+@pytest.mark.postgres
+def test_tokens_survive_a_move_to_postgres(tmp_path: Path, postgres_db_url: str) -> None:
+    """``index migrate`` / ``backup`` copy every column of the models: a token made on
+    SQLite logs in on the PostgreSQL copy, its label still opens, its recovery code too."""
+    from davserver.index import connect
+    from davserver.index.copy import copy_index
+
+    src = make_vault(tmp_path, LocalBlobStore(tmp_path / "blobs"), pepper=PEPPER)
+    src.create_user("u", "pw")
+    src.login("u", "pw").write_file("/f", [b"moved"], 5)
+    token_id, token = src.create_token("u", "pw", "Alice's phone", perms="ro")
+    code = src.create_recovery_code("u", "pw")
+    src.close()
+    src_db, dst_db = connect("sqlite:///index.db", tmp_path), connect(postgres_db_url, tmp_path)
+    try:
+        copy_index(src_db, dst_db)
+    finally:
+        dst_db.close()
+        src_db.close()
+    dst = make_vault(
+        tmp_path, LocalBlobStore(tmp_path / "blobs"), index_url=postgres_db_url, pepper=PEPPER
+    )
+    try:
+        session = dst.login("u", token)
+        assert session.perms == "ro" and session.open_file("/f").read_all() == b"moved"
+        labels = {t.id: t.label for t in dst.list_tokens("u")}
+        assert labels[token_id] == "Alice's phone"
+        dst.reset_password_with_recovery("u", code, "pw2")
+        assert dst.login("u", "pw2").open_file("/f").read_all() == b"moved"
+    finally:
+        dst.close()
