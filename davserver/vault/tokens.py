@@ -154,6 +154,21 @@ class TokenOps:
     def server_key(self, purpose: bytes) -> bytes:  # pragma: no cover
         raise NotImplementedError
 
+    def open_scoped(
+        self, user: User, scope_node_id: str, dk: bytes, perms: str, token_id: str | None = None
+    ) -> Session:  # pragma: no cover - defined by Vault
+        raise NotImplementedError
+
+    @staticmethod
+    def _fold_pending_of(session: Session) -> None:
+        """A whole-account token session is a full session: it folds what scoped devices
+        deleted into the trash, as a password login does (best effort: never fails the
+        login; the next full session tries again)."""
+        try:
+            session._fold_pending()
+        except DavServerError as exc:
+            log.warning("could not fold pending trash items yet: %s", exc)
+
     # -- labels ------------------------------------------------------------------------------
     def _seal_label(self, user_id: str, env_id: str, label: str) -> bytes:
         return envelopes.seal(
@@ -249,10 +264,7 @@ class TokenOps:
         if scope is None:
             kind, scope_id, key = KIND_TOKEN, None, mk
         else:
-            scope_key = getattr(session, "scope_key", None)
-            if scope_key is None:  # until the scoped sessions land (the "scoped" branch)
-                raise BadRequest("scoped tokens are not supported by this server yet")
-            scope_id, key = scope_key(scope)
+            scope_id, key = session.scope_key(scope)
             kind = KIND_SCOPED
         sealed = tokens.seal_token(
             key,
@@ -380,16 +392,20 @@ class TokenOps:
                     raise AuthError("wrong user name or password") from None
                 session: Session
                 if env.kind == KIND_TOKEN:
-                    session = Session(self, env.user_id, env.user_name, key, env.root_id)  # type: ignore[arg-type]
-                    session.perms = str(env.perms)
-                    session.token_id = env_id
+                    session = Session(
+                        self,  # type: ignore[arg-type]
+                        env.user_id,
+                        env.user_name,
+                        key,
+                        env.root_id,
+                        perms=str(env.perms),
+                        token_id=env_id,
+                    )
+                    self._fold_pending_of(session)
                 else:
-                    open_scoped = getattr(self, "open_scoped", None)
-                    if open_scoped is None:  # until the scoped sessions land
-                        m.logins.labels(KIND_TOKEN, "failure").inc()
-                        raise AuthError("scoped tokens are not supported by this server yet")
                     user = User.get_by_id(env.user_id)
-                    session = open_scoped(user, env.scope_node, key, env.perms, env_id)
+                    scope_id = str(env.scope_node)
+                    session = self.open_scoped(user, scope_id, key, str(env.perms), env_id)
                 self._opened_tokens[env_id] = (env.kind, env.scope_node, env.perms, env.expires)
                 self._note_token_use(env_id, env.last_used)
         except DavServerError as exc:

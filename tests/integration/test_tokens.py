@@ -18,7 +18,6 @@ from davserver import metrics
 from davserver.crypto import tokens as tokenfmt
 from davserver.errors import AuthError
 from davserver.index.models import Envelope
-from davserver.vault.tree import Session
 from tests.harness.davserver import DavClient, DavServer, start_dav_server
 from tests.integration.test_dav_auth import attempt
 from tests.integration.test_dav_server import ServeProcess
@@ -171,10 +170,6 @@ def test_basic_auth_refuses_a_recovery_code_and_the_code_resets_once(
     assert [t.kind for t in dav_server.vault.list_tokens("alice")] == ["token"]
 
 
-@pytest.mark.skipif(
-    not hasattr(Session, "scope_key"),
-    reason="needs the scoped sessions (Session.scope_key, Vault.open_scoped): 'scoped' branch",
-)
 def test_a_scoped_token_sees_only_its_directory(dav_server: DavServer) -> None:
     alice = dav_server.client("alice")
     assert alice.mkcol("/shared").status == 201

@@ -1,6 +1,6 @@
 """The token API of the vault (``Vault.create_token`` and friends, DESIGN §13) on a real
 SQLite index: what may create what, what is refused, what is stored, and the calls a scoped
-token makes into the scoped sessions (with stand-ins until those land)."""
+token makes into the scoped sessions."""
 
 from __future__ import annotations
 
@@ -168,35 +168,7 @@ def test_a_recovery_envelope_named_by_a_token_does_not_log_in(v: Vault) -> None:
     v.reset_password_with_recovery("alice", code, "new")  # the code itself still works
 
 
-# -- scoped tokens: the calls into the scoped sessions, with stand-ins -----------------------
-
-
-class _ScopedStub:
-    """Stands in for the scoped session until the 'scoped' branch is merged."""
-
-    def __init__(self, user: Any, scope_node_id: str, dk: bytes, perms: str, token_id: str):
-        self.user_id = user.id
-        self.scope_node_id = scope_node_id
-        self.dk = dk
-        self.perms = perms
-        self.token_id = token_id
-
-
-@pytest.fixture
-def scoped(v: Vault, monkeypatch: pytest.MonkeyPatch) -> bool:
-    """Whether stand-ins are in use (no ``Session.scope_key`` yet): then ``scope_key``
-    resolves the path in the session and ``open_scoped`` returns what it was given."""
-    if hasattr(Session, "scope_key"):
-        return False
-
-    def open_scoped(user: Any, scope_node_id: str, dk: bytes, perms: str, token_id: str) -> Any:
-        return _ScopedStub(user, scope_node_id, dk, perms, token_id)
-
-    monkeypatch.setattr(
-        Session, "scope_key", lambda self, path: _dir_key(self, path), raising=False
-    )
-    monkeypatch.setattr(v, "open_scoped", open_scoped, raising=False)
-    return True
+# -- scoped tokens ------------------------------------------------------------------------
 
 
 def _dir_key(session: Session, path: str) -> tuple[str, bytes]:
@@ -207,7 +179,7 @@ def _dir_key(session: Session, path: str) -> tuple[str, bytes]:
         return ref.row.id, ref.key
 
 
-def test_a_scoped_token_wraps_the_directory_key(v: Vault, scoped: bool) -> None:
+def test_a_scoped_token_wraps_the_directory_key(v: Vault) -> None:
     session = v.login("alice", PW)
     session.mkdir("/photos")
     node_id, dk = _dir_key(session, "/photos")
@@ -215,14 +187,13 @@ def test_a_scoped_token_wraps_the_directory_key(v: Vault, scoped: bool) -> None:
     (info,) = v.list_tokens("alice")
     assert (info.kind, info.scope_node, info.perms) == ("scoped", node_id, "ro")
     got = v.login("alice", token)
-    if scoped:
-        assert isinstance(got, _ScopedStub)
-        assert (got.scope_node_id, got.dk, got.perms, got.token_id) == (
-            node_id,
-            dk,
-            "ro",
-            token_id,
-        )
+    assert got.scoped and got._mk is None
+    assert (got.scope_id, got._scope_key, got.perms, got.token_id) == (
+        node_id,
+        dk,
+        "ro",
+        token_id,
+    )
     # The scope is bound: the row pointed at another directory no longer opens.
     session.mkdir("/other")
     other_id, _ = _dir_key(session, "/other")
