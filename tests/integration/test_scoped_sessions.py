@@ -640,3 +640,53 @@ def test_the_scope_key_survives_a_full_key_cache(local_vault: Vault) -> None:
     assert s.root_id not in s._keys  # never there: a fixed attribute
     assert len(s.list_dir("/2026")) == 6
     assert s.open_file("/b.jpg").read_all() == BIG
+
+
+def test_a_scoped_token_opens_only_its_directory_key(tmp_path: Path) -> None:
+    """With the index read directly, the scoped token and even the pepper in hand, what
+    the token's envelope opens is DK_S — not the master key: it opens neither the root nor
+    the trash (and ``test_nothing_outside_the_scope_opens_with_its_key`` shows that DK_S
+    opens nothing outside S)."""
+    from davserver.crypto import tokens as tokenfmt
+
+    pepper = os.urandom(32)
+    vault = make_vault(tmp_path, LocalBlobStore(tmp_path / "blobs"), pepper=pepper)
+    try:
+        full = _tree(vault)
+        sid, dk = full.scope_key("/Photos")
+        user_id, root_id, trash_id = full.user_id, full.root_id, full._trash_id()
+        token_id, token = vault.create_token("alice", PW, "frame", scope="/Photos")
+    finally:
+        vault.close()
+    parsed = tokenfmt.decode(token)
+    assert parsed is not None and parsed.envelope_id.hex() == token_id
+    (row,) = _sqlite_rows(
+        tmp_path / "index.db",
+        'SELECT kind, kdf_params, verifier, wrapped, scope_node, perms, expires FROM "envelope" '
+        "WHERE id = ?",
+        (token_id,),
+    )
+    kind, params, verifier, wrapped, scope_node, perms, expires = row
+    assert (kind, scope_node, perms) == ("scoped", sid, "rw")
+    key = tokenfmt.open_token(
+        tokenfmt.SealedToken(bytes(params), bytes(verifier), bytes(wrapped)),
+        pepper,
+        parsed.secret,
+        bytes.fromhex(user_id),
+        parsed.envelope_id,
+        kind,
+        bytes.fromhex(scope_node),
+        perms,
+        int(expires or 0),
+    )
+    assert key == dk
+    envs = dict(_sqlite_rows(tmp_path / "index.db", 'SELECT id, key_env FROM "node"'))
+    with pytest.raises(crypto.AuthenticationFailed):
+        envelopes.unwrap_root_key(
+            bytes(envs[root_id]), key, bytes.fromhex(user_id), bytes.fromhex(root_id)
+        )
+    assert trash_id is not None
+    with pytest.raises(crypto.AuthenticationFailed):
+        envelopes.unwrap_trash_key(
+            bytes(envs[trash_id]), key, bytes.fromhex(user_id), bytes.fromhex(trash_id)
+        )

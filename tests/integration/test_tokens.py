@@ -244,3 +244,47 @@ def test_revocation_reaches_every_worker_process_on_postgres(
     tmp_path: Path, postgres_db_url: str
 ) -> None:
     _revoked_in_every_worker(tmp_path, {"DAVSERVER_INDEX_URL": postgres_db_url})
+
+
+def test_an_upload_only_token_adds_files_and_nothing_else(dav_server: DavServer) -> None:
+    """The camera-upload case, with a real token over HTTP: new files and date folders go
+    in; reading, listing, overwriting and deleting are 403."""
+    alice = dav_server.client("alice")
+    assert alice.mkcol("/Photos").status == 201
+    assert alice.put("/Photos/old.jpg", b"old").status == 201
+    _tid, token = new_token(dav_server, scope="/Photos", perms="wo")
+    cam = token_client(dav_server, token)
+    assert cam.propfind("/", "0").status == 207  # the folder is there
+    assert cam.mkcol("/2026-12").status == 201
+    assert cam.put("/2026-12/new.jpg", b"new photo").status == 201
+    assert cam.get("/2026-12/new.jpg").status == 403
+    assert cam.get("/old.jpg").status == 403
+    assert cam.propfind("/", "1").status == 403
+    assert cam.propfind("/2026-12", "1").status == 403
+    assert cam.put("/old.jpg", b"overwritten").status == 403
+    assert cam.put("/2026-12/new.jpg", b"again").status == 403
+    assert cam.delete("/old.jpg").status == 403
+    assert cam.move("/old.jpg", "/moved.jpg").status == 403
+    assert alice.get("/Photos/2026-12/new.jpg").body == b"new photo"
+    assert alice.get("/Photos/old.jpg").body == b"old"
+
+
+def test_a_read_only_scoped_token_reads_its_folder_and_nothing_outside(
+    dav_server: DavServer,
+) -> None:
+    alice = dav_server.client("alice")
+    assert alice.mkcol("/Docs").status == 201
+    assert alice.put("/Docs/in.txt", b"inside").status == 201
+    assert alice.mkcol("/Secret").status == 201
+    assert alice.put("/Secret/s.txt", b"outside").status == 201
+    _tid, token = new_token(dav_server, scope="/Docs", perms="ro")
+    c = token_client(dav_server, token)
+    assert c.get("/in.txt").body == b"inside"
+    listing = c.propfind("/", "1")
+    assert listing.status == 207 and "in.txt" in listing.text and "Secret" not in listing.text
+    for path in ("/Secret/s.txt", "/Docs/in.txt", "/../Secret/s.txt"):
+        assert c.get(path).status in (400, 404), path
+    assert c.get("/remote.php/dav/files/alice/in.txt").body == b"inside"
+    assert c.put("/new.txt", b"x").status == 403
+    assert c.delete("/in.txt").status == 403
+    assert alice.get("/Docs/in.txt").body == b"inside"
