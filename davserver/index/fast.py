@@ -247,6 +247,28 @@ def dir_bytes(dir_id: str) -> int:
     return int(row[0]) if row else 0
 
 
+#: Longest ancestor chain that ``propagate_known`` names in an IN list; longer ones walk.
+KNOWN_CHAIN_MAX = 64
+
+
+def propagate_known(chain: tuple[str, ...], delta: int) -> tuple[str, tuple[object, ...]]:
+    """``propagate`` for a directory whose ancestors the caller resolved in this transaction
+    (``chain``: the directory, then its parent, ... up to the top), as a statement for
+    ``batch``: one indexed UPDATE of those rows, no walk. On PostgreSQL the recursive walk
+    cost ~0.4 ms more per write (planning and a subquery per level, ~15% of a small PUT);
+    on SQLite it is about even."""
+    if len(chain) > KNOWN_CHAIN_MAX:
+        return ("propagate", (chain[0], delta))
+    kind = f"propagate_{len(chain)}"
+    if kind not in _TEMPLATES:
+        marks = ", ".join(["?"] * len(chain))
+        _TEMPLATES[kind] = (
+            'UPDATE "dir_tree" SET changes = changes + 1, bytes = bytes + ? '
+            f"WHERE dir_id IN ({marks})"
+        )
+    return (kind, (delta, *chain))
+
+
 def propagate(dir_id: str, delta: int = 0) -> None:
     """Within the caller's transaction: something below ``dir_id`` changed (by ``delta``
     bytes); count it there and in every ancestor. ``("propagate", (dir_id, delta))`` is the
