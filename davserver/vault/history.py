@@ -165,11 +165,12 @@ class _HistoryOps(_SubtreeOps):
         chain = self._chain(row)
         top = chain[-1]
         key = self._node_key(top, None)
-        ref = _Ref(top, key, None, "")
+        ref = _Ref(top, key, None, "", ())
         trail = [ref]
         for r in reversed(chain[:-1]):
             name = self._entry_name(r, ref.key)
-            ref = _Ref(r, self._node_key(r, ref.key), ref.key, name)
+            assert ref.up is not None
+            ref = _Ref(r, self._node_key(r, ref.key), ref.key, name, (ref.row.id, *ref.up))
             trail.append(ref)
         return ref, trail
 
@@ -608,7 +609,7 @@ class _HistoryOps(_SubtreeOps):
         row = fast.node_by_id(trash_id, self.user_id)
         if row is None:
             raise IntegrityError("the trash directory is missing")
-        return _Ref(row, self._node_key(row, None), None, "")
+        return _Ref(row, self._node_key(row, None), None, "", ())
 
     def delete(self, path: str, permanently: bool = False) -> None:
         """Move a file or a whole tree into the trash (one row re-wrapped); with
@@ -700,9 +701,7 @@ class _HistoryOps(_SubtreeOps):
 
     def _rehome(self, ref: _Ref, parent: _Ref, name: str) -> None:
         """Re-wrap one node's row under another directory (key, name, metadata)."""
-        fast.batch(
-            [self._move_statement(ref, parent, name), *self._propagate_move(ref.row, parent.row.id)]
-        )
+        fast.batch([self._move_statement(ref, parent, name), *self._propagate_move(ref, parent)])
 
     def _origin(self, trash: _Ref, node_id: str) -> envelopes.Origin:
         item = TrashItem.get_or_none(TrashItem.node == node_id)

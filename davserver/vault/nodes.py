@@ -112,6 +112,9 @@ class _Ref:
     key: bytes
     parent_key: bytes | None  # None for the root
     name: str
+    #: The ids of the node's ancestors, parent first, up to its parentless top, when the walk
+    #: that made this ref saw them in the current transaction; None when not known.
+    up: tuple[str, ...] | None = None
 
 
 def _b(id_hex: str | None) -> bytes:
@@ -245,7 +248,7 @@ class _SessionCore:
             raise IntegrityError("root directory is missing")
         if self.scoped:
             self._check_scope_alive()
-        return _Ref(row, self._node_key(row, None), None, "")
+        return _Ref(row, self._node_key(row, None), None, "", ())
 
     def _check_scope_alive(self) -> None:
         """Scoped sessions: S must still be in the tree, below the user's root (one
@@ -281,7 +284,7 @@ class _SessionCore:
         if key is None or self.scoped:
             return self._root()
         stub = fast.NodeRow(self.root_id, None, DIR, b"", b"", b"", None, None, 0, 0.0)
-        return _Ref(stub, key, None, "")
+        return _Ref(stub, key, None, "", ())
 
     def _child(self, parent: _Ref, name: str) -> _Ref | None:
         mac = names.name_mac(parent.key, name)
@@ -303,7 +306,8 @@ class _SessionCore:
         if stored != name:
             log.error("integrity failure: name MAC of node %s does not match its name", row.id)
             raise IntegrityError("name index does not match the sealed name")
-        ref = _Ref(row, self._node_key(row, parent.key), parent.key, name)
+        up = None if parent.up is None else (parent.row.id, *parent.up)
+        ref = _Ref(row, self._node_key(row, parent.key), parent.key, name, up)
         if len(self._hints) >= self.KEY_CACHE_SIZE:
             self._hints.clear()
         self._hints[(parent.row.id, mac)] = row.id
@@ -400,6 +404,21 @@ class _SessionCore:
         if ref.row.kind != DIR:
             raise Conflict("not a directory")
         return ref
+
+    @staticmethod
+    def _propagation(
+        dir_id: str, up: tuple[str, ...] | None, delta: int = 0
+    ) -> tuple[str, tuple[object, ...]]:
+        """The statement (for ``fast.batch``) that counts a change below ``dir_id`` in it and
+        every ancestor, its byte totals moved by ``delta``: an UPDATE of the ancestors
+        named when the walk saw them (``up``), else the recursive walk."""
+        if up is None:
+            return ("propagate", (dir_id, delta))
+        return fast.propagate_known((dir_id, *up), delta)
+
+    def _propagation_of(self, ref: _Ref, delta: int = 0) -> tuple[str, tuple[object, ...]]:
+        """``_propagation`` for a change below the directory ``ref``."""
+        return self._propagation(ref.row.id, ref.up, delta)
 
     def _meta(self, row: Any, parent_key: bytes | None) -> dict[str, Any]:
         if row.meta_ct is None or parent_key is None:
@@ -556,7 +575,7 @@ class _SessionCore:
         if kind == DIR:
             statements.append(("dir_tree_insert", (node_id,)))
         if propagate:
-            statements.append(("propagate", (parent.row.id, 0)))
+            statements.append(self._propagation_of(parent))
         if batch is None:
             fast.batch(statements)
         else:

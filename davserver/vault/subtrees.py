@@ -102,21 +102,25 @@ class _SubtreeOps(_PropOps):
                 if self._merge_onto(src, existing, move=True):
                     return True
                 self._remove_replaced(existing)
-            dst_id = dst_parent.row.id
             # One round trip for the writes (fast.batch) while the user's row is held.
             batch = [self._move_statement(src, dst_parent, name)]
-            batch += self._propagate_move(src.row, dst_id)
+            batch += self._propagate_move(src, dst_parent)
             fast.batch(batch)
         return existing is not None
 
-    def _propagate_move(self, row: NodeLike, dst_id: str) -> list[tuple[str, tuple[object, ...]]]:
-        """The ``propagate`` statements of moving ``row`` under ``dst_id``: both ancestor
-        chains change (their counters, and their byte totals by what moved), the moved
-        node's own counter does not (a moved directory keeps its ETag)."""
-        if row.parent_id == dst_id:
-            return [("propagate", (dst_id, 0))]
+    def _propagate_move(self, ref: _Ref, dst: _Ref) -> list[tuple[str, tuple[object, ...]]]:
+        """The ``propagate`` statements of moving ``ref`` into the directory ``dst``: both
+        ancestor chains change (their counters, and their byte totals by what moved), the
+        moved node's own counter does not (a moved directory keeps its ETag)."""
+        row = ref.row
+        if row.parent_id == dst.row.id:
+            return [self._propagation_of(dst)]
         moved = self._bytes_below(row)
-        return [("propagate", (row.parent_id, -moved)), ("propagate", (dst_id, moved))]
+        old_up = None if not ref.up else ref.up[1:]
+        return [
+            self._propagation(row.parent_id, old_up, -moved),
+            self._propagation_of(dst, moved),
+        ]
 
     def _bytes_below(self, row: NodeLike) -> int:
         """A file's size, or the bytes below a directory (its ``dir_tree`` total)."""

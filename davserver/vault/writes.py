@@ -379,7 +379,7 @@ class _WriteOps(_SessionCore):
             else:
                 batch.append(("node_set_version", (version_id, size, node_id)))
             # Every ancestor's ETag and byte total: one statement (a new node's too).
-            batch.append(("propagate", (parent.row.id, size - int(ref.row.size or 0))))
+            batch.append(self._propagation_of(parent, size - int(ref.row.size or 0)))
             if growth:
                 batch.append(("usage_add", (growth, self.user_id)))
             if inline is None:

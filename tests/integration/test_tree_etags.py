@@ -14,6 +14,7 @@ from urllib.parse import unquote
 
 import pytest
 
+from davserver.index import dirtree
 from tests.harness.davserver import DavClient, DavServer, start_dav_server
 
 D = "{DAV:}"
@@ -34,6 +35,9 @@ def dav(request: Any, tmp_path: Path) -> Iterator[DavServer]:
     server = start_dav_server(tmp_path / "data", env)
     try:
         yield server
+        # Whatever the test did, the counters kept by each write equal a full recount.
+        with server.vault.index.connection():
+            assert not dirtree.drift(server.vault.index.db)
     finally:
         server.stop()
 
