@@ -46,7 +46,7 @@ from davserver.blobs import BlobStore
 from davserver.config import Config, load
 from davserver.crypto import blobfmt
 from davserver.errors import BlobNotFound, ConfigError, StorageError
-from davserver.index import SCHEMA_VERSION, connect, identity
+from davserver.index import SCHEMA_VERSION, connect, instance
 from davserver.index.copy import (
     copy_index,
     count_rows,
@@ -413,7 +413,7 @@ def _renew_fingerprint(config: Config) -> None:
     try:
         db.connect(reuse_if_open=True)
         with db.atomic():
-            identity.renew_fingerprint(db)
+            instance.renew_fingerprint(db)
     finally:
         db.close()
 

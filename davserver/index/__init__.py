@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 import peewee as pw
 
 from davserver.errors import ConfigError, StorageError
-from davserver.index import dirtree, errors, fast, identity, models
+from davserver.index import dirtree, errors, fast, instance, models
 from davserver.index.models import SchemaInfo, database_proxy
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ def _migrate_dir_tree(db: pw.Database) -> None:
     db.create_tables(models.V8_MODELS, safe=True)
     dirtree.fill(db)
     db.execute_sql('DROP TABLE IF EXISTS "dir_version"')  # type: ignore[no-untyped-call]
-    identity.ensure(db)
+    instance.ensure(db)
 
 
 # MIGRATIONS[n] brings a schema at version n to version n + 1. Never edit a released one:
@@ -386,12 +386,12 @@ class Index:
             attempt += 1
 
     def identity(self) -> tuple[str, str]:
-        """(instance id, data fingerprint) of this index (``davserver.index.identity``),
+        """(instance id, data fingerprint) of this index (``davserver.index.instance``),
         read once: they change only while no server runs (a restore)."""
         cached: tuple[str, str] | None = getattr(self, "_identity", None)
         if cached is None:
             with self.connection():
-                cached = self._identity = identity.read(self.db)
+                cached = self._identity = instance.read(self.db)
         return cached
 
     def schema_version(self) -> int:

@@ -248,6 +248,9 @@ class _SessionCore:
             raise IntegrityError("root directory is missing")
         if self.scoped:
             self._check_scope_alive()
+            # The ancestors above S are not this session's to name: writes below S update
+            # the dir_tree rows up to the user's root by the recursive walk.
+            return _Ref(row, self._node_key(row, None), None, "", None)
         return _Ref(row, self._node_key(row, None), None, "", ())
 
     def _check_scope_alive(self) -> None:

@@ -82,11 +82,13 @@ class _PendingOps(_HistoryOps):
         )
         if path is not None:
             self._locks().delete_user_locks(self.lock_namespace, path)
+        moved = self._bytes_below(ref.row)
         fast.batch(
             [
                 # name_ct empty, name_mac random: the name is in the sealed origin.
                 ("node_move", (trash_id, key_box, os.urandom(32), b"", None, ref.row.id)),
-                *self._propagate_move(ref.row, trash_id),
+                self._propagation(ref.row.parent_id, ref.up[1:] if ref.up else None, -moved),
+                ("propagate", (trash_id, moved)),
             ]
         )
         TrashItem.create(

@@ -117,7 +117,7 @@ class Session(_PendingOps, _WriteOps, _PropOps):
 
     def server_identity(self) -> tuple[str, str]:
         """(instance id, data fingerprint) of the index: ``oc:id`` and the root's
-        ``oc:data-fingerprint`` (``davserver.index.identity``)."""
+        ``oc:data-fingerprint`` (``davserver.index.instance``)."""
         return self.vault.index.identity()
 
     # -- reading the tree --------------------------------------------------------------------

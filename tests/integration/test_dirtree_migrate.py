@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from davserver.blobs.local import LocalBlobStore
-from davserver.index import SCHEMA_VERSION, dirtree, identity
+from davserver.index import SCHEMA_VERSION, dirtree, instance
 from davserver.index.models import DirTree, DirVersion, SchemaInfo
 from tests.harness.vaults import make_vault
 
@@ -42,7 +42,7 @@ def _back_to_schema_7(url: str, base: Path) -> None:
         db.drop_tables([DirTree])
         db.create_tables([DirVersion])
         SchemaInfo.delete().where(
-            SchemaInfo.key.in_([identity.INSTANCE_ID, identity.DATA_FINGERPRINT])
+            SchemaInfo.key.in_([instance.INSTANCE_ID, instance.DATA_FINGERPRINT])
         ).execute()
         SchemaInfo.update(value="7").where(SchemaInfo.key == "schema_version").execute()
     vault.close()
@@ -54,13 +54,13 @@ def test_a_v7_index_migrates_with_correct_totals(tmp_path: Path, index_url: str)
         tmp_path, LocalBlobStore(tmp_path / "blobs"), index_url=index_url, pepper=PEPPER
     )
     try:
-        assert vault.index.schema_version() == SCHEMA_VERSION == 8
+        assert vault.index.schema_version() == SCHEMA_VERSION
         db = vault.index.db
         with vault.index.connection():
             assert not db.table_exists("dir_version")
             assert not dirtree.drift(db)
-            instance, fingerprint = identity.read(db)
-        assert re.fullmatch(r"oc[a-z0-9]{10}", instance) and fingerprint
+            instance_id, fingerprint = instance.read(db)
+        assert re.fullmatch(r"oc[a-z0-9]{10}", instance_id) and fingerprint
         s = vault.login("old", "pw")
         sizes = {p: s.stat(p).tree_bytes for p in ("/", "/a", "/a/b", "/c")}
         assert sizes == {"/": 123, "/a": 120, "/a/b": 100, "/c": 0}

@@ -290,3 +290,21 @@ def test_version_restore_and_mtime_change_the_ancestors(dav: DavServer, alice: D
     session.set_mtime("/a/sib", 1_000_000.0)  # a member re-timed: its parent's listing changed
     timed = etags(alice, *ALL)
     assert changed(after, timed) == {"/", "/a"}
+
+
+def test_writes_through_a_scoped_token_reach_the_root(dav: DavServer, alice: DavClient) -> None:
+    """A token scoped to /a/b cannot name the directories above it, yet what it writes
+    changes their ETags and byte totals up to the user's root (a full-account client syncing
+    the whole tree must see the camera's uploads); its delete too."""
+    tree(alice)
+    _, token = dav.vault.create_token("alice", dav.users["alice"], "cam", scope="/a/b")
+    cam = DavClient(dav.url, "alice", token)
+    before = etags(alice, *ALL)
+    assert cam.put("/c/photo.jpg", b"x" * 1000).status == 201
+    after = etags(alice, *ALL)
+    assert changed(before, after) == {"/", "/a", "/a/b", "/a/b/c"}
+    assert props(alice, "/")["size"] == "1000" and props(alice, "/a")["size"] == "1000"
+    assert cam.delete("/c/photo.jpg").status == 204
+    again = etags(alice, *ALL)
+    assert changed(after, again) == {"/", "/a", "/a/b", "/a/b/c"}
+    assert props(alice, "/a")["size"] == "0"
