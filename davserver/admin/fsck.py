@@ -255,7 +255,7 @@ class Fsck:
     def check_identity_keys(self) -> None:
         """Every identity public key is bound to its user by the pepper-keyed MAC (DESIGN
         §13.3): one that is not was swapped in, and scoped sessions refuse to seal to it.
-        A user without a pair yet (from before schema 8) gets it at the next password login;
+        A user without a pair yet (from before schema 10) gets it at the next password login;
         items scoped sessions deleted and the owner has not folded yet are counted."""
         bind = self.vault.server_key(identity.BIND_PURPOSE)
         rows = _q('SELECT id, id_pk, id_pk_mac FROM "user" WHERE id_pk IS NOT NULL').fetchall()

@@ -242,7 +242,7 @@ def copy_index(
     against ``count_rows(dst)`` after the commit. ``on_table(name, total)`` may return a
     progress callback for that table.
 
-    A table the source does not have yet (``dir_tree`` of an index older than schema 8) is
+    A table the source does not have yet (``dir_tree`` of an index older than schema 11) is
     left empty: the source's ``schema_version`` is copied with the rest, so the target's
     next open runs that migration, which fills it."""
     create_schema(dst)

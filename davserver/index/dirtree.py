@@ -1,5 +1,6 @@
-"""The ``dir_tree`` totals recomputed from the node rows: what migration 8 fills the table
-with, what ``davserver fsck`` compares it against and what ``fsck --repair`` writes back.
+"""The ``dir_tree`` totals recomputed from the node rows: what the schema 11 migration fills
+the table with, what ``davserver fsck`` compares it against and what ``fsck --repair``
+writes back.
 
 While the server runs, the table is kept by the ``propagate`` statement (``fast``), in the
 transaction of every change; this module is the slow, whole-index counterpart, one pass over
@@ -117,7 +118,7 @@ def repair(db: pw.Database) -> TreeDrift:
 
 
 def fill(db: pw.Database) -> None:
-    """Within the caller's transaction: ``dir_tree`` from scratch (migration 8)."""
+    """Within the caller's transaction: ``dir_tree`` from scratch (the schema 11 migration)."""
     _exec(db, 'DELETE FROM "dir_tree"')
     rows = list(expected_bytes(db).items())
     for i in range(0, len(rows), 500):

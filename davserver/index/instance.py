@@ -1,6 +1,6 @@
 """Facts that name an index: the instance id in every ``oc:id`` and the data fingerprint.
 
-Both live in ``schema_info`` and are created with the index (migration 8 gives an older
+Both live in ``schema_info`` and are created with the index (the schema 11 migration gives an older
 index its own). The **instance id** is what Nextcloud calls ``instanceid``: ``oc`` and ten
 lowercase letters or digits, random; a file's ``oc:id`` is its fileid as eight or more
 digits followed by it, so ids of two servers never collide in a client's database. The

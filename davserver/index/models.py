@@ -52,7 +52,7 @@ class User(BaseModel):
     #: keeps what it deletes (schema v7). ``usage_bytes`` counts every version row of the
     #: user's nodes, in the tree and in the trash (old versions too).
     trash_id = IdField(null=True)
-    #: The user's X25519 identity key pair (DESIGN §13; schema v8): the public key in clear,
+    #: The user's X25519 identity key pair (DESIGN §13; schema v10): the public key in clear,
     #: its pepper-keyed binding MAC (checked before every use), the secret key wrapped under
     #: ``subkey(MK, "id-wrap")``. Null until made (``create_user``, else the next password
     #: login of a user from before v8).
@@ -213,7 +213,7 @@ class UploadChunk(BaseModel):
 
 class DirVersion(BaseModel):
     """Schema 3 to 7 only: a counter per directory, bumped when its listing changed.
-    Replaced by ``DirTree`` (schema 8 drops the table); kept so that migration 3 still
+    Replaced by ``DirTree`` (schema 11 drops the table); kept so that migration 3 still
     creates what it always created."""
 
     dir_id = IdField(primary_key=True)
@@ -272,7 +272,7 @@ class TrashItem(BaseModel):
     #: The WebDAV locks that were on it and below it, sealed under the trash key: a
     #: restore puts them back (same tokens, same expiry) at the path it returns to.
     locks_ct = pw.BlobField(null=True)
-    #: Deleted by a scoped session (schema v8): the node's key (its ``key_env``) and
+    #: Deleted by a scoped session (schema v10): the node's key (its ``key_env``) and
     #: ``origin_ct`` are sealed boxes to the owner's identity key, its name unsealed; the
     #: owner's next full session folds it into an ordinary item (DESIGN §13).
     #: Nullable (NULL = not pending), so that a row written without it stays an ordinary one.

@@ -352,7 +352,7 @@ class Vault(TokenOps):
         return session
 
     def _after_full_login(self, session: Session, user: User, mk: bytes) -> None:
-        """What only MK can do, done at a password login: give a user from before schema v8
+        """What only MK can do, done at a password login: give a user from before schema v10
         an identity key pair, and fold what scoped sessions deleted into the trash. Best
         effort: neither may fail the login (both are done again at the next)."""
         if user.id_pk is None:

@@ -1,7 +1,7 @@
 """Each user's identity key pair in the index (DESIGN §13): made, checked, opened.
 
 The formats are ``davserver.crypto.identity``'s; this module reads and writes the ``user``
-row. ``create_user`` makes the pair; a user from before schema v8 gets it at the next
+row. ``create_user`` makes the pair; a user from before schema v10 gets it at the next
 password login (it needs MK, which only a password or a whole-account token opens). The
 public key is checked against its pepper-keyed MAC before every use (``verified_pk``), so a
 database writer cannot make a scoped session seal what it deletes to a key of theirs.
@@ -38,7 +38,7 @@ def new_identity(vault: Engine, user_id: str, mk: bytes) -> identity.Identity:
 
 def ensure_identity(vault: Engine, user_id: str, mk: bytes) -> None:
     """Give the user an identity key pair if they have none yet (a user from before schema
-    v8), at a full login. Best effort, like ``_note_login``: a write the index cannot take
+    v10), at a full login. Best effort, like ``_note_login``: a write the index cannot take
     now is made at a later login."""
     try:
         with vault.index.connection():
