@@ -261,7 +261,12 @@ def children_by_macs(
     snapshot): {(parent id, name MAC): row} for those that exist."""
     param = database_proxy.obj.param
     where = " OR ".join([f"(n.parent_id = {param} AND n.name_mac = {param})"] * len(keys))
-    sql = f"SELECT {_NODE_COLS} {_FROM} WHERE n.owner_id = {param} AND ({where})"
+    # SQLite without statistics took the owner index and read every node of the user
+    # (~135 us of a GET's ~500 us with 500 files); "+" keeps it off that index, so each
+    # OR term is one lookup in the (parent, name MAC) index. PostgreSQL has no unary "+"
+    # for text, and its planner picks the unique index by itself.
+    owner = "+n.owner_id" if param == "?" else "n.owner_id"
+    sql = f"SELECT {_NODE_COLS} {_FROM} WHERE {owner} = {param} AND ({where})"
     params: list[object] = [owner_id]
     for parent_id, mac in keys:
         params += [parent_id, mac]
