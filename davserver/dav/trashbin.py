@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from wsgidav import util
 from wsgidav.dav_error import HTTP_FORBIDDEN, HTTP_NOT_FOUND, DAVError
 
-from davserver.dav import history
+from davserver.dav import history, syncprops
 from davserver.dav.destination import TRASHBIN_PREFIX, check_user, parse_destination, under
 from davserver.dav.history import NC, OC, D, Row
 from davserver.dav.resources import forget_resources
@@ -112,7 +112,8 @@ def _trash(
         depth = history.depth(environ)
         rows = [history.collection(base + "/trash/", "trash")]
         if depth == "1":
-            rows += [_item_row(base, item) for item in session.trash_items()]
+            instance_id = session.server_identity()[0]
+            rows += [_item_row(base, item, instance_id) for item in session.trash_items()]
         return history.multistatus(environ, start_response, rows, mode, names)
     if method in ("PUT", "MKCOL", "MOVE", "COPY", "PROPPATCH", "LOCK"):
         raise DAVError(HTTP_FORBIDDEN, "the trash is changed by deleting files")
@@ -126,7 +127,7 @@ def _find(session: Session, name: str) -> TrashEntry:
     raise DAVError(HTTP_NOT_FOUND)
 
 
-def _entry_props(row: Row, entry: Entry, name: str) -> Row:
+def _entry_props(row: Row, entry: Entry, name: str, instance_id: str) -> Row:
     """What a trashed file or folder (an item or a member of one) has."""
     props = row.props
     props[D + "resourcetype"] = history.resourcetype(entry.is_dir)
@@ -134,7 +135,7 @@ def _entry_props(row: Row, entry: Entry, name: str) -> Row:
     props[D + "getlastmodified"] = util.get_rfc1123_time(entry.mtime)
     props[D + "getetag"] = f'"{entry.etag}"'
     props[OC + "fileid"] = str(entry.fileid)
-    props[OC + "id"] = entry.id
+    props[OC + "id"] = syncprops.oc_id(entry, instance_id)
     props[OC + "size"] = str(entry.bytes_below)
     if not entry.is_dir:
         props[D + "getcontentlength"] = str(entry.size)
@@ -142,16 +143,16 @@ def _entry_props(row: Row, entry: Entry, name: str) -> Row:
     return row
 
 
-def _item_row(base: str, item: TrashEntry) -> Row:
+def _item_row(base: str, item: TrashEntry, instance_id: str) -> Row:
     slash = "/" if item.entry.is_dir else ""
     row = Row(f"{base}/trash/{item.name}{slash}")
     row.props[TRASHBIN_FILENAME] = item.original_name
     row.props[TRASHBIN_LOCATION] = item.original_location
     row.props[TRASHBIN_DELETED] = str(int(item.deleted_at))
-    return _entry_props(row, item.entry, item.original_name)
+    return _entry_props(row, item.entry, item.original_name, instance_id)
 
 
-def _member_row(base: str, item: TrashEntry, sub: list[str], entry: Entry) -> Row:
+def _member_row(base: str, item: TrashEntry, sub: list[str], entry: Entry, instance_id: str) -> Row:
     """A member of a trashed folder, ``sub`` its path below the item."""
     slash = "/" if entry.is_dir else ""
     row = Row(f"{base}/trash/{item.name}/{'/'.join(sub)}{slash}")
@@ -159,7 +160,7 @@ def _member_row(base: str, item: TrashEntry, sub: list[str], entry: Entry) -> Ro
     row.props[TRASHBIN_FILENAME] = entry.name
     row.props[TRASHBIN_LOCATION] = location
     row.props[TRASHBIN_DELETED] = str(int(item.deleted_at))
-    return _entry_props(row, entry, entry.name)
+    return _entry_props(row, entry, entry.name, instance_id)
 
 
 def _item(
@@ -193,10 +194,11 @@ def _item(
         item = _find(session, path[0])
         sub = path[1:]
         entry = session.trash_stat("/".join(path)) if sub else item.entry
-        rows = [_member_row(base, item, sub, entry) if sub else _item_row(base, item)]
+        iid = session.server_identity()[0]
+        rows = [_member_row(base, item, sub, entry, iid) if sub else _item_row(base, item, iid)]
         if depth == "1" and entry.is_dir:
             for member in session.trash_list_dir("/".join(path)):
-                rows.append(_member_row(base, item, [*sub, member.name], member))
+                rows.append(_member_row(base, item, [*sub, member.name], member, iid))
         return history.multistatus(environ, start_response, rows, mode, names)
     if method in ("PUT", "MKCOL", "COPY", "PROPPATCH", "LOCK"):
         raise DAVError(HTTP_FORBIDDEN, "trash items are read-only")

@@ -352,6 +352,9 @@ def test_trash_list_browse_get_restore_purge_empty(dav: DavServer, alice: DavCli
     assert alice.put(FILES + "/Docs/top.txt", b"top").status == 201
     assert alice.put(FILES + "/Docs/sub/note.txt", b"a note below").status == 201
     photo_id = fileid_of(alice, "/Photos/Ferien am Meer.jpg")
+    [(_, before)] = propfind(
+        alice, FILES + "/Photos/Ferien am Meer.jpg", FILEID_PROPFIND, "0"
+    ).items()
     docs_id = fileid_of(alice, "/Docs")
     deleted_at = time.time()
     assert alice.delete(FILES + "/Photos/Ferien am Meer.jpg").status == 204
@@ -365,6 +368,9 @@ def test_trash_list_browse_get_restore_purge_empty(dav: DavServer, alice: DavCli
     assert found(props, NC + "trashbin-original-location") == "Photos/Ferien am Meer.jpg"
     assert abs(int(found(props, NC + "trashbin-deletion-time") or 0) - deleted_at) < 60
     assert found(props, OC + "fileid") == photo_id
+    # oc:id as in the tree (the file id and the instance id): a client knows the file again.
+    [(_, trashed)] = propfind(alice, f"{TRASH}/trash/{photo_name}", FILEID_PROPFIND, "0").items()
+    assert found(trashed, OC + "id") == found(before, OC + "id") != photo_id
     assert found(props, D + "getcontentlength") == found(props, OC + "size") == str(len(photo))
     assert found(props, D + "getcontenttype") == "image/jpeg"
     assert found(props, D + "getetag") and found(props, D + "getlastmodified")
