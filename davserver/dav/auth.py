@@ -33,7 +33,7 @@ from davserver import audit, metrics
 from davserver.dav.errors import to_dav_error
 from davserver.dav.resources import SESSION_KEY
 from davserver.errors import AuthError, DavServerError
-from davserver.vault.throttle import LoginThrottle
+from davserver.vault.throttle import LoginThrottle, Refusal
 
 if TYPE_CHECKING:
     from davserver.vault import Vault
@@ -59,6 +59,29 @@ def client_address(environ: dict[str, Any], trusted_proxies: frozenset[str]) -> 
             if hop not in trusted_proxies:
                 return hop
     return addr
+
+
+def note_throttled(
+    throttle: LoginThrottle, refusal: Refusal, addr: str, user_name: str, where: str = ""
+) -> None:
+    """Log, count and audit a login refused by the failed-login limit (before any password
+    work): Basic auth here, the login page of the Nextcloud login flow (``where``)."""
+    log.warning(
+        "%slogin refused from %s: too many failed attempts (%s limit, user tag %s, retry in %d s)",
+        where,
+        addr,
+        refusal.reason,
+        throttle.log_tag(user_name),
+        refusal.retry_after,
+    )
+    metrics.get().logins.labels("password", "throttled").inc()
+    audit.emit(
+        "login_throttled",
+        user_tag=audit.user_tag(user_name),
+        addr_mac=audit.addr_mac(addr),
+        limit=refusal.reason,
+        retry_after=refusal.retry_after,
+    )
 
 
 def parse_basic(header: str) -> tuple[str, str] | None:
@@ -201,22 +224,7 @@ class DavAuthenticator(HTTPAuthenticator):  # type: ignore[misc]
         dc: VaultDomainController = self.domain_controller
         refusal = self.throttle.check(addr, user_name)  # before the cache: see the docstring
         if refusal is not None:
-            log.warning(
-                "login refused from %s: too many failed attempts (%s limit, user tag %s, "
-                "retry in %d s)",
-                addr,
-                refusal.reason,
-                self.throttle.log_tag(user_name),
-                refusal.retry_after,
-            )
-            metrics.get().logins.labels("password", "throttled").inc()
-            audit.emit(
-                "login_throttled",
-                user_tag=audit.user_tag(user_name),
-                addr_mac=audit.addr_mac(addr),
-                limit=refusal.reason,
-                retry_after=refusal.retry_after,
-            )
+            note_throttled(self.throttle, refusal, addr, user_name)
             return self._respond(
                 start_response,
                 "429 Too Many Requests",

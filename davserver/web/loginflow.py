@@ -43,9 +43,9 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote
 
-from davserver import audit, metrics
+from davserver import audit
 from davserver.crypto.primitives import fields, keyed_hash
-from davserver.dav.auth import ADDR_KEY, client_address
+from davserver.dav.auth import ADDR_KEY, client_address, note_throttled
 from davserver.dav.middleware import LOG_PATH_KEY
 from davserver.errors import AuthError, DavServerError
 from davserver.vault.loginflow import LoginFlows
@@ -412,22 +412,7 @@ class LoginFlowApp:
         try:
             refusal = self.throttle.check(addr, user)
             if refusal is not None:
-                log.warning(
-                    "login flow: login refused from %s: too many failed attempts (%s limit, "
-                    "user tag %s, retry in %d s)",
-                    addr,
-                    refusal.reason,
-                    self.throttle.log_tag(user),
-                    refusal.retry_after,
-                )
-                metrics.get().logins.labels("password", "throttled").inc()
-                audit.emit(
-                    "login_throttled",
-                    user_tag=audit.user_tag(user),
-                    addr_mac=audit.addr_mac(addr),
-                    limit=refusal.reason,
-                    retry_after=refusal.retry_after,
-                )
+                note_throttled(self.throttle, refusal, addr, user, "login flow: ")
                 wait = refusal.retry_after
                 return again(
                     f"Too many failed logins. Try again in {wait} seconds.",
