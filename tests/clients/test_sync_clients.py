@@ -323,4 +323,4 @@ def test_sync_round_trip(
     idle = requests_seen.take()
     print(f"{client.binary} ({access}): an unchanged tree cost {dict(idle)}")
     assert idle["PUT"] == idle["GET"] == idle["MOVE"] == idle["DELETE"] == 0, idle
-    assert idle["PROPFIND"] <= 4, idle
+    assert idle["PROPFIND"] <= 2, idle  # the root, whose ETag did not change
