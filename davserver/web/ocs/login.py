@@ -7,7 +7,7 @@ same failed-login throttle, checked before any password work (429 with ``Retry-A
 its counters live in the index, shared with WebDAV and with every worker process), the same
 login cache (no Argon2id for credentials that logged in a moment ago), the same metrics,
 audit records and log lines (user tags, never names). Whatever the domain controller
-accepts — the password today, device tokens when they exist — is accepted here.
+accepts — the password or a device token (``wdvt_…``) — is accepted here.
 
 Only the answers differ: a missing or wrong password is 401 with ``WWW-Authenticate`` and
 OCS status 997, as Nextcloud answers it, and the authenticator's other refusals and engine
