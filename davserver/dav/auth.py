@@ -84,6 +84,32 @@ def note_throttled(
     )
 
 
+def record_login(what: Callable[[str, str], None], addr: str, user_name: str) -> None:
+    """Update the failed-login counters (``what`` is ``login_failed`` or ``login_succeeded``
+    of the throttle); if the index cannot take the write (a full disk), the login is still
+    answered as what it was (logged: the count is missing)."""
+    try:
+        what(addr, user_name)
+    except DavServerError as exc:
+        log.warning("could not update the failed-login counters: %s", exc.reason)
+
+
+def audit_failed_login(vault: Any, addr: str, user_name: str) -> None:
+    """The ``login_failed`` audit record (the user's id if the name exists, tags only)."""
+    if not audit.enabled():
+        return
+    try:
+        user_id = vault.user_id_of(user_name)
+    except DavServerError:
+        user_id = None
+    audit.emit(
+        "login_failed",
+        user_id=user_id,
+        user_tag=audit.user_tag(user_name),
+        addr_mac=audit.addr_mac(addr),
+    )
+
+
 def parse_basic(header: str) -> tuple[str, str] | None:
     """(user, password) from ``Basic <base64(user:password)>``; None if malformed.
 
@@ -188,30 +214,6 @@ class DavAuthenticator(HTTPAuthenticator):  # type: ignore[misc]
         )
         return [body]
 
-    @staticmethod
-    def _record(what: Callable[[str, str], None], addr: str, user_name: str) -> None:
-        """Update the counters; if the index cannot take the write (a full disk), the login
-        is still answered as what it was (logged: the count is missing)."""
-        try:
-            what(addr, user_name)
-        except DavServerError as exc:
-            log.warning("could not update the failed-login counters: %s", exc.reason)
-
-    @staticmethod
-    def _audit_failure(dc: VaultDomainController, addr: str, user_name: str) -> None:
-        if not audit.enabled():
-            return
-        try:
-            user_id = dc.vault.user_id_of(user_name)
-        except DavServerError:
-            user_id = None
-        audit.emit(
-            "login_failed",
-            user_id=user_id,
-            user_tag=audit.user_tag(user_name),
-            addr_mac=audit.addr_mac(addr),
-        )
-
     def handle_basic_auth_request(self, environ: dict[str, Any], start_response: Any) -> Any:
         realm = self.domain_controller.get_domain_realm(environ["PATH_INFO"], environ)
         creds = parse_basic(str(environ.get("HTTP_AUTHORIZATION", "")))
@@ -235,11 +237,11 @@ class DavAuthenticator(HTTPAuthenticator):  # type: ignore[misc]
         if session is not None:  # logged in a moment ago: no Argon2id
             dc._accept(session, environ)
         elif dc.basic_auth_user(realm, user_name, password, environ):
-            self._record(self.throttle.login_succeeded, addr, user_name)
+            record_login(self.throttle.login_succeeded, addr, user_name)
         else:
-            self._record(self.throttle.login_failed, addr, user_name)
+            record_login(self.throttle.login_failed, addr, user_name)
             log.info("login failed from %s (user tag %s)", addr, self.throttle.log_tag(user_name))
-            self._audit_failure(dc, addr, user_name)
+            audit_failed_login(dc.vault, addr, user_name)
             return self.send_basic_auth_response(environ, start_response)
         environ["wsgidav.auth.realm"] = realm
         environ["wsgidav.auth.user_name"] = user_name

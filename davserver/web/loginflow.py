@@ -45,7 +45,13 @@ from urllib.parse import parse_qs, quote
 
 from davserver import audit
 from davserver.crypto.primitives import fields, keyed_hash
-from davserver.dav.auth import ADDR_KEY, client_address, note_throttled
+from davserver.dav.auth import (
+    ADDR_KEY,
+    audit_failed_login,
+    client_address,
+    note_throttled,
+    record_login,
+)
 from davserver.dav.middleware import LOG_PATH_KEY
 from davserver.errors import AuthError, DavServerError
 from davserver.vault.loginflow import LoginFlows
@@ -427,35 +433,18 @@ class LoginFlowApp:
             if session.token_id is not None:
                 # A device token cannot make another: the account's password is needed.
                 return again("Log in with your account's password, not an app password.")
-            self._record(self.throttle.login_succeeded, addr, user)
+            record_login(self.throttle.login_succeeded, addr, user)
             environ["davserver.user_id"] = session.user_id
             return finish(session, perms)
         except DavServerError as exc:
             return self._page_failed(environ, start_response, exc)
 
     def _failed_login(self, addr: str, user: str) -> None:
-        self._record(self.throttle.login_failed, addr, user)
+        record_login(self.throttle.login_failed, addr, user)
         log.info(
             "login flow: login failed from %s (user tag %s)", addr, self.throttle.log_tag(user)
         )
-        if audit.enabled():
-            try:
-                user_id = self.vault.user_id_of(user)
-            except DavServerError:
-                user_id = None
-            audit.emit(
-                "login_failed",
-                user_id=user_id,
-                user_tag=audit.user_tag(user),
-                addr_mac=audit.addr_mac(addr),
-            )
-
-    @staticmethod
-    def _record(what: Any, addr: str, user: str) -> None:
-        try:
-            what(addr, user)
-        except DavServerError as exc:
-            log.warning("could not update the failed-login counters: %s", exc.reason)
+        audit_failed_login(self.vault, addr, user)
 
 
 def _cookie(environ: dict[str, Any], name: str) -> str | None:
