@@ -33,7 +33,7 @@ import math
 import time
 import unicodedata
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import peewee as pw
 
@@ -125,6 +125,23 @@ def _row_expiry(expires: float | None) -> int | None:
     if not math.isfinite(value) or value != int(value) or value <= 0:
         return None
     return int(value)
+
+
+def _envelope_row(
+    env_id: str, user_id: str, kind: str, sealed: tokens.SealedToken, **columns: Any
+) -> Envelope:
+    """The (unsaved) row of a token or recovery envelope: what ``seal_token`` made, and the
+    columns the AD binds restated in clear."""
+    return Envelope(
+        id=env_id,
+        user=user_id,
+        kind=kind,
+        kdf_params=sealed.kdf_params,
+        verifier=sealed.verifier,
+        wrapped=sealed.wrapped,
+        created=time.time(),
+        **columns,
+    )
 
 
 class TokenOps:
@@ -277,14 +294,11 @@ class TokenOps:
             perms,
             exp,
         )
-        row = Envelope(
-            id=env_id,
-            user=session.user_id,
-            kind=kind,
-            kdf_params=sealed.kdf_params,
-            verifier=sealed.verifier,
-            wrapped=sealed.wrapped,
-            created=time.time(),
+        row = _envelope_row(
+            env_id,
+            session.user_id,
+            kind,
+            sealed,
             label_ct=self._seal_label(session.user_id, env_id, label),
             scope_node=scope_id,
             perms=perms,
@@ -458,16 +472,7 @@ class TokenOps:
         sealed = tokens.seal_token(
             mk, self._pepper, secret, _b(session.user_id), _b(env_id), KIND_RECOVERY
         )
-        row = Envelope(
-            id=env_id,
-            user=session.user_id,
-            kind=KIND_RECOVERY,
-            kdf_params=sealed.kdf_params,
-            verifier=sealed.verifier,
-            wrapped=sealed.wrapped,
-            created=time.time(),
-            perms="rw",
-        )
+        row = _envelope_row(env_id, session.user_id, KIND_RECOVERY, sealed, perms="rw")
 
         def once() -> None:
             with self.index.write(session.user_id):
